@@ -1,0 +1,648 @@
+package processor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"time"
+
+	"github.com/klagg/klagg/partition"
+	"github.com/klagg/klagg/schema"
+)
+
+// LevelTrace is below slog.LevelDebug; the engine logs a slot going from
+// clean to dirty at this level, and nothing per trade above it.
+const LevelTrace = slog.Level(-8)
+
+// EngineConfig configures an Aggregator. The zero value is not valid; start
+// from DefaultEngineConfig.
+type EngineConfig struct {
+	// Periods are the candle periods, in canonical order (ParsePeriods).
+	Periods []Period
+	// Grace is how far the watermark trails the greatest accepted trade
+	// time (DESIGN.md §2).
+	Grace time.Duration
+	// LiveWindow: a shard whose latest trade was accepted within this much
+	// of its trade time is live, and its watermark may follow the wall clock.
+	LiveWindow time.Duration
+	// SymbolsHint sizes the arrays for about this many symbols.
+	SymbolsHint int
+}
+
+// DefaultEngineConfig returns DESIGN.md's defaults.
+func DefaultEngineConfig() EngineConfig {
+	periods, err := ParsePeriods(DefaultPeriods)
+	if err != nil {
+		panic(err) // a constant: covered by every test
+	}
+	return EngineConfig{Periods: periods, Grace: time.Second, LiveWindow: time.Minute, SymbolsHint: 256}
+}
+
+// Validate reports every problem of c at once.
+func (c EngineConfig) Validate() error {
+	var errs []error
+	if len(c.Periods) == 0 {
+		errs = append(errs, errors.New("processor: no periods"))
+	}
+	var seen [numPeriods]bool
+	for i, p := range c.Periods {
+		switch {
+		case p >= numPeriods:
+			errs = append(errs, fmt.Errorf("processor: period %d: %w", p, ErrUnknownPeriod))
+		case seen[p]:
+			errs = append(errs, fmt.Errorf("processor: period %s listed twice", p))
+		case i > 0 && p < c.Periods[i-1]:
+			errs = append(errs, fmt.Errorf("processor: periods not in canonical order at %s", p))
+		}
+		if p < numPeriods {
+			seen[p] = true
+		}
+	}
+	if c.Grace < 0 {
+		errs = append(errs, fmt.Errorf("processor: grace %s is negative", c.Grace))
+	}
+	if c.LiveWindow <= 0 {
+		errs = append(errs, fmt.Errorf("processor: live window %s must be positive", c.LiveWindow))
+	}
+	if c.SymbolsHint < 0 {
+		errs = append(errs, fmt.Errorf("processor: symbols hint %d is negative", c.SymbolsHint))
+	}
+	return errors.Join(errs...)
+}
+
+// Option injects a dependency into an Aggregator or a runtime component.
+type Option func(*options)
+
+type options struct {
+	log *slog.Logger
+}
+
+// WithLogger sets the logger; the default discards.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+func applyOptions(opts []Option) options {
+	o := options{log: slog.New(slog.DiscardHandler)}
+	for _, fn := range opts {
+		fn(&o)
+	}
+	return o
+}
+
+// Outcome is what Fold did with a trade.
+type Outcome uint8
+
+const (
+	// Folded: the trade changed its candles.
+	Folded Outcome = iota
+	// Replayed: the trade's offset is at or below what the symbol's
+	// restored state already reflects; it was counted before and is skipped.
+	Replayed
+	// Duplicate: its aggregate id is not above the symbol's highest.
+	Duplicate
+	// Late: its candle is already final for at least one period.
+	Late
+)
+
+// Reason maps a refusal to the dead-letter reason; ReasonNone otherwise.
+func (o Outcome) Reason() schema.Reason {
+	switch o {
+	case Duplicate:
+		return schema.ReasonDuplicate
+	case Late:
+		return schema.ReasonLate
+	}
+	return schema.ReasonNone
+}
+
+// candle is the open candle of one (symbol, period) slot. firstID < 0 marks
+// a candle without trades yet: flat at the previous close, never emitted
+// while open. nextOpen == 0 marks a slot not started yet (a period added
+// since the state was written); it starts at the symbol's next trade.
+type candle struct {
+	openTime, nextOpen            int64
+	open, high, low, close        float64
+	volume, quoteVolume           float64
+	takerVolume, takerQuoteVolume float64
+	tradeCount                    int64
+	firstID, lastID               int64
+	openTradeTime                 int64 // trade time of the open trade
+	version                       int64 // of the last record emitted for this candle
+}
+
+// Aggregator is the engine of one shard: the candles of every (symbol,
+// period) of one trades partition in flat arrays, slot index =
+// symbol*len(periods)+period, and a sparse set of the slots changed since
+// the last Drain. It is owned by one goroutine and is not safe for
+// concurrent use; see the package doc for the rules it implements.
+type Aggregator struct {
+	periods     []Period
+	periodNames []string
+	nP          int
+	graceMs     int64
+	liveMs      int64
+	log         *slog.Logger
+
+	symbols        *partition.Symbols
+	lastAggID      []int64 // per symbol
+	lastTradeTime  []int64 // per symbol: greatest accepted trade time
+	restoredOffset []int64 // per symbol: trades at or below are already folded
+
+	candles      []candle // per slot
+	dirtyFlags   []bool   // per slot
+	dirtyIndices []int32  // the slots whose flag is set, in the order they were set
+	finals       []schema.Kline
+	symMark      []bool // per symbol, scratch for Drain
+	dirtySyms    []int32
+
+	// minNext[p] is a lower bound of nextOpen over the slots of period p:
+	// the watermark needs to look at period p only once it reaches it.
+	minNext    []int64
+	minNextAll int64
+
+	watermark         int64 // W: candles with nextOpen <= W are final
+	maxTradeTime      int64
+	acceptedAt        int64 // wall clock when the latest trade was accepted
+	acceptedTradeTime int64
+	live              bool
+	position          int64 // last trades offset handled; -1 before any
+}
+
+// NewAggregator returns an empty shard engine.
+func NewAggregator(cfg EngineConfig, opts ...Option) (*Aggregator, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	o := applyOptions(opts)
+	nP := len(cfg.Periods)
+	a := &Aggregator{
+		periods:        append([]Period(nil), cfg.Periods...),
+		nP:             nP,
+		graceMs:        cfg.Grace.Milliseconds(),
+		liveMs:         cfg.LiveWindow.Milliseconds(),
+		log:            o.log,
+		symbols:        partition.NewSymbols(cfg.SymbolsHint),
+		lastAggID:      make([]int64, 0, cfg.SymbolsHint),
+		lastTradeTime:  make([]int64, 0, cfg.SymbolsHint),
+		restoredOffset: make([]int64, 0, cfg.SymbolsHint),
+		candles:        make([]candle, 0, cfg.SymbolsHint*nP),
+		dirtyFlags:     make([]bool, 0, cfg.SymbolsHint*nP),
+		dirtyIndices:   make([]int32, 0, cfg.SymbolsHint*nP),
+		symMark:        make([]bool, 0, cfg.SymbolsHint),
+		minNext:        make([]int64, nP),
+		minNextAll:     math.MaxInt64,
+		watermark:      math.MinInt64,
+		maxTradeTime:   math.MinInt64,
+		position:       -1,
+	}
+	for i, p := range a.periods {
+		a.periodNames = append(a.periodNames, p.String())
+		a.minNext[i] = math.MaxInt64
+	}
+	return a, nil
+}
+
+// Periods returns the periods in slot order.
+func (a *Aggregator) Periods() []Period { return a.periods }
+
+// Symbols is the number of symbols the shard holds.
+func (a *Aggregator) Symbols() int { return a.symbols.Len() }
+
+// DirtyLen is the number of slots changed since the last Drain.
+func (a *Aggregator) DirtyLen() int { return len(a.dirtyIndices) }
+
+// Watermark returns W in Unix ms (math.MinInt64 before any trade).
+func (a *Aggregator) Watermark() int64 { return a.watermark }
+
+// Position returns the last trades offset handled, -1 before any.
+func (a *Aggregator) Position() int64 { return a.position }
+
+// MarkOffset records that the trades record at offset was handled without
+// reaching Fold (it was invalid), so Drain's Position covers it.
+func (a *Aggregator) MarkOffset(offset int64) {
+	if offset > a.position {
+		a.position = offset
+	}
+}
+
+// Fold applies one validated trade read at offset of the shard's trades
+// partition; nowMs is the wall clock (Unix ms) at which it was read, for
+// the live-window rule. It allocates nothing unless the symbol is new.
+func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
+	a.MarkOffset(offset)
+	sym, known := a.symbols.Lookup(t.Symbol)
+	if known {
+		if offset <= a.restoredOffset[sym] {
+			return Replayed
+		}
+		if t.AggID <= a.lastAggID[sym] {
+			return Duplicate
+		}
+		base := int(sym) * a.nP
+		for i := range a.candles[base : base+a.nP] {
+			if t.Time < a.candles[base+i].openTime {
+				return Late
+			}
+		}
+	} else if t.Time < a.watermark && a.lateForNewSymbol(t.Time) {
+		return Late
+	}
+
+	// Accepted.
+	if t.Time > a.maxTradeTime {
+		a.maxTradeTime = t.Time
+		if w := t.Time - a.graceMs; w > a.watermark {
+			a.watermark = w
+		}
+	}
+	a.acceptedAt, a.acceptedTradeTime = nowMs, t.Time
+	a.live = nowMs-t.Time <= a.liveMs
+	if a.watermark >= a.minNextAll {
+		a.applyWatermark()
+	}
+	if !known {
+		sym = a.addSymbol(t.Symbol)
+	}
+	a.lastAggID[sym] = t.AggID
+	closes := t.Time >= a.lastTradeTime[sym]
+	if closes {
+		a.lastTradeTime[sym] = t.Time
+	}
+
+	price, qty := t.Price, t.Quantity
+	quote := price * qty
+	count := t.LastID - t.FirstID + 1
+	base := int(sym) * a.nP
+	cs := a.candles[base : base+a.nP]
+	for i := range cs {
+		c := &cs[i]
+		if t.Time >= c.nextOpen {
+			if c.nextOpen == 0 {
+				a.startSlot(c, a.periods[i], t.Time)
+			} else {
+				a.roll(base+i, t.Time)
+			}
+		}
+		if c.firstID < 0 {
+			c.open, c.high, c.low, c.close = price, price, price, price
+			c.firstID, c.lastID, c.openTradeTime = t.FirstID, t.LastID, t.Time
+		} else {
+			if price > c.high {
+				c.high = price
+			}
+			if price < c.low {
+				c.low = price
+			}
+			if t.Time < c.openTradeTime {
+				c.open, c.firstID, c.openTradeTime = price, t.FirstID, t.Time
+			}
+			if closes {
+				c.close, c.lastID = price, t.LastID
+			}
+		}
+		c.volume += qty
+		c.quoteVolume += quote
+		if !t.BuyerMaker {
+			c.takerVolume += qty
+			c.takerQuoteVolume += quote
+		}
+		c.tradeCount += count
+		a.markDirty(base + i)
+	}
+	return Folded
+}
+
+// lateForNewSymbol: a new symbol has no slots yet, so its trade is late when
+// the candle it would open is already closed by the watermark.
+func (a *Aggregator) lateForNewSymbol(t int64) bool {
+	for _, p := range a.periods {
+		if p.Next(p.Open(t)) <= a.watermark {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *Aggregator) addSymbol(name []byte) int32 {
+	sym := a.symbols.Add(name)
+	a.lastAggID = append(a.lastAggID, -1)
+	a.lastTradeTime = append(a.lastTradeTime, math.MinInt64)
+	a.restoredOffset = append(a.restoredOffset, -1)
+	a.symMark = append(a.symMark, false)
+	for range a.nP {
+		a.candles = append(a.candles, candle{openTime: math.MinInt64, firstID: -1, lastID: -1})
+		a.dirtyFlags = append(a.dirtyFlags, false)
+	}
+	return sym
+}
+
+// startSlot opens the slot's first candle at the one containing t.
+func (a *Aggregator) startSlot(c *candle, p Period, t int64) {
+	open := p.Open(t)
+	*c = candle{openTime: open, nextOpen: p.Next(open), firstID: -1, lastID: -1}
+	pi := a.periodIndex(p)
+	a.minNext[pi] = min(a.minNext[pi], c.nextOpen)
+	a.minNextAll = min(a.minNextAll, c.nextOpen)
+}
+
+func (a *Aggregator) periodIndex(p Period) int {
+	for i, q := range a.periods {
+		if q == p {
+			return i
+		}
+	}
+	return -1
+}
+
+// roll finalizes the slot's candle and every following one that ends at or
+// before until, queueing each for the next Drain; candles without trades
+// become flat at the previous close.
+func (a *Aggregator) roll(idx int, until int64) {
+	c := &a.candles[idx]
+	p := a.periods[idx%a.nP]
+	for c.nextOpen <= until {
+		a.finals = append(a.finals, a.kline(idx, c, true))
+		prevClose, next := c.close, c.nextOpen
+		*c = candle{
+			openTime: next, nextOpen: p.Next(next),
+			open: prevClose, high: prevClose, low: prevClose, close: prevClose,
+			firstID: -1, lastID: -1,
+		}
+	}
+	a.markDirty(idx)
+}
+
+// applyWatermark rolls every slot whose candle ends at or before W.
+func (a *Aggregator) applyWatermark() {
+	w := a.watermark
+	all := int64(math.MaxInt64)
+	for pi := range a.nP {
+		if a.minNext[pi] > w {
+			all = min(all, a.minNext[pi])
+			continue
+		}
+		m := int64(math.MaxInt64)
+		for idx := pi; idx < len(a.candles); idx += a.nP {
+			c := &a.candles[idx]
+			if c.nextOpen == 0 {
+				continue
+			}
+			if c.nextOpen <= w {
+				a.roll(idx, w)
+			}
+			m = min(m, c.nextOpen)
+		}
+		a.minNext[pi] = m
+		all = min(all, m)
+	}
+	a.minNextAll = all
+}
+
+func (a *Aggregator) markDirty(idx int) {
+	if a.dirtyFlags[idx] {
+		return
+	}
+	a.dirtyFlags[idx] = true
+	a.dirtyIndices = append(a.dirtyIndices, int32(idx))
+	if a.log.Enabled(context.Background(), LevelTrace) {
+		a.log.Log(context.Background(), LevelTrace, "slot dirty",
+			"symbol", a.symbols.Name(int32(idx/a.nP)), "period", a.periodNames[idx%a.nP])
+	}
+}
+
+// kline snapshots slot idx. For a final candle queued by roll, Version holds
+// the candle's last emitted version until Drain assigns the new one.
+func (a *Aggregator) kline(idx int, c *candle, final bool) schema.Kline {
+	return schema.Kline{
+		Symbol:              a.symbols.Name(int32(idx / a.nP)),
+		Period:              a.periodNames[idx%a.nP],
+		OpenTime:            c.openTime,
+		CloseTime:           c.nextOpen - 1,
+		Open:                c.open,
+		High:                c.high,
+		Low:                 c.low,
+		Close:               c.close,
+		Volume:              c.volume,
+		QuoteVolume:         c.quoteVolume,
+		TradeCount:          c.tradeCount,
+		TakerBuyVolume:      c.takerVolume,
+		TakerBuyQuoteVolume: c.takerQuoteVolume,
+		FirstTradeID:        c.firstID,
+		LastTradeID:         c.lastID,
+		IsFinal:             final,
+		Version:             c.version,
+	}
+}
+
+// AdvanceClock lets the watermark follow the wall clock (nowMs, Unix ms)
+// when the shard is live, caught up (the runtime knows: no lag) and has had
+// no trade for the grace, so quiet markets close on time. Replayed history
+// is never live, so it never fills flat candles up to today.
+func (a *Aggregator) AdvanceClock(nowMs int64, caughtUp bool) {
+	if !caughtUp || !a.live || nowMs-a.acceptedAt < a.graceMs {
+		return
+	}
+	if w := nowMs - a.graceMs; w > a.watermark {
+		a.watermark = w
+		if w >= a.minNextAll {
+			a.applyWatermark()
+		}
+	}
+}
+
+// Batch is what Drain hands over: the klines to publish, the state records
+// of every symbol that changed, and the last trades offset they reflect. The
+// caller owns it and passes it back to Drain to reuse its memory.
+type Batch struct {
+	Klines   []schema.Kline
+	States   []schema.SymbolState
+	Position int64
+}
+
+// Drain moves every change since the last Drain into b: first the candles
+// that became final (in the order they did), then a snapshot of every open
+// candle that changed, then one state record per changed symbol. Its cost is
+// proportional to the changed slots; with b reused it allocates nothing in
+// steady state. nowMs (Unix ms) seeds the records' versions: a version is
+// max(previous+1, nowMs*1000), strictly increasing per candle and, because
+// it follows the wall clock, above anything emitted before a restart.
+func (a *Aggregator) Drain(b *Batch, nowMs int64) {
+	b.Klines = b.Klines[:0]
+	b.States = b.States[:0]
+	b.Position = a.position
+	vnow := nowMs * 1000
+	for i := range a.finals {
+		k := &a.finals[i]
+		k.Version = max(k.Version+1, vnow)
+		b.Klines = append(b.Klines, *k)
+	}
+	a.finals = a.finals[:0]
+
+	for _, idx := range a.dirtyIndices {
+		a.dirtyFlags[idx] = false
+		sym := idx / int32(a.nP)
+		if !a.symMark[sym] {
+			a.symMark[sym] = true
+			a.dirtySyms = append(a.dirtySyms, sym)
+		}
+		c := &a.candles[idx]
+		if c.firstID < 0 {
+			continue // flat and open: only its final record is ever emitted
+		}
+		c.version = max(c.version+1, vnow)
+		b.Klines = append(b.Klines, a.kline(int(idx), c, false))
+	}
+	// Keep the array: the seed's swap-out, without giving up the capacity.
+	a.dirtyIndices = a.dirtyIndices[:0]
+
+	for _, sym := range a.dirtySyms {
+		a.symMark[sym] = false
+		if len(b.States) < cap(b.States) {
+			b.States = b.States[:len(b.States)+1]
+		} else {
+			b.States = append(b.States, schema.SymbolState{})
+		}
+		a.fillState(&b.States[len(b.States)-1], sym)
+	}
+	a.dirtySyms = a.dirtySyms[:0]
+}
+
+func (a *Aggregator) fillState(st *schema.SymbolState, sym int32) {
+	candles := st.Candles[:0]
+	base := int(sym) * a.nP
+	for i := range a.nP {
+		c := &a.candles[base+i]
+		if c.nextOpen == 0 {
+			continue
+		}
+		candles = append(candles, schema.CandleState{
+			Period: a.periodNames[i], OpenTime: c.openTime,
+			Open: c.open, High: c.high, Low: c.low, Close: c.close,
+			Volume: c.volume, QuoteVolume: c.quoteVolume,
+			TakerBuyVolume: c.takerVolume, TakerBuyQuoteVolume: c.takerQuoteVolume,
+			TradeCount: c.tradeCount, FirstTradeID: c.firstID, LastTradeID: c.lastID,
+			OpenTradeTime: c.openTradeTime, Version: c.version,
+		})
+	}
+	*st = schema.SymbolState{
+		Symbol:            a.symbols.Name(sym),
+		LastAggID:         a.lastAggID[sym],
+		LastTradeTime:     a.lastTradeTime[sym],
+		SourceOffset:      a.position,
+		Watermark:         a.watermark,
+		ShardMaxTradeTime: a.maxTradeTime,
+		AcceptedAt:        a.acceptedAt,
+		AcceptedTradeTime: a.acceptedTradeTime,
+		Candles:           candles,
+	}
+}
+
+// ErrBadState is wrapped by Restore for a record the engine cannot use.
+var ErrBadState = errors.New("bad state record")
+
+// Restore rebuilds the shard from the latest state record of each symbol
+// (a compacted topic may still hold older ones: pass only the newest). It
+// must be called before any Fold. Candles of periods no longer configured
+// are dropped; a configured period missing from a record starts at that
+// symbol's next trade. It returns an error wrapping ErrBadState, and
+// changes nothing, if any record is unusable.
+func (a *Aggregator) Restore(states []schema.SymbolState) error {
+	if a.symbols.Len() > 0 || a.position >= 0 {
+		return fmt.Errorf("processor: restore: %w: shard already in use", ErrBadState)
+	}
+	for i := range states {
+		if err := a.checkState(&states[i]); err != nil {
+			return err
+		}
+	}
+	for i := range states {
+		st := &states[i]
+		sym, ok := a.symbols.Lookup([]byte(st.Symbol))
+		if !ok {
+			sym = a.addSymbol([]byte(st.Symbol))
+		}
+		a.lastAggID[sym] = st.LastAggID
+		a.lastTradeTime[sym] = st.LastTradeTime
+		a.restoredOffset[sym] = st.SourceOffset
+		base := int(sym) * a.nP
+		for j := range a.nP {
+			a.candles[base+j] = candle{openTime: math.MinInt64, firstID: -1, lastID: -1}
+		}
+		for _, cs := range st.Candles {
+			pi := a.periodIndexByName(cs.Period)
+			if pi < 0 {
+				continue
+			}
+			p := a.periods[pi]
+			c := &a.candles[base+pi]
+			*c = candle{
+				openTime: cs.OpenTime, nextOpen: p.Next(cs.OpenTime),
+				open: cs.Open, high: cs.High, low: cs.Low, close: cs.Close,
+				volume: cs.Volume, quoteVolume: cs.QuoteVolume,
+				takerVolume: cs.TakerBuyVolume, takerQuoteVolume: cs.TakerBuyQuoteVolume,
+				tradeCount: cs.TradeCount, firstID: cs.FirstTradeID, lastID: cs.LastTradeID,
+				openTradeTime: cs.OpenTradeTime, version: cs.Version,
+			}
+			a.minNext[pi] = min(a.minNext[pi], c.nextOpen)
+			a.minNextAll = min(a.minNextAll, c.nextOpen)
+		}
+		a.watermark = max(a.watermark, st.Watermark)
+		a.maxTradeTime = max(a.maxTradeTime, st.ShardMaxTradeTime)
+		a.position = max(a.position, st.SourceOffset)
+		if st.AcceptedAt > a.acceptedAt {
+			a.acceptedAt, a.acceptedTradeTime = st.AcceptedAt, st.AcceptedTradeTime
+			a.live = st.AcceptedAt-st.AcceptedTradeTime <= a.liveMs
+		}
+	}
+	// Records of quiet symbols may predate the newest watermark: close what
+	// it has closed, as the shard would have had it kept running.
+	if a.watermark >= a.minNextAll {
+		a.applyWatermark()
+	}
+	return nil
+}
+
+func (a *Aggregator) periodIndexByName(name string) int {
+	for i, n := range a.periodNames {
+		if n == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// checkState verifies what schema.StateCodec cannot: period names and
+// alignment, and that each candle's trades lie inside it.
+func (a *Aggregator) checkState(st *schema.SymbolState) error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("processor: restore %q: %w: %s", st.Symbol, ErrBadState, fmt.Sprintf(format, args...))
+	}
+	if r := schema.ValidSymbol([]byte(st.Symbol)); r != schema.ReasonNone {
+		return bad("symbol: %s", r)
+	}
+	if st.LastTradeTime < schema.MinTradeTime || st.ShardMaxTradeTime < st.LastTradeTime {
+		return bad("trade times out of order")
+	}
+	var seen [numPeriods]bool
+	for _, cs := range st.Candles {
+		p, err := ParsePeriod(cs.Period)
+		if err != nil {
+			return bad("%v", err)
+		}
+		if seen[p] {
+			return bad("period %s twice", p)
+		}
+		seen[p] = true
+		if cs.OpenTime < p.Open(schema.MinTradeTime) || p.Open(cs.OpenTime) != cs.OpenTime {
+			return bad("period %s: open time %d not a candle boundary", p, cs.OpenTime)
+		}
+		if cs.OpenTime > st.LastTradeTime && cs.OpenTime > st.Watermark {
+			return bad("period %s: candle opens after the symbol's last trade and the watermark", p)
+		}
+		if cs.TradeCount > 0 && (cs.OpenTradeTime < cs.OpenTime || cs.OpenTradeTime >= p.Next(cs.OpenTime)) {
+			return bad("period %s: open trade outside the candle", p)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,443 @@
+package processor_test
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/klagg/klagg/processor"
+	"github.com/klagg/klagg/schema"
+)
+
+// This file holds a reference model of DESIGN.md §2, written to be obvious
+// rather than fast, and independent of the engine's slots: a trade is late
+// when the candle it falls in ends at or before max(W, the symbol's latest
+// trade time); candles are recomputed at the end by grouping the accepted
+// trades; flat candles fill the gaps. The engine must agree with it on
+// every trade's outcome and on every candle.
+
+type refTrade struct {
+	symbol        string
+	agg, f, l, tm int64
+	price, qty    float64
+	buyerMaker    bool
+}
+
+type refSymbol struct {
+	lastAgg, maxT int64
+	trades        []refTrade
+}
+
+type reference struct {
+	periods               []processor.Period
+	grace, liveWindow     int64
+	w                     int64
+	acceptedAt, acceptedT int64
+	live                  bool
+	symbols               map[string]*refSymbol
+}
+
+func newReference(periods []processor.Period, grace, live time.Duration) *reference {
+	return &reference{periods: periods, grace: grace.Milliseconds(), liveWindow: live.Milliseconds(),
+		w: math.MinInt64, symbols: map[string]*refSymbol{}}
+}
+
+func (r *reference) trade(t refTrade, now int64) processor.Outcome {
+	s := r.symbols[t.symbol]
+	bound := r.w
+	if s != nil {
+		if t.agg <= s.lastAgg {
+			return processor.Duplicate
+		}
+		bound = max(bound, s.maxT)
+	}
+	for _, p := range r.periods {
+		if p.Next(p.Open(t.tm)) <= bound {
+			return processor.Late
+		}
+	}
+	if s == nil {
+		s = &refSymbol{maxT: math.MinInt64}
+		r.symbols[t.symbol] = s
+	}
+	s.lastAgg = t.agg
+	s.maxT = max(s.maxT, t.tm)
+	s.trades = append(s.trades, t)
+	r.w = max(r.w, t.tm-r.grace)
+	r.acceptedAt, r.acceptedT = now, t.tm
+	r.live = now-t.tm <= r.liveWindow
+	return processor.Folded
+}
+
+func (r *reference) clock(now int64, caughtUp bool) {
+	if caughtUp && r.live && now-r.acceptedAt >= r.grace {
+		r.w = max(r.w, now-r.grace)
+	}
+}
+
+type candleKey struct {
+	symbol, period string
+	open           int64
+}
+
+// candles returns the final candles and the open candles that have trades.
+func (r *reference) candles() (final, open map[candleKey]schema.Kline) {
+	final, open = map[candleKey]schema.Kline{}, map[candleKey]schema.Kline{}
+	for name, s := range r.symbols {
+		bound := max(r.w, s.maxT)
+		for _, p := range r.periods {
+			byOpen := map[int64][]refTrade{}
+			first := int64(math.MaxInt64)
+			for _, t := range s.trades {
+				o := p.Open(t.tm)
+				byOpen[o] = append(byOpen[o], t)
+				first = min(first, o)
+			}
+			prevClose := 0.0
+			for o := first; ; o = p.Next(o) {
+				k := schema.Kline{Symbol: name, Period: p.String(), OpenTime: o, CloseTime: p.Next(o) - 1,
+					FirstTradeID: -1, LastTradeID: -1}
+				ts := byOpen[o]
+				if len(ts) == 0 {
+					k.Open, k.High, k.Low, k.Close = prevClose, prevClose, prevClose, prevClose
+				} else {
+					first, last := ts[0], ts[0]
+					k.High, k.Low = ts[0].price, ts[0].price
+					for _, t := range ts {
+						if t.tm < first.tm || (t.tm == first.tm && t.agg < first.agg) {
+							first = t
+						}
+						if t.tm > last.tm || (t.tm == last.tm && t.agg > last.agg) {
+							last = t
+						}
+						k.High, k.Low = max(k.High, t.price), min(k.Low, t.price)
+						k.Volume += t.qty
+						k.QuoteVolume += t.price * t.qty
+						if !t.buyerMaker {
+							k.TakerBuyVolume += t.qty
+							k.TakerBuyQuoteVolume += t.price * t.qty
+						}
+						k.TradeCount += t.l - t.f + 1
+					}
+					k.Open, k.Close = first.price, last.price
+					k.FirstTradeID, k.LastTradeID = first.f, last.l
+				}
+				prevClose = k.Close
+				key := candleKey{name, p.String(), o}
+				if p.Next(o) <= bound {
+					k.IsFinal = true
+					final[key] = k
+					continue
+				}
+				if len(ts) > 0 {
+					open[key] = k
+				}
+				break
+			}
+		}
+	}
+	return final, open
+}
+
+// A stream of events: trades (with their offset) and wall-clock ticks.
+type event struct {
+	trade    refTrade
+	isTrade  bool
+	now      int64
+	caughtUp bool
+}
+
+type streamSpec struct {
+	seed    uint64
+	start   string
+	symbols int
+	trades  int
+	live    bool
+	// shortGaps keeps gaps under ten minutes, so the 1s period can run.
+	shortGaps bool
+}
+
+// genStream makes a random market: skewed activity, sub-second steps, gaps
+// of minutes to days, per-symbol clock jitter (so a symbol's trade times can
+// go backwards within a candle), 2% resent (duplicate) trades, 2% trades
+// from the past (mostly late), and in live mode wall-clock ticks through
+// quiet spells.
+func genStream(spec streamSpec) []event {
+	rng := rand.New(rand.NewPCG(spec.seed, spec.seed*7+1))
+	mt := ms(spec.start)
+	type symState struct {
+		agg, raw int64
+		price    float64
+		last     refTrade
+	}
+	syms := make([]symState, spec.symbols)
+	for i := range syms {
+		syms[i].price = float64(100 + rng.IntN(50000))
+		syms[i].agg = int64(rng.IntN(1000))
+	}
+	backfillNow := ms("2026-11-27T00:00:00Z")
+	var evs []event
+	now := func() int64 {
+		if spec.live {
+			return mt + int64(rng.IntN(300))
+		}
+		return backfillNow
+	}
+	for len(evs) < spec.trades {
+		// Advance the market clock: mostly small steps, sometimes gaps.
+		switch x := rng.Float64(); {
+		case x < 0.95:
+			mt += int64(rng.IntN(800))
+		case x < 0.995:
+			mt += int64(rng.IntN(10 * 60 * 1000))
+		case spec.shortGaps:
+			mt += int64(rng.IntN(10 * 60 * 1000))
+		case x < 0.9985:
+			mt += int64(rng.IntN(6 * 3600 * 1000))
+		case x < 0.9995:
+			mt += int64(rng.IntN(24 * 3600 * 1000))
+		default:
+			mt += int64(rng.IntN(3 * 24 * 3600 * 1000))
+		}
+		if rng.IntN(5) == 0 {
+			// A wall-clock tick during a quiet spell, sometimes while lagging.
+			// A backfill ticks too: it must never move the watermark.
+			tick := backfillNow
+			if spec.live {
+				tick = mt + int64(rng.IntN(5000))
+			}
+			evs = append(evs, event{now: tick, caughtUp: rng.IntN(4) != 0})
+		}
+		// Skewed: low-numbered symbols trade much more.
+		i := int(float64(spec.symbols) * math.Pow(rng.Float64(), 2.5))
+		s := &syms[i]
+		var t refTrade
+		switch x := rng.Float64(); {
+		case x < 0.02 && s.last.symbol != "":
+			t = s.last // resent by a websocket bridge
+		default:
+			s.agg += 1 + int64(rng.IntN(2))
+			n := int64(1 + rng.IntN(4))
+			tick := 0.01 * float64(1+rng.IntN(100))
+			if rng.IntN(2) == 0 {
+				tick = -tick
+			}
+			s.price = math.Max(0.01, s.price+tick)
+			tm := mt - int64(rng.IntN(2000)) // cross-symbol jitter
+			if x < 0.04 {
+				tm = mt - int64(60_000+rng.IntN(2*3600*1000)) // from the past
+			}
+			t = refTrade{symbol: fmt.Sprintf("S%03d", i), agg: s.agg, f: s.raw + 1, l: s.raw + n, tm: tm,
+				price: math.Round(s.price*100) / 100, qty: float64(1+rng.IntN(5000)) / 1000, buyerMaker: rng.IntN(2) == 0}
+			s.raw += n
+			s.last = t
+		}
+		evs = append(evs, event{trade: t, isTrade: true, now: now()})
+	}
+	return evs
+}
+
+func toTrade(t refTrade) schema.Trade {
+	return schema.Trade{Symbol: []byte(t.symbol), AggID: t.agg, Price: t.price, Quantity: t.qty,
+		FirstID: t.f, LastID: t.l, Time: t.tm, BuyerMaker: t.buyerMaker}
+}
+
+// emitted gathers what the engine publishes, checking versions as it goes.
+type emitted struct {
+	t        *testing.T
+	final    map[candleKey]schema.Kline
+	open     map[candleKey]schema.Kline
+	versions map[candleKey]int64
+	states   map[string]schema.SymbolState // a compacted state topic
+	records  int
+}
+
+func newEmitted(t *testing.T) *emitted {
+	return &emitted{t: t, final: map[candleKey]schema.Kline{}, open: map[candleKey]schema.Kline{},
+		versions: map[candleKey]int64{}, states: map[string]schema.SymbolState{}}
+}
+
+func (e *emitted) take(b *processor.Batch) {
+	e.t.Helper()
+	for _, k := range b.Klines {
+		e.records++
+		key := candleKey{k.Symbol, k.Period, k.OpenTime}
+		if v, ok := e.versions[key]; ok && k.Version <= v {
+			e.t.Fatalf("%v: version %d after %d", key, k.Version, v)
+		}
+		e.versions[key] = k.Version
+		if k.TradeCount == 0 && !k.IsFinal {
+			e.t.Fatalf("%v: open flat candle emitted", key)
+		}
+		k.Version = 0
+		if k.IsFinal {
+			if prev, ok := e.final[key]; ok && prev != k {
+				e.t.Fatalf("%v: final twice with different content:\n%+v\n%+v", key, prev, k)
+			}
+			e.final[key] = k
+			delete(e.open, key)
+		} else {
+			if _, ok := e.final[key]; ok {
+				e.t.Fatalf("%v: open record after the final one", key)
+			}
+			e.open[key] = k
+		}
+	}
+	for _, st := range b.States {
+		st.Candles = append([]schema.CandleState(nil), st.Candles...)
+		e.states[st.Symbol] = st
+	}
+}
+
+func compareCandles(t *testing.T, what string, got, want map[candleKey]schema.Kline) {
+	t.Helper()
+	var missing, extra, diff []string
+	for k, w := range want {
+		g, ok := got[k]
+		switch {
+		case !ok:
+			missing = append(missing, fmt.Sprintf("%v %+v", k, w))
+		case g != w:
+			diff = append(diff, fmt.Sprintf("%v\n got %+v\nwant %+v", k, g, w))
+		}
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			extra = append(extra, fmt.Sprintf("%v %+v", k, got[k]))
+		}
+	}
+	for _, l := range [][]string{missing, extra, diff} {
+		sort.Strings(l)
+	}
+	if len(missing)+len(extra)+len(diff) > 0 {
+		t.Errorf("%s candles: %d want, %d got; %d missing, %d extra, %d differ", what, len(want), len(got), len(missing), len(extra), len(diff))
+		for _, l := range []struct {
+			name string
+			l    []string
+		}{{"missing", missing}, {"extra", extra}, {"differ", diff}} {
+			for i, s := range l.l {
+				if i == 3 {
+					break
+				}
+				t.Logf("%s: %s", l.name, s)
+			}
+		}
+	}
+}
+
+func TestEngineMatchesReference(t *testing.T) {
+	specs := []streamSpec{
+		{start: "2024-02-28T21:00:00Z", symbols: 12, trades: 10000},           // leap day, month end
+		{start: "2023-12-31T18:00:00Z", symbols: 30, trades: 10000},           // year end, Monday 2024-01-01
+		{start: "2024-03-31T22:30:00Z", symbols: 5, trades: 8000, live: true}, // live with wall-clock ticks
+		{start: "2025-06-29T23:00:00Z", symbols: 20, trades: 10000, live: true},
+		{start: "2026-02-27T12:00:00Z", symbols: 3, trades: 3000},
+		{start: "2024-02-29T23:50:00Z", symbols: 8, trades: 4000, live: true, shortGaps: true},
+		{start: "2024-01-07T23:55:00Z", symbols: 8, trades: 4000, shortGaps: true},
+	}
+	seeds := 3
+	if testing.Short() {
+		seeds = 1
+	}
+	for i := range seeds {
+		for _, base := range specs {
+			spec := base
+			spec.seed = uint64(i*100 + len(base.start) + base.symbols)
+			t.Run(fmt.Sprintf("%s/live=%v/seed=%d", spec.start, spec.live, spec.seed), func(t *testing.T) {
+				t.Parallel()
+				runReference(t, spec)
+			})
+		}
+	}
+}
+
+// runReference feeds one stream to the reference and to the engine; midway
+// it snapshots the engine through its state records, builds a new engine
+// from them and replays from an earlier offset, as after a crash.
+func runReference(t *testing.T, spec streamSpec) {
+	rng := rand.New(rand.NewPCG(spec.seed, 99))
+	evs := genStream(spec)
+	cfg := processor.DefaultEngineConfig()
+	cfg.Periods = processor.AllPeriods()
+	if !spec.shortGaps {
+		// 1s across gaps of days makes millions of flat candles.
+		cfg.Periods = cfg.Periods[1:]
+	}
+	ref := newReference(cfg.Periods, cfg.Grace, cfg.LiveWindow)
+	eng, err := processor.NewAggregator(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := newEmitted(t)
+	var batch processor.Batch
+	wall := ms("2026-11-27T00:00:00Z") // drives versions only
+	drain := func() {
+		wall += int64(rng.IntN(3))
+		eng.Drain(&batch, wall)
+		out.take(&batch)
+	}
+	restoreAt := len(evs)/3 + rng.IntN(len(evs)/3)
+	var committed int // offset after the last drain: where a restarted member resumes
+	var counts [4]int
+	for i := 0; i < len(evs); i++ {
+		ev := evs[i]
+		if i == restoreAt {
+			drain()
+			states := make([]schema.SymbolState, 0, len(out.states))
+			for _, st := range out.states {
+				states = append(states, st)
+			}
+			eng, err = processor.NewAggregator(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := eng.Restore(states); err != nil {
+				t.Fatal(err)
+			}
+			// Replay from an older commit: everything from there to here
+			// must be recognised as already counted.
+			back := committed - rng.IntN(200)
+			for j := max(back, 0); j < i; j++ {
+				if evs[j].isTrade {
+					tr := toTrade(evs[j].trade)
+					if o := eng.Fold(&tr, int64(j), evs[j].now); o == processor.Folded {
+						t.Fatalf("replayed offset %d folded again", j)
+					}
+				} else {
+					eng.AdvanceClock(evs[j].now, evs[j].caughtUp)
+				}
+			}
+		}
+		if ev.isTrade {
+			tr := toTrade(ev.trade)
+			got := eng.Fold(&tr, int64(i), ev.now)
+			want := ref.trade(ev.trade, ev.now)
+			if got != want {
+				t.Fatalf("event %d %+v: engine %v, reference %v (W %d)", i, ev.trade, got, want, eng.Watermark())
+			}
+			counts[got]++
+		} else {
+			eng.AdvanceClock(ev.now, ev.caughtUp)
+			ref.clock(ev.now, ev.caughtUp)
+		}
+		if eng.Watermark() != ref.w {
+			t.Fatalf("event %d: watermark %d, reference %d", i, eng.Watermark(), ref.w)
+		}
+		if rng.IntN(40) == 0 {
+			drain()
+			committed = i + 1
+		}
+	}
+	drain()
+	final, open := ref.candles()
+	compareCandles(t, "final", out.final, final)
+	compareCandles(t, "open", out.open, open)
+	if counts[processor.Duplicate] == 0 || counts[processor.Late] == 0 || len(final) == 0 {
+		t.Fatalf("stream exercised too little: outcomes %v, %d final candles", counts, len(final))
+	}
+	t.Logf("%d events: folded %d, duplicate %d, late %d; %d final candles, %d records",
+		len(evs), counts[processor.Folded], counts[processor.Duplicate], counts[processor.Late], len(final), out.records)
+}
