@@ -272,9 +272,15 @@ func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
 
 	price, qty := t.Price, t.Quantity
 	quote := price * qty
+	// Branch-free taker sums: adding +0 leaves a sum unchanged.
+	var takerQty, takerQuote float64
+	if !t.BuyerMaker {
+		takerQty, takerQuote = qty, quote
+	}
 	count := t.LastID - t.FirstID + 1
 	base := int(sym) * a.nP
 	cs := a.candles[base : base+a.nP]
+	flags := a.dirtyFlags[base : base+a.nP]
 	for i := range cs {
 		c := &cs[i]
 		if t.Time >= c.nextOpen {
@@ -303,12 +309,12 @@ func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
 		}
 		c.volume += qty
 		c.quoteVolume += quote
-		if !t.BuyerMaker {
-			c.takerVolume += qty
-			c.takerQuoteVolume += quote
-		}
+		c.takerVolume += takerQty
+		c.takerQuoteVolume += takerQuote
 		c.tradeCount += count
-		a.markDirty(base + i)
+		if !flags[i] {
+			a.markDirty(base + i)
+		}
 	}
 	return Folded
 }
@@ -360,9 +366,10 @@ func (a *Aggregator) periodIndex(p Period) int {
 // become flat at the previous close.
 func (a *Aggregator) roll(idx int, until int64) {
 	c := &a.candles[idx]
-	p := a.periods[idx%a.nP]
+	sym, pi := int32(idx/a.nP), idx%a.nP
+	p := a.periods[pi]
 	for c.nextOpen <= until {
-		a.finals = append(a.finals, a.kline(idx, c, true))
+		a.finals = append(a.finals, a.kline(sym, pi, c, true))
 		prevClose, next := c.close, c.nextOpen
 		*c = candle{
 			openTime: next, nextOpen: p.Next(next),
@@ -413,10 +420,10 @@ func (a *Aggregator) markDirty(idx int) {
 
 // kline snapshots slot idx. For a final candle queued by roll, Version holds
 // the candle's last emitted version until Drain assigns the new one.
-func (a *Aggregator) kline(idx int, c *candle, final bool) schema.Kline {
+func (a *Aggregator) kline(sym int32, pi int, c *candle, final bool) schema.Kline {
 	return schema.Kline{
-		Symbol:              a.symbols.Name(int32(idx / a.nP)),
-		Period:              a.periodNames[idx%a.nP],
+		Symbol:              a.symbols.Name(sym),
+		Period:              a.periodNames[pi],
 		OpenTime:            c.openTime,
 		CloseTime:           c.nextOpen - 1,
 		Open:                c.open,
@@ -479,9 +486,10 @@ func (a *Aggregator) Drain(b *Batch, nowMs int64) {
 	}
 	a.finals = a.finals[:0]
 
+	nP := int32(a.nP)
 	for _, idx := range a.dirtyIndices {
 		a.dirtyFlags[idx] = false
-		sym := idx / int32(a.nP)
+		sym := idx / nP
 		if !a.symMark[sym] {
 			a.symMark[sym] = true
 			a.dirtySyms = append(a.dirtySyms, sym)
@@ -491,11 +499,16 @@ func (a *Aggregator) Drain(b *Batch, nowMs int64) {
 			continue // flat and open: only its final record is ever emitted
 		}
 		c.version = max(c.version+1, vnow)
-		b.Klines = append(b.Klines, a.kline(int(idx), c, false))
+		b.Klines = append(b.Klines, a.kline(sym, int(idx-sym*nP), c, false))
 	}
 	// Keep the array: the seed's swap-out, without giving up the capacity.
 	a.dirtyIndices = a.dirtyIndices[:0]
 
+	a.appendStates(b)
+}
+
+// appendStates adds the state record of every symbol in dirtySyms to b.
+func (a *Aggregator) appendStates(b *Batch) {
 	for _, sym := range a.dirtySyms {
 		a.symMark[sym] = false
 		if len(b.States) < cap(b.States) {
@@ -541,18 +554,24 @@ func (a *Aggregator) fillState(st *schema.SymbolState, sym int32) {
 // ErrBadState is wrapped by Restore for a record the engine cannot use.
 var ErrBadState = errors.New("bad state record")
 
+// maxClockSkew bounds how far a state record's times may lie past the
+// restoring member's wall clock: the clocks of two members differ, but a
+// record from beyond this is corrupt, and trusting it would roll flat
+// candles up to its far-future watermark.
+const maxClockSkew = time.Hour
+
 // Restore rebuilds the shard from the latest state record of each symbol
-// (a compacted topic may still hold older ones: pass only the newest). It
-// must be called before any Fold. Candles of periods no longer configured
-// are dropped; a configured period missing from a record starts at that
-// symbol's next trade. It returns an error wrapping ErrBadState, and
-// changes nothing, if any record is unusable.
-func (a *Aggregator) Restore(states []schema.SymbolState) error {
+// (a compacted topic may still hold older ones: pass only the newest); nowMs
+// is the wall clock, Unix ms. It must be called before any Fold. Candles of
+// periods no longer configured are dropped; a configured period missing from
+// a record starts at that symbol's next trade. It returns an error wrapping
+// ErrBadState, and changes nothing, if any record is unusable.
+func (a *Aggregator) Restore(states []schema.SymbolState, nowMs int64) error {
 	if a.symbols.Len() > 0 || a.position >= 0 {
 		return fmt.Errorf("processor: restore: %w: shard already in use", ErrBadState)
 	}
 	for i := range states {
-		if err := a.checkState(&states[i]); err != nil {
+		if err := a.checkState(&states[i], nowMs+maxClockSkew.Milliseconds()); err != nil {
 			return err
 		}
 	}
@@ -614,7 +633,7 @@ func (a *Aggregator) periodIndexByName(name string) int {
 
 // checkState verifies what schema.StateCodec cannot: period names and
 // alignment, and that each candle's trades lie inside it.
-func (a *Aggregator) checkState(st *schema.SymbolState) error {
+func (a *Aggregator) checkState(st *schema.SymbolState, latest int64) error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("processor: restore %q: %w: %s", st.Symbol, ErrBadState, fmt.Sprintf(format, args...))
 	}
@@ -623,6 +642,12 @@ func (a *Aggregator) checkState(st *schema.SymbolState) error {
 	}
 	if st.LastTradeTime < schema.MinTradeTime || st.ShardMaxTradeTime < st.LastTradeTime {
 		return bad("trade times out of order")
+	}
+	if st.ShardMaxTradeTime > latest || st.Watermark > latest || st.AcceptedAt > latest {
+		return bad("times past the wall clock")
+	}
+	if st.Watermark < schema.MinTradeTime-a.graceMs && st.Watermark != math.MinInt64 {
+		return bad("watermark before 2010")
 	}
 	var seen [numPeriods]bool
 	for _, cs := range st.Candles {
@@ -639,6 +664,9 @@ func (a *Aggregator) checkState(st *schema.SymbolState) error {
 		}
 		if cs.OpenTime > st.LastTradeTime && cs.OpenTime > st.Watermark {
 			return bad("period %s: candle opens after the symbol's last trade and the watermark", p)
+		}
+		if p.Next(cs.OpenTime) <= st.Watermark {
+			return bad("period %s: candle already closed by the record's own watermark", p)
 		}
 		if cs.TradeCount > 0 && (cs.OpenTradeTime < cs.OpenTime || cs.OpenTradeTime >= p.Next(cs.OpenTime)) {
 			return bad("period %s: open trade outside the candle", p)

@@ -394,7 +394,7 @@ func runReference(t *testing.T, spec streamSpec) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := eng.Restore(states); err != nil {
+			if err := eng.Restore(states, evs[i].now); err != nil {
 				t.Fatal(err)
 			}
 			// Replay from an older commit: everything from there to here

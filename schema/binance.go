@@ -81,15 +81,20 @@ func DecodeBinanceJSON(value, key []byte, t *Trade) error {
 }
 
 func (s *jsonScanner) ws() {
-	for s.i < len(s.b) {
-		switch s.b[s.i] {
-		case ' ', '\t', '\n', '\r':
-			s.i++
-		default:
-			return
-		}
+	for s.i < len(s.b) && isSpace[s.b[s.i]] {
+		s.i++
 	}
 }
+
+var isSpace = [256]bool{' ': true, '\t': true, '\n': true, '\r': true}
+
+// plain marks the bytes a string may hold without a closer look.
+var plain = func() (t [256]bool) {
+	for c := 0x20; c < 256; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
 
 func (s *jsonScanner) syntax() error {
 	return invalid(ReasonMalformed, "", errSyntax)
@@ -234,6 +239,12 @@ func (s *jsonScanner) str() ([]byte, bool, error) {
 	start := s.i
 	escaped := false
 	for s.i < len(s.b) {
+		for s.i < len(s.b) && plain[s.b[s.i]] {
+			s.i++
+		}
+		if s.i >= len(s.b) {
+			break
+		}
 		c := s.b[s.i]
 		switch {
 		case c == '"':
@@ -274,46 +285,37 @@ func isHex(c byte) bool {
 	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
 }
 
-// int reads a JSON integer (no fraction, no exponent) that fits an int64.
+// int reads a JSON integer (no fraction, no exponent) that fits an int64,
+// in one pass.
 func (s *jsonScanner) int() (int64, error) {
-	start := s.i
-	end, ok := scanNumber(s.b, s.i)
-	if !ok {
-		return 0, errNumber
-	}
-	s.i = end
-	n, ok := parseInt(s.b[start:end])
-	if !ok {
-		return 0, errNumber
-	}
-	return n, nil
-}
-
-func parseInt(b []byte) (int64, bool) {
-	neg := false
-	if len(b) > 0 && b[0] == '-' {
-		neg, b = true, b[1:]
-	}
-	if len(b) == 0 || len(b) > 19 {
-		return 0, false
-	}
-	var n uint64
-	for _, c := range b {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		n = n*10 + uint64(c-'0')
-	}
+	b, i := s.b, s.i
+	neg := i < len(b) && b[i] == '-'
 	if neg {
-		if n > 1<<63 {
-			return 0, false
+		i++
+	}
+	start := i
+	var n uint64
+	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+		if i-start == 19 {
+			return 0, errNumber // more than 19 digits cannot fit
 		}
-		return -int64(n), true
+		n = n*10 + uint64(b[i]-'0')
+		i++
 	}
-	if n > 1<<63-1 {
-		return 0, false
+	digits := i - start
+	switch {
+	case digits == 0, digits > 1 && b[start] == '0': // JSON forbids leading zeros
+		return 0, errNumber
+	case i < len(b) && (b[i] == '.' || b[i] == 'e' || b[i] == 'E'):
+		return 0, errNumber
+	case neg && n > 1<<63, !neg && n > 1<<63-1:
+		return 0, errNumber
 	}
-	return int64(n), true
+	s.i = i
+	if neg {
+		return -int64(n), nil
+	}
+	return int64(n), nil
 }
 
 // decimal reads a price or quantity: a JSON number, or a string holding one
@@ -342,6 +344,9 @@ func (s *jsonScanner) decimal() (float64, error) {
 		s.i = end
 		num = s.b[start:end]
 	}
+	if f, ok := fastDecimal(num); ok {
+		return f, nil
+	}
 	// string(num) does not escape, so for numbers up to 32 bytes the
 	// conversion uses a stack buffer and allocates nothing.
 	f, err := strconv.ParseFloat(string(num), 64)
@@ -349,6 +354,39 @@ func (s *jsonScanner) decimal() (float64, error) {
 		return 0, errDecimal // out of range
 	}
 	return f, nil
+}
+
+var pow10 = [...]float64{1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+	1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22}
+
+// fastDecimal converts a plain decimal (digits, an optional fraction, no
+// sign or exponent) whose digits fit 2^53 and whose fraction has at most 22
+// digits: both m and 10^k are then exact float64s, and IEEE division rounds
+// m/10^k correctly, so the result equals strconv.ParseFloat's. Anything
+// else reports !ok and goes to strconv.
+func fastDecimal(b []byte) (float64, bool) {
+	var m uint64
+	frac := -1
+	for i, c := range b {
+		switch {
+		case c >= '0' && c <= '9':
+			m = m*10 + uint64(c-'0')
+			if m >= 1<<53 {
+				return 0, false
+			}
+		case c == '.' && frac < 0:
+			frac = len(b) - i - 1
+		default:
+			return 0, false
+		}
+	}
+	if frac < 0 {
+		frac = 0
+	}
+	if frac >= len(pow10) {
+		return 0, false
+	}
+	return float64(m) / pow10[frac], true
 }
 
 // scanNumber matches the JSON number grammar at b[i:] and returns its end.

@@ -1,0 +1,268 @@
+package processor_test
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/klagg/klagg/processor"
+	"github.com/klagg/klagg/schema"
+)
+
+func newAgg(t testing.TB, periods string) *processor.Aggregator {
+	t.Helper()
+	cfg := processor.DefaultEngineConfig()
+	ps, err := processor.ParsePeriods(periods)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Periods = ps
+	a, err := processor.NewAggregator(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+type feeder struct {
+	t      testing.TB
+	a      *processor.Aggregator
+	offset int64
+	agg    map[string]int64
+}
+
+func feed(t testing.TB, a *processor.Aggregator) *feeder {
+	return &feeder{t: t, a: a, agg: map[string]int64{}}
+}
+
+// trade folds a trade of one raw trade; now is the wall clock.
+func (f *feeder) trade(sym, at string, price, qty float64, now int64) processor.Outcome {
+	f.agg[sym]++
+	tr := schema.Trade{Symbol: []byte(sym), AggID: f.agg[sym], Price: price, Quantity: qty,
+		FirstID: f.agg[sym] * 10, LastID: f.agg[sym] * 10, Time: ms(at)}
+	f.offset++
+	return f.a.Fold(&tr, f.offset, now)
+}
+
+func drain(a *processor.Aggregator, now int64) []schema.Kline {
+	var b processor.Batch
+	a.Drain(&b, now)
+	return b.Klines
+}
+
+func describe(ks []schema.Kline) []string {
+	var out []string
+	for _, k := range ks {
+		out = append(out, fmt.Sprintf("%s %s %s o=%g c=%g n=%d final=%v", k.Symbol, k.Period,
+			time.UnixMilli(k.OpenTime).UTC().Format("15:04"), k.Open, k.Close, k.TradeCount, k.IsFinal))
+	}
+	return out
+}
+
+func expectKlines(t *testing.T, got []schema.Kline, want ...string) {
+	t.Helper()
+	g := describe(got)
+	if fmt.Sprint(g) != fmt.Sprint(want) {
+		t.Fatalf("klines:\n got %q\nwant %q", g, want)
+	}
+}
+
+var backfillNow = ms("2026-11-27T00:00:00Z")
+
+func TestRollMakesFlatCandles(t *testing.T) {
+	a := newAgg(t, "1m")
+	f := feed(t, a)
+	f.trade("BTC", "2024-05-01T10:00:30Z", 100, 1, backfillNow)
+	expectKlines(t, drain(a, 1), "BTC 1m 10:00 o=100 c=100 n=1 final=false")
+	f.trade("BTC", "2024-05-01T10:03:10Z", 103, 1, backfillNow)
+	expectKlines(t, drain(a, 2),
+		"BTC 1m 10:00 o=100 c=100 n=1 final=true",
+		"BTC 1m 10:01 o=100 c=100 n=0 final=true", // flat at the previous close
+		"BTC 1m 10:02 o=100 c=100 n=0 final=true",
+		"BTC 1m 10:03 o=103 c=103 n=1 final=false")
+	expectKlines(t, drain(a, 3)) // nothing changed: nothing emitted
+}
+
+func TestLateTradeRefusedForEveryPeriod(t *testing.T) {
+	a := newAgg(t, "1m,1h")
+	f := feed(t, a)
+	f.trade("BTC", "2024-05-01T10:05:00Z", 100, 1, backfillNow)
+	f.trade("BTC", "2024-05-01T10:06:00Z", 101, 1, backfillNow)
+	drain(a, 1)
+	// In the open 1h candle but in the final 10:05 1m candle: refused for
+	// both, so the 1h candle still equals its 1m candles.
+	if o := f.trade("BTC", "2024-05-01T10:05:30Z", 999, 1, backfillNow); o != processor.Late {
+		t.Fatalf("outcome %v, want Late", o)
+	}
+	expectKlines(t, drain(a, 2))
+}
+
+func TestDuplicateAggregateID(t *testing.T) {
+	a := newAgg(t, "1m")
+	tr := schema.Trade{Symbol: []byte("BTC"), AggID: 7, Price: 1, Quantity: 1, FirstID: 1, LastID: 1, Time: ms("2024-05-01T10:00:00Z")}
+	if o := a.Fold(&tr, 0, backfillNow); o != processor.Folded {
+		t.Fatal(o)
+	}
+	tr.Time += 1000
+	for _, id := range []int64{7, 6} {
+		tr.AggID = id
+		if o := a.Fold(&tr, 1, backfillNow); o != processor.Duplicate || o.Reason() != schema.ReasonDuplicate {
+			t.Fatalf("agg id %d: %v", id, o)
+		}
+	}
+}
+
+func TestWatermarkClosesQuietSymbols(t *testing.T) {
+	a := newAgg(t, "1m")
+	f := feed(t, a)
+	f.trade("QUIET", "2024-05-01T10:00:10Z", 5, 1, backfillNow)
+	f.trade("BUSY", "2024-05-01T10:00:20Z", 7, 1, backfillNow)
+	drain(a, 1)
+	// BUSY at 10:02:00.5 puts W at 10:01:59.5: QUIET's 10:00 candle ends
+	// before it and is final; 10:01 ends after W and stays open (flat).
+	f.trade("BUSY", "2024-05-01T10:02:00.500Z", 8, 1, backfillNow)
+	expectKlines(t, drain(a, 2),
+		"QUIET 1m 10:00 o=5 c=5 n=1 final=true",
+		"BUSY 1m 10:00 o=7 c=7 n=1 final=true",
+		"BUSY 1m 10:01 o=7 c=7 n=0 final=true",
+		"BUSY 1m 10:02 o=8 c=8 n=1 final=false")
+	// One more second closes QUIET's flat 10:01 candle.
+	f.trade("BUSY", "2024-05-01T10:02:01.500Z", 8, 1, backfillNow)
+	expectKlines(t, drain(a, 3),
+		"QUIET 1m 10:01 o=5 c=5 n=0 final=true",
+		"BUSY 1m 10:02 o=8 c=8 n=2 final=false")
+	// The next QUIET trade opens its candle like any first trade.
+	f.trade("QUIET", "2024-05-01T10:02:30Z", 6, 1, backfillNow)
+	expectKlines(t, drain(a, 4), "QUIET 1m 10:02 o=6 c=6 n=1 final=false")
+}
+
+func TestBackfillNeverUsesWallClock(t *testing.T) {
+	a := newAgg(t, "1m,1d")
+	f := feed(t, a)
+	f.trade("BTC", "2024-05-01T10:00:10Z", 5, 1, backfillNow)
+	w := a.Watermark()
+	a.AdvanceClock(backfillNow+time.Hour.Milliseconds(), true)
+	if a.Watermark() != w {
+		t.Fatalf("a backfill moved the watermark to %s", time.UnixMilli(a.Watermark()).UTC())
+	}
+	expectKlines(t, drain(a, 1), "BTC 1m 10:00 o=5 c=5 n=1 final=false", "BTC 1d 00:00 o=5 c=5 n=1 final=false")
+}
+
+func TestLiveWatermarkFollowsWallClock(t *testing.T) {
+	a := newAgg(t, "1m")
+	f := feed(t, a)
+	at := ms("2024-05-01T10:00:58Z")
+	f.trade("BTC", "2024-05-01T10:00:58Z", 5, 1, at+200) // accepted 200 ms after it happened: live
+	drain(a, 1)
+	cases := []struct {
+		now      int64
+		caughtUp bool
+		final    bool
+	}{
+		{at + 2500, false, false}, // lagging: the wall clock must not close candles
+		{at + 2900, true, false},  // W = 10:00:59.9, the candle ends at 10:00:59.999
+		{at + 3000, true, true},   // W = 10:01:00.0: final
+	}
+	for _, c := range cases {
+		a.AdvanceClock(c.now, c.caughtUp)
+		ks := drain(a, c.now)
+		if got := len(ks) == 1 && ks[0].IsFinal; got != c.final {
+			t.Fatalf("now +%dms caughtUp=%v: %q", c.now-at, c.caughtUp, describe(ks))
+		}
+	}
+}
+
+func TestVersionsIncrease(t *testing.T) {
+	a := newAgg(t, "1m")
+	f := feed(t, a)
+	f.trade("BTC", "2024-05-01T10:00:10Z", 5, 1, backfillNow)
+	k1 := drain(a, 1000)[0]
+	f.trade("BTC", "2024-05-01T10:00:20Z", 6, 1, backfillNow)
+	k2 := drain(a, 1000)[0] // same wall-clock millisecond
+	f.trade("BTC", "2024-05-01T10:01:20Z", 6, 1, backfillNow)
+	k3 := drain(a, 999)[0] // the wall clock went back
+	if !(k1.Version == 1_000_000 && k2.Version == k1.Version+1 && k3.Version == k2.Version+1 && k3.IsFinal) {
+		t.Fatalf("versions %d %d %d (final %v)", k1.Version, k2.Version, k3.Version, k3.IsFinal)
+	}
+}
+
+func TestRestoreAddsAndDropsPeriods(t *testing.T) {
+	a := newAgg(t, "1m,1h")
+	f := feed(t, a)
+	f.trade("BTC", "2024-05-01T10:00:10Z", 5, 1, backfillNow)
+	var b processor.Batch
+	a.Drain(&b, 1)
+	// Restart with 1h dropped and 5m added.
+	r := newAgg(t, "1m,5m")
+	if err := r.Restore(b.States, backfillNow); err != nil {
+		t.Fatal(err)
+	}
+	f.a = r
+	f.trade("BTC", "2024-05-01T10:06:10Z", 6, 1, backfillNow)
+	expectKlines(t, drain(r, 2),
+		"BTC 1m 10:00 o=5 c=5 n=1 final=true",
+		"BTC 1m 10:01 o=5 c=5 n=0 final=true",
+		"BTC 1m 10:02 o=5 c=5 n=0 final=true",
+		"BTC 1m 10:03 o=5 c=5 n=0 final=true",
+		"BTC 1m 10:04 o=5 c=5 n=0 final=true",
+		"BTC 1m 10:05 o=5 c=5 n=0 final=true",
+		"BTC 1m 10:06 o=6 c=6 n=1 final=false",
+		"BTC 5m 10:05 o=6 c=6 n=1 final=false") // starts at the next trade
+}
+
+func TestRestoreRefusesBadState(t *testing.T) {
+	a := newAgg(t, "1m")
+	f := feed(t, a)
+	f.trade("BTC", "2024-05-01T10:00:10Z", 5, 1, backfillNow)
+	var b processor.Batch
+	a.Drain(&b, 1)
+	good := b.States[0]
+	for name, mutate := range map[string]func(*schema.SymbolState){
+		"unknown period":          func(s *schema.SymbolState) { s.Candles[0].Period = "7m" },
+		"misaligned open":         func(s *schema.SymbolState) { s.Candles[0].OpenTime += 1000 },
+		"before 2010":             func(s *schema.SymbolState) { s.Candles[0].OpenTime = 0 },
+		"open trade outside":      func(s *schema.SymbolState) { s.Candles[0].OpenTradeTime += 3_600_000 },
+		"period twice":            func(s *schema.SymbolState) { s.Candles = append(s.Candles, s.Candles[0]) },
+		"bad symbol":              func(s *schema.SymbolState) { s.Symbol = "" },
+		"far-future watermark":    func(s *schema.SymbolState) { s.Watermark = backfillNow + 48*3_600_000 },
+		"closed by own watermark": func(s *schema.SymbolState) { s.Watermark = s.Candles[0].OpenTime + 60_000 },
+	} {
+		t.Run(name, func(t *testing.T) {
+			st := good
+			st.Candles = append([]schema.CandleState(nil), good.Candles...)
+			mutate(&st)
+			r := newAgg(t, "1m")
+			if err := r.Restore([]schema.SymbolState{st}, backfillNow); !errors.Is(err, processor.ErrBadState) {
+				t.Fatalf("want ErrBadState, got %v", err)
+			}
+			if r.Symbols() != 0 {
+				t.Fatal("a refused restore changed the shard")
+			}
+		})
+	}
+}
+
+// TestSteadyStateAllocatesNothing: once the arrays and the batch have grown,
+// folding and draining allocate nothing.
+func TestSteadyStateAllocatesNothing(t *testing.T) {
+	a := newAgg(t, processor.DefaultPeriods)
+	syms := [][]byte{[]byte("AAA"), []byte("BBB"), []byte("CCC")}
+	tr := schema.Trade{Price: 1, Quantity: 1, FirstID: 1, LastID: 1, Time: ms("2024-05-01T10:00:00Z")}
+	var b processor.Batch
+	var off int64
+	step := func() {
+		for _, s := range syms {
+			off++
+			tr.Symbol, tr.AggID, tr.Time = s, off, tr.Time+7
+			a.Fold(&tr, off, backfillNow)
+		}
+		a.Drain(&b, backfillNow)
+	}
+	for range 100 {
+		step()
+	}
+	if n := testing.AllocsPerRun(200, step); n != 0 {
+		t.Fatalf("%v allocations per fold+drain", n)
+	}
+}

@@ -1,0 +1,171 @@
+package schema_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+
+	"github.com/hamba/avro/v2"
+
+	"github.com/klagg/klagg/schema"
+)
+
+// FuzzDecodeBinanceJSON: the decoder never panics; what it accepts is valid
+// JSON (encoding/json agrees); for inputs without escapes or a wrapper, the
+// fields it reads equal encoding/json's; and what passes validation keeps
+// every rule.
+func FuzzDecodeBinanceJSON(f *testing.F) {
+	f.Add([]byte(goodJSON), []byte(""))
+	f.Add([]byte(`{"stream":"x","data":`+goodJSON+`}`), []byte(""))
+	f.Add([]byte(`{"a":1,"p":"1.5","q":"2","f":1,"l":1,"T":1700000000000,"m":false}`), []byte("BTCUSDT"))
+	f.Add([]byte(`{"a":1,"p":1e3,"q":0.5,"f":3,"l":2,"T":1,"m":true,"s":"a\u0041","x":[{},[],null]}`), []byte("K"))
+	dec := schema.TradeDecoder{Validate: schema.ValidateConfig{MaxSkew: schema.DefaultMaxSkew}}
+	f.Fuzz(func(t *testing.T, value, key []byte) {
+		var tr schema.Trade
+		err := schema.DecodeBinanceJSON(value, key, &tr)
+		if err != nil {
+			if schema.ReasonOf(err) == schema.ReasonNone {
+				t.Fatalf("error without reason: %v", err)
+			}
+			return
+		}
+		if !json.Valid(value) {
+			t.Fatalf("accepted invalid JSON %q", value)
+		}
+		if !bytes.ContainsAny(value, `\`) && !bytes.Contains(value, []byte(`"data"`)) {
+			var m map[string]json.RawMessage
+			if err := json.Unmarshal(value, &m); err != nil {
+				t.Fatalf("encoding/json refuses %q: %v", value, err)
+			}
+			checkInt := func(k string, got int64) {
+				var want int64
+				if err := json.Unmarshal(m[k], &want); err != nil || want != got {
+					t.Fatalf("field %s: got %d, encoding/json %s (%v)", k, got, m[k], err)
+				}
+			}
+			checkInt("a", tr.AggID)
+			checkInt("f", tr.FirstID)
+			checkInt("l", tr.LastID)
+			checkInt("T", tr.Time)
+			checkDec := func(k string, got float64) {
+				raw := bytes.Trim(m[k], `"`)
+				want, err := strconv.ParseFloat(string(raw), 64)
+				if err != nil || want != got {
+					t.Fatalf("field %s: got %v, strconv %v from %s (%v)", k, got, want, m[k], err)
+				}
+			}
+			checkDec("p", tr.Price)
+			checkDec("q", tr.Quantity)
+		}
+		if err := dec.Validate.Validate(&tr, now); err == nil {
+			checkValid(t, &tr)
+		}
+	})
+}
+
+func checkValid(t *testing.T, tr *schema.Trade) {
+	t.Helper()
+	ok := len(tr.Symbol) > 0 && len(tr.Symbol) <= schema.MaxSymbolLen &&
+		tr.Price > 0 && !math.IsInf(tr.Price, 0) && tr.Quantity > 0 && !math.IsInf(tr.Quantity, 0) &&
+		tr.AggID >= 0 && tr.FirstID >= 0 && tr.LastID >= tr.FirstID &&
+		tr.Time >= schema.MinTradeTime && tr.Time <= now+schema.DefaultMaxSkew.Milliseconds()
+	if !ok {
+		t.Fatalf("validation passed a trade that breaks the rules: %+v", tr)
+	}
+	if schema.ValidSymbol(tr.Symbol) != schema.ReasonNone {
+		t.Fatalf("bad symbol %q passed", tr.Symbol)
+	}
+}
+
+// FuzzDecodeAvroTrade: never panics; what it accepts re-encodes to the same
+// bytes and hamba/avro reads the same values; validation keeps every rule.
+func FuzzDecodeAvroTrade(f *testing.F) {
+	good := schema.Trade{Symbol: []byte("ETHUSDT"), AggID: 5, Price: 2000.5, Quantity: 0.25, FirstID: 10, LastID: 12, Time: now - 5}
+	f.Add(frameSOE(f, schema.AppendAvroTradeBody(nil, &good)))
+	f.Add(append([]byte{0, 0, 0, 0, 7}, schema.AppendAvroTradeBody(nil, &good)...))
+	f.Add([]byte{0xC3, 0x01})
+	val := schema.ValidateConfig{MaxSkew: schema.DefaultMaxSkew}
+	f.Fuzz(func(t *testing.T, value []byte) {
+		var tr schema.Trade
+		if err := schema.DecodeAvroTrade(value, &tr); err != nil {
+			return
+		}
+		_, _, body, err := schema.Unframe(value, schema.TradeSchema)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if re := schema.AppendAvroTradeBody(nil, &tr); !bytes.Equal(re, body) {
+			// Avro varints have one canonical form only for values written
+			// minimally; a longer encoding of the same value is still valid.
+			var again schema.Trade
+			if err := schema.DecodeAvroTradeBody(re, &again); err != nil || !equalTradeBits(again, tr) {
+				t.Fatalf("re-encoding changed the trade: %+v vs %+v", again, tr)
+			}
+		}
+		var h struct {
+			Symbol   string  `avro:"symbol"`
+			AggID    int64   `avro:"agg_trade_id"`
+			Price    float64 `avro:"price"`
+			Quantity float64 `avro:"quantity"`
+			FirstID  int64   `avro:"first_trade_id"`
+			LastID   int64   `avro:"last_trade_id"`
+			Time     int64   `avro:"trade_time"`
+			M        bool    `avro:"is_buyer_maker"`
+		}
+		if err := avro.Unmarshal(schema.TradeSchema, body, &h); err == nil {
+			if h.Symbol != string(tr.Symbol) || h.AggID != tr.AggID || h.Time != tr.Time || h.M != tr.BuyerMaker ||
+				math.Float64bits(h.Price) != math.Float64bits(tr.Price) {
+				t.Fatalf("hamba/avro reads %+v, klagg %+v", h, tr)
+			}
+		}
+		if val.Validate(&tr, now) == nil {
+			checkValid(t, &tr)
+		}
+	})
+}
+
+func equalTradeBits(a, b schema.Trade) bool {
+	return equalTrade(a, b) || (string(a.Symbol) == string(b.Symbol) && a.AggID == b.AggID &&
+		math.Float64bits(a.Price) == math.Float64bits(b.Price) && math.Float64bits(a.Quantity) == math.Float64bits(b.Quantity) &&
+		a.FirstID == b.FirstID && a.LastID == b.LastID && a.Time == b.Time && a.BuyerMaker == b.BuyerMaker)
+}
+
+// FuzzDecodeState: never panics, never allocates without bound, and what it
+// accepts keeps the state invariants and survives a re-encode.
+func FuzzDecodeState(f *testing.F) {
+	if b, err := os.ReadFile(filepath.Join("testdata", "state.bin")); err == nil {
+		f.Add(b)
+	}
+	f.Add([]byte{0xC3, 0x01, 0, 0, 0, 0, 0, 0, 0, 0})
+	codec, err := schema.NewStateCodec()
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, value []byte) {
+		var st schema.SymbolState
+		if err := codec.Decode(value, &st); err != nil {
+			return
+		}
+		if len(st.Candles) == 0 || len(st.Candles) > 16 || schema.ValidSymbol([]byte(st.Symbol)) != schema.ReasonNone {
+			t.Fatalf("accepted %+v", st)
+		}
+		for _, c := range st.Candles {
+			if !(c.Low > 0 && c.Low <= c.Open && c.Open <= c.High && c.Low <= c.Close && c.Close <= c.High) ||
+				math.IsInf(c.High, 0) || c.Volume < 0 || c.TradeCount < 0 {
+				t.Fatalf("accepted candle %+v", c)
+			}
+		}
+		re, err := codec.Encode(&st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var again schema.SymbolState
+		if err := codec.Decode(re, &again); err != nil || again.Symbol != st.Symbol || len(again.Candles) != len(st.Candles) {
+			t.Fatalf("re-encode: %+v, %v", again, err)
+		}
+	})
+}
