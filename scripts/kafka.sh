@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# A real Apache Kafka broker for the integration tests: fetches the broker
+# jars from Maven Central with Maven (nothing else is downloaded), formats
+# KRaft storage and runs one combined broker+controller on 127.0.0.1.
+#
+#   scripts/kafka.sh fetch          download the jars into the cache
+#   scripts/kafka.sh start DIR      format DIR and start; prints the address
+#   scripts/kafka.sh stop DIR       stop the broker started in DIR
+#   scripts/kafka.sh restart DIR    stop and start again on the same data
+#
+# KAFKA_VERSION (default below) picks the org.apache.kafka:kafka_2.13
+# version; KLAGG_CACHE (default .cache in the repo) holds the jars;
+# KAFKA_PORT (default 39092) is the client port, +1 the controller's.
+set -euo pipefail
+
+KAFKA_VERSION=${KAFKA_VERSION:-4.4.0}
+LOG4J_VERSION=${LOG4J_VERSION:-2.25.3}
+SLF4J_VERSION=${SLF4J_VERSION:-2.0.17}
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cache=${KLAGG_CACHE:-$repo/.cache}
+lib=$cache/kafka-$KAFKA_VERSION-log4j-$LOG4J_VERSION-slf4j-$SLF4J_VERSION/lib
+port=${KAFKA_PORT:-39092}
+cport=$((port + 1))
+
+fetch() {
+	if [ -f "$lib/.complete" ]; then return; fi
+	command -v mvn >/dev/null || { echo "kafka.sh: Maven (mvn) is needed to fetch the broker jars" >&2; exit 1; }
+	command -v java >/dev/null || { echo "kafka.sh: Java 17+ is needed to run the broker" >&2; exit 1; }
+	local pom
+	pom=$(mktemp -d)
+	cat >"$pom/pom.xml" <<EOF
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>io.klagg</groupId>
+  <artifactId>kafka-broker</artifactId>
+  <version>1</version>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <!-- Maven would mediate slf4j-api down to 1.7, which cannot see the log4j2 binding -->
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>$SLF4J_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>$LOG4J_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>$LOG4J_VERSION</version></dependency>
+  </dependencies>
+</project>
+EOF
+	echo "kafka.sh: fetching org.apache.kafka:kafka_2.13:$KAFKA_VERSION with Maven into $lib" >&2
+	mkdir -p "$lib"
+	mvn -q -B -f "$pom/pom.xml" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$lib" >&2
+	rm -rf "$pom"
+	touch "$lib/.complete"
+}
+
+write_config() {
+	local dir=$1
+	mkdir -p "$dir/data"
+	cat >"$dir/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+log.segment.bytes=16777216
+log.cleaner.backoff.ms=1000
+EOF
+	cat >"$dir/log4j2.properties" <<EOF
+rootLogger.level=WARN
+rootLogger.appenderRef.file.ref=file
+appender.file.type=File
+appender.file.name=file
+appender.file.fileName=$dir/broker.log
+appender.file.layout.type=PatternLayout
+appender.file.layout.pattern=[%d] %p %m (%c)%n
+EOF
+}
+
+java_cmd() {
+	local dir=$1
+	shift
+	java -Xms256m -Xmx1g -XX:+UseG1GC -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$lib/*" "$@"
+}
+
+launch() {
+	local dir=$1
+	nohup bash -c "exec java -Xms256m -Xmx1g -XX:+UseG1GC -Dlog4j2.configurationFile='$dir/log4j2.properties' -cp '$lib/*' kafka.Kafka '$dir/server.properties'" \
+		>"$dir/stdout.log" 2>&1 &
+	echo $! >"$dir/pid"
+	for _ in $(seq 1 120); do
+		if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+			echo "Apache Kafka $KAFKA_VERSION (KRaft, single combined node) on 127.0.0.1:$port" >&2
+			echo "127.0.0.1:$port"
+			return
+		fi
+		if ! kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
+			echo "kafka.sh: the broker exited; its output:" >&2
+			tail -50 "$dir/stdout.log" "$dir/broker.log" >&2 || true
+			exit 1
+		fi
+		sleep 0.5
+	done
+	echo "kafka.sh: the broker did not listen on 127.0.0.1:$port within 60s" >&2
+	exit 1
+}
+
+stop() {
+	local dir=$1
+	[ -f "$dir/pid" ] || return 0
+	local pid
+	pid=$(cat "$dir/pid")
+	kill "$pid" 2>/dev/null || true
+	for _ in $(seq 1 60); do
+		kill -0 "$pid" 2>/dev/null || { rm -f "$dir/pid"; return 0; }
+		sleep 0.5
+	done
+	kill -9 "$pid" 2>/dev/null || true
+	rm -f "$dir/pid"
+}
+
+case "${1:-}" in
+fetch) fetch ;;
+start)
+	dir=${2:?usage: kafka.sh start DIR}
+	fetch
+	write_config "$dir"
+	id=$(java_cmd "$dir" kafka.tools.StorageTool random-uuid)
+	java_cmd "$dir" kafka.tools.StorageTool format --standalone -t "$id" -c "$dir/server.properties" >"$dir/format.log" 2>&1 ||
+		{ cat "$dir/format.log" >&2; exit 1; }
+	launch "$dir"
+	;;
+stop) stop "${2:?usage: kafka.sh stop DIR}" ;;
+restart)
+	dir=${2:?usage: kafka.sh restart DIR}
+	stop "$dir"
+	launch "$dir"
+	;;
+*)
+	echo "usage: kafka.sh fetch | start DIR | stop DIR | restart DIR" >&2
+	exit 2
+	;;
+esac
