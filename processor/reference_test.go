@@ -6,145 +6,18 @@ import (
 	"math/rand/v2"
 	"sort"
 	"testing"
-	"time"
 
+	"github.com/klagg/klagg/internal/oracle"
 	"github.com/klagg/klagg/processor"
 	"github.com/klagg/klagg/schema"
 )
 
-// This file holds a reference model of DESIGN.md §2, written to be obvious
-// rather than fast, and independent of the engine's slots: a trade is late
-// when the candle it falls in ends at or before max(W, the symbol's latest
-// trade time); candles are recomputed at the end by grouping the accepted
-// trades; flat candles fill the gaps. The engine must agree with it on
-// every trade's outcome and on every candle.
-
-type refTrade struct {
-	symbol        string
-	agg, f, l, tm int64
-	price, qty    float64
-	buyerMaker    bool
-}
-
-type refSymbol struct {
-	lastAgg, maxT int64
-	trades        []refTrade
-}
-
-type reference struct {
-	periods               []processor.Period
-	grace, liveWindow     int64
-	w                     int64
-	acceptedAt, acceptedT int64
-	live                  bool
-	symbols               map[string]*refSymbol
-}
-
-func newReference(periods []processor.Period, grace, live time.Duration) *reference {
-	return &reference{periods: periods, grace: grace.Milliseconds(), liveWindow: live.Milliseconds(),
-		w: math.MinInt64, symbols: map[string]*refSymbol{}}
-}
-
-func (r *reference) trade(t refTrade, now int64) processor.Outcome {
-	s := r.symbols[t.symbol]
-	bound := r.w
-	if s != nil {
-		if t.agg <= s.lastAgg {
-			return processor.Duplicate
-		}
-		bound = max(bound, s.maxT)
-	}
-	for _, p := range r.periods {
-		if p.Next(p.Open(t.tm)) <= bound {
-			return processor.Late
-		}
-	}
-	if s == nil {
-		s = &refSymbol{maxT: math.MinInt64}
-		r.symbols[t.symbol] = s
-	}
-	s.lastAgg = t.agg
-	s.maxT = max(s.maxT, t.tm)
-	s.trades = append(s.trades, t)
-	r.w = max(r.w, t.tm-r.grace)
-	r.acceptedAt, r.acceptedT = now, t.tm
-	r.live = now-t.tm <= r.liveWindow
-	return processor.Folded
-}
-
-func (r *reference) clock(now int64, caughtUp bool) {
-	if caughtUp && r.live && now-r.acceptedAt >= r.grace {
-		r.w = max(r.w, now-r.grace)
-	}
-}
-
-type candleKey struct {
-	symbol, period string
-	open           int64
-}
-
-// candles returns the final candles and the open candles that have trades.
-func (r *reference) candles() (final, open map[candleKey]schema.Kline) {
-	final, open = map[candleKey]schema.Kline{}, map[candleKey]schema.Kline{}
-	for name, s := range r.symbols {
-		bound := max(r.w, s.maxT)
-		for _, p := range r.periods {
-			byOpen := map[int64][]refTrade{}
-			first := int64(math.MaxInt64)
-			for _, t := range s.trades {
-				o := p.Open(t.tm)
-				byOpen[o] = append(byOpen[o], t)
-				first = min(first, o)
-			}
-			prevClose := 0.0
-			for o := first; ; o = p.Next(o) {
-				k := schema.Kline{Symbol: name, Period: p.String(), OpenTime: o, CloseTime: p.Next(o) - 1,
-					FirstTradeID: -1, LastTradeID: -1}
-				ts := byOpen[o]
-				if len(ts) == 0 {
-					k.Open, k.High, k.Low, k.Close = prevClose, prevClose, prevClose, prevClose
-				} else {
-					first, last := ts[0], ts[0]
-					k.High, k.Low = ts[0].price, ts[0].price
-					for _, t := range ts {
-						if t.tm < first.tm || (t.tm == first.tm && t.agg < first.agg) {
-							first = t
-						}
-						if t.tm > last.tm || (t.tm == last.tm && t.agg > last.agg) {
-							last = t
-						}
-						k.High, k.Low = max(k.High, t.price), min(k.Low, t.price)
-						k.Volume += t.qty
-						k.QuoteVolume += t.price * t.qty
-						if !t.buyerMaker {
-							k.TakerBuyVolume += t.qty
-							k.TakerBuyQuoteVolume += t.price * t.qty
-						}
-						k.TradeCount += t.l - t.f + 1
-					}
-					k.Open, k.Close = first.price, last.price
-					k.FirstTradeID, k.LastTradeID = first.f, last.l
-				}
-				prevClose = k.Close
-				key := candleKey{name, p.String(), o}
-				if p.Next(o) <= bound {
-					k.IsFinal = true
-					final[key] = k
-					continue
-				}
-				if len(ts) > 0 {
-					open[key] = k
-				}
-				break
-			}
-		}
-	}
-	return final, open
-}
+// The engine must agree with the reference model (internal/oracle) on every
+// trade's outcome, every watermark and every candle.
 
 // A stream of events: trades (with their offset) and wall-clock ticks.
 type event struct {
-	trade    refTrade
+	trade    oracle.Trade
 	isTrade  bool
 	now      int64
 	caughtUp bool
@@ -171,7 +44,7 @@ func genStream(spec streamSpec) []event {
 	type symState struct {
 		agg, raw int64
 		price    float64
-		last     refTrade
+		last     oracle.Trade
 	}
 	syms := make([]symState, spec.symbols)
 	for i := range syms {
@@ -214,9 +87,9 @@ func genStream(spec streamSpec) []event {
 		// Skewed: low-numbered symbols trade much more.
 		i := int(float64(spec.symbols) * math.Pow(rng.Float64(), 2.5))
 		s := &syms[i]
-		var t refTrade
+		var t oracle.Trade
 		switch x := rng.Float64(); {
-		case x < 0.02 && s.last.symbol != "":
+		case x < 0.02 && s.last.Symbol != "":
 			t = s.last // resent by a websocket bridge
 		default:
 			s.agg += 1 + int64(rng.IntN(2))
@@ -230,8 +103,8 @@ func genStream(spec streamSpec) []event {
 			if x < 0.04 {
 				tm = mt - int64(60_000+rng.IntN(2*3600*1000)) // from the past
 			}
-			t = refTrade{symbol: fmt.Sprintf("S%03d", i), agg: s.agg, f: s.raw + 1, l: s.raw + n, tm: tm,
-				price: math.Round(s.price*100) / 100, qty: float64(1+rng.IntN(5000)) / 1000, buyerMaker: rng.IntN(2) == 0}
+			t = oracle.Trade{Symbol: fmt.Sprintf("S%03d", i), AggID: s.agg, First: s.raw + 1, Last: s.raw + n, Time: tm,
+				Price: math.Round(s.price*100) / 100, Qty: float64(1+rng.IntN(5000)) / 1000, BuyerMaker: rng.IntN(2) == 0}
 			s.raw += n
 			s.last = t
 		}
@@ -240,31 +113,31 @@ func genStream(spec streamSpec) []event {
 	return evs
 }
 
-func toTrade(t refTrade) schema.Trade {
-	return schema.Trade{Symbol: []byte(t.symbol), AggID: t.agg, Price: t.price, Quantity: t.qty,
-		FirstID: t.f, LastID: t.l, Time: t.tm, BuyerMaker: t.buyerMaker}
+func toTrade(t oracle.Trade) schema.Trade {
+	return schema.Trade{Symbol: []byte(t.Symbol), AggID: t.AggID, Price: t.Price, Quantity: t.Qty,
+		FirstID: t.First, LastID: t.Last, Time: t.Time, BuyerMaker: t.BuyerMaker}
 }
 
 // emitted gathers what the engine publishes, checking versions as it goes.
 type emitted struct {
 	t        *testing.T
-	final    map[candleKey]schema.Kline
-	open     map[candleKey]schema.Kline
-	versions map[candleKey]int64
+	final    map[oracle.Key]schema.Kline
+	open     map[oracle.Key]schema.Kline
+	versions map[oracle.Key]int64
 	states   map[string]schema.SymbolState // a compacted state topic
 	records  int
 }
 
 func newEmitted(t *testing.T) *emitted {
-	return &emitted{t: t, final: map[candleKey]schema.Kline{}, open: map[candleKey]schema.Kline{},
-		versions: map[candleKey]int64{}, states: map[string]schema.SymbolState{}}
+	return &emitted{t: t, final: map[oracle.Key]schema.Kline{}, open: map[oracle.Key]schema.Kline{},
+		versions: map[oracle.Key]int64{}, states: map[string]schema.SymbolState{}}
 }
 
 func (e *emitted) take(b *processor.Batch) {
 	e.t.Helper()
 	for _, k := range b.Klines {
 		e.records++
-		key := candleKey{k.Symbol, k.Period, k.OpenTime}
+		key := oracle.KeyOf(&k)
 		if v, ok := e.versions[key]; ok && k.Version <= v {
 			e.t.Fatalf("%v: version %d after %d", key, k.Version, v)
 		}
@@ -292,7 +165,7 @@ func (e *emitted) take(b *processor.Batch) {
 	}
 }
 
-func compareCandles(t *testing.T, what string, got, want map[candleKey]schema.Kline) {
+func compareCandles(t *testing.T, what string, got, want map[oracle.Key]schema.Kline) {
 	t.Helper()
 	var missing, extra, diff []string
 	for k, w := range want {
@@ -366,7 +239,7 @@ func runReference(t *testing.T, spec streamSpec) {
 		// 1s across gaps of days makes millions of flat candles.
 		cfg.Periods = cfg.Periods[1:]
 	}
-	ref := newReference(cfg.Periods, cfg.Grace, cfg.LiveWindow)
+	ref := oracle.New(cfg.Periods, cfg.Grace, cfg.LiveWindow)
 	eng, err := processor.NewAggregator(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -414,17 +287,17 @@ func runReference(t *testing.T, spec streamSpec) {
 		if ev.isTrade {
 			tr := toTrade(ev.trade)
 			got := eng.Fold(&tr, int64(i), ev.now)
-			want := ref.trade(ev.trade, ev.now)
+			want := ref.Trade(ev.trade, ev.now)
 			if got != want {
 				t.Fatalf("event %d %+v: engine %v, reference %v (W %d)", i, ev.trade, got, want, eng.Watermark())
 			}
 			counts[got]++
 		} else {
 			eng.AdvanceClock(ev.now, ev.caughtUp)
-			ref.clock(ev.now, ev.caughtUp)
+			ref.Clock(ev.now, ev.caughtUp)
 		}
-		if eng.Watermark() != ref.w {
-			t.Fatalf("event %d: watermark %d, reference %d", i, eng.Watermark(), ref.w)
+		if eng.Watermark() != ref.W {
+			t.Fatalf("event %d: watermark %d, reference %d", i, eng.Watermark(), ref.W)
 		}
 		if rng.IntN(40) == 0 {
 			drain()
@@ -432,7 +305,7 @@ func runReference(t *testing.T, spec streamSpec) {
 		}
 	}
 	drain()
-	final, open := ref.candles()
+	final, open := ref.Candles()
 	compareCandles(t, "final", out.final, final)
 	compareCandles(t, "open", out.open, open)
 	if counts[processor.Duplicate] == 0 || counts[processor.Late] == 0 || len(final) == 0 {

@@ -1,0 +1,148 @@
+// Package oracle recomputes candles from trades offline, the way DESIGN.md
+// §2 defines them, for tests to hold the engine and the whole pipeline
+// against. It is written to be obvious rather than fast, and shares no code
+// with the engine's slots: a trade is late when the candle it falls in ends
+// at or before max(W, the symbol's latest trade time); candles are grouped
+// from the accepted trades at the end, with flat candles filling the gaps.
+package oracle
+
+import (
+	"math"
+	"time"
+
+	"github.com/klagg/klagg/processor"
+	"github.com/klagg/klagg/schema"
+)
+
+// Trade is one aggregate trade as the oracle sees it.
+type Trade struct {
+	Symbol             string
+	AggID, First, Last int64
+	Time               int64
+	Price, Qty         float64
+	BuyerMaker         bool
+}
+
+type symbolState struct {
+	lastAgg, maxT int64
+	trades        []Trade
+}
+
+// Reference is the model of one shard (one trades partition).
+type Reference struct {
+	periods               []processor.Period
+	grace, liveWindow     int64
+	W                     int64 // the watermark
+	acceptedAt, acceptedT int64
+	live                  bool
+	symbols               map[string]*symbolState
+}
+
+// New returns an empty shard model.
+func New(periods []processor.Period, grace, live time.Duration) *Reference {
+	return &Reference{periods: periods, grace: grace.Milliseconds(), liveWindow: live.Milliseconds(),
+		W: math.MinInt64, symbols: map[string]*symbolState{}}
+}
+
+// Trade applies one trade read at wall clock now and returns its outcome.
+func (r *Reference) Trade(t Trade, now int64) processor.Outcome {
+	s := r.symbols[t.Symbol]
+	bound := r.W
+	if s != nil {
+		if t.AggID <= s.lastAgg {
+			return processor.Duplicate
+		}
+		bound = max(bound, s.maxT)
+	}
+	for _, p := range r.periods {
+		if p.Next(p.Open(t.Time)) <= bound {
+			return processor.Late
+		}
+	}
+	if s == nil {
+		s = &symbolState{maxT: math.MinInt64}
+		r.symbols[t.Symbol] = s
+	}
+	s.lastAgg = t.AggID
+	s.maxT = max(s.maxT, t.Time)
+	s.trades = append(s.trades, t)
+	r.W = max(r.W, t.Time-r.grace)
+	r.acceptedAt, r.acceptedT = now, t.Time
+	r.live = now-t.Time <= r.liveWindow
+	return processor.Folded
+}
+
+// Clock is a wall-clock tick: caughtUp as the runtime reports it.
+func (r *Reference) Clock(now int64, caughtUp bool) {
+	if caughtUp && r.live && now-r.acceptedAt >= r.grace {
+		r.W = max(r.W, now-r.grace)
+	}
+}
+
+// Key identifies a candle.
+type Key struct {
+	Symbol, Period string
+	Open           int64
+}
+
+// Candles returns the final candles and the open candles that have trades.
+func (r *Reference) Candles() (final, open map[Key]schema.Kline) {
+	final, open = map[Key]schema.Kline{}, map[Key]schema.Kline{}
+	for name, s := range r.symbols {
+		bound := max(r.W, s.maxT)
+		for _, p := range r.periods {
+			byOpen := map[int64][]Trade{}
+			first := int64(math.MaxInt64)
+			for _, t := range s.trades {
+				o := p.Open(t.Time)
+				byOpen[o] = append(byOpen[o], t)
+				first = min(first, o)
+			}
+			prevClose := 0.0
+			for o := first; ; o = p.Next(o) {
+				k := schema.Kline{Symbol: name, Period: p.String(), OpenTime: o, CloseTime: p.Next(o) - 1,
+					FirstTradeID: -1, LastTradeID: -1}
+				ts := byOpen[o]
+				if len(ts) == 0 {
+					k.Open, k.High, k.Low, k.Close = prevClose, prevClose, prevClose, prevClose
+				} else {
+					first, last := ts[0], ts[0]
+					k.High, k.Low = ts[0].Price, ts[0].Price
+					for _, t := range ts {
+						if t.Time < first.Time || (t.Time == first.Time && t.AggID < first.AggID) {
+							first = t
+						}
+						if t.Time > last.Time || (t.Time == last.Time && t.AggID > last.AggID) {
+							last = t
+						}
+						k.High, k.Low = max(k.High, t.Price), min(k.Low, t.Price)
+						k.Volume += t.Qty
+						k.QuoteVolume += t.Price * t.Qty
+						if !t.BuyerMaker {
+							k.TakerBuyVolume += t.Qty
+							k.TakerBuyQuoteVolume += t.Price * t.Qty
+						}
+						k.TradeCount += t.Last - t.First + 1
+					}
+					k.Open, k.Close = first.Price, last.Price
+					k.FirstTradeID, k.LastTradeID = first.First, last.Last
+				}
+				prevClose = k.Close
+				key := Key{name, p.String(), o}
+				if p.Next(o) <= bound {
+					k.IsFinal = true
+					final[key] = k
+					continue
+				}
+				if len(ts) > 0 {
+					open[key] = k
+				}
+				break
+			}
+		}
+	}
+	return final, open
+}
+
+// KeyOf returns the key of k.
+func KeyOf(k *schema.Kline) Key { return Key{Symbol: k.Symbol, Period: k.Period, Open: k.OpenTime} }

@@ -1,0 +1,103 @@
+package processor
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/klagg/klagg/schema"
+)
+
+// Config configures the Kafka runtime (Run). Start from DefaultConfig; the
+// defaults live there and nowhere else.
+type Config struct {
+	Brokers     []string
+	Group       string
+	TradesTopic string
+	KlinesTopic string
+	StateTopic  string
+	DLQTopic    string
+
+	Engine EngineConfig
+
+	InputFormat schema.InputFormat
+	// MaxSkew bounds how far past the wall clock a trade time may lie.
+	MaxSkew time.Duration
+	// SchemaRegistry, when set, is the URL of a Confluent-compatible
+	// registry: klines are then Confluent-framed under <klines>-value.
+	SchemaRegistry string
+
+	// FlushInterval is how often shards are drained, their records
+	// delivered and the trades offsets committed.
+	FlushInterval time.Duration
+	// DeliveryTimeout is how long a record may take to be acknowledged
+	// before its shard is restarted from its last commit.
+	DeliveryTimeout time.Duration
+	// MaxUnflushed bounds the trades a member reads ahead of its last
+	// completed flush; past it, consumption pauses (back-pressure when the
+	// broker is slow to acknowledge).
+	MaxUnflushed int
+	// ReplicationFactor of the topics klagg creates; -1 is the broker's
+	// default.
+	ReplicationFactor int16
+}
+
+// DefaultConfig returns DESIGN.md §4's defaults.
+func DefaultConfig() Config {
+	return Config{
+		Brokers:           []string{"127.0.0.1:9092"},
+		Group:             "klagg",
+		TradesTopic:       "trades",
+		KlinesTopic:       "klines",
+		StateTopic:        "klines-state",
+		DLQTopic:          "trades-dlq",
+		Engine:            DefaultEngineConfig(),
+		InputFormat:       schema.InputBinanceJSON,
+		MaxSkew:           schema.DefaultMaxSkew,
+		FlushInterval:     250 * time.Millisecond,
+		DeliveryTimeout:   2 * time.Minute,
+		MaxUnflushed:      2_000_000,
+		ReplicationFactor: -1,
+	}
+}
+
+// Validate reports every problem of c at once.
+func (c Config) Validate() error {
+	var errs []error
+	if len(c.Brokers) == 0 || strings.TrimSpace(strings.Join(c.Brokers, "")) == "" {
+		errs = append(errs, errors.New("processor: no brokers"))
+	}
+	for name, v := range map[string]string{"group": c.Group, "trades topic": c.TradesTopic,
+		"klines topic": c.KlinesTopic, "state topic": c.StateTopic, "dead-letter topic": c.DLQTopic} {
+		if v == "" {
+			errs = append(errs, fmt.Errorf("processor: empty %s", name))
+		}
+	}
+	topics := map[string]string{}
+	for name, v := range map[string]string{"trades": c.TradesTopic, "klines": c.KlinesTopic, "state": c.StateTopic, "dead-letter": c.DLQTopic} {
+		if other, ok := topics[v]; ok && v != "" {
+			errs = append(errs, fmt.Errorf("processor: the %s and %s topics are both %q", other, name, v))
+		}
+		topics[v] = name
+	}
+	if err := c.Engine.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.MaxSkew <= 0 {
+		errs = append(errs, fmt.Errorf("processor: max skew %s must be positive", c.MaxSkew))
+	}
+	if c.FlushInterval < time.Millisecond {
+		errs = append(errs, fmt.Errorf("processor: flush interval %s is below 1ms", c.FlushInterval))
+	}
+	if c.DeliveryTimeout < time.Second {
+		errs = append(errs, fmt.Errorf("processor: delivery timeout %s is below 1s", c.DeliveryTimeout))
+	}
+	if c.MaxUnflushed < 1 {
+		errs = append(errs, fmt.Errorf("processor: max unflushed %d must be positive", c.MaxUnflushed))
+	}
+	if c.ReplicationFactor == 0 || c.ReplicationFactor < -1 {
+		errs = append(errs, fmt.Errorf("processor: replication factor %d: want -1 (broker default) or at least 1", c.ReplicationFactor))
+	}
+	return errors.Join(errs...)
+}
