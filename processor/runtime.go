@@ -215,7 +215,7 @@ func (r *runtime) ensureTopics(ctx context.Context, adm *kadm.Client) (int32, er
 		{c.DLQTopic, nil},
 	} {
 		if d, ok := details[spec.topic]; ok && d.Err == nil {
-			counts[spec.topic] = int32(len(d.Partitions))
+			counts[spec.topic] = int32(len(d.Partitions)) // 0 while another member creates it
 			continue
 		}
 		resp, err := adm.CreateTopic(ctx, n, c.ReplicationFactor, spec.configs, spec.topic)
@@ -230,12 +230,34 @@ func (r *runtime) ensureTopics(ctx context.Context, adm *kadm.Client) (int32, er
 			}
 			continue
 		}
-		// Created concurrently by another member: read its count.
-		d, err := adm.ListTopics(ctx, spec.topic)
-		if err != nil {
-			return 0, fmt.Errorf("processor: describe %q: %w", spec.topic, err)
+		counts[spec.topic] = 0 // created concurrently by another member: described below
+	}
+	// A topic another member has just created may be listed before its
+	// partitions are: wait for the metadata to settle before comparing.
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		var pending []string
+		for topic, got := range counts {
+			if got == 0 {
+				pending = append(pending, topic)
+			}
 		}
-		counts[spec.topic] = int32(len(d[spec.topic].Partitions))
+		if len(pending) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("processor: topics %v still show no partitions", pending)
+		}
+		d, err := adm.ListTopics(ctx, pending...)
+		if err != nil {
+			return 0, fmt.Errorf("processor: describe %v: %w", pending, err)
+		}
+		for _, topic := range pending {
+			counts[topic] = int32(len(d[topic].Partitions))
+		}
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	if err := partition.CheckPartitionCounts(c.TradesTopic, n, counts); err != nil {
 		return 0, fmt.Errorf("processor: %w", err)

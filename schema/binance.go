@@ -523,3 +523,27 @@ func (s *jsonScanner) skip(depth int) error {
 	}
 	return s.syntax()
 }
+
+// AppendBinanceJSON appends t as a Binance aggTrade event, prices and
+// quantities as decimal strings the way Binance sends them.
+func AppendBinanceJSON(b []byte, t *Trade) []byte {
+	b = append(b, `{"e":"aggTrade","E":`...)
+	b = strconv.AppendInt(b, max(t.EventTime, t.Time), 10)
+	b = append(b, `,"s":"`...)
+	b = append(b, t.Symbol...)
+	b = append(b, `","a":`...)
+	b = strconv.AppendInt(b, t.AggID, 10)
+	b = append(b, `,"p":"`...)
+	b = strconv.AppendFloat(b, t.Price, 'f', -1, 64)
+	b = append(b, `","q":"`...)
+	b = strconv.AppendFloat(b, t.Quantity, 'f', -1, 64)
+	b = append(b, `","f":`...)
+	b = strconv.AppendInt(b, t.FirstID, 10)
+	b = append(b, `,"l":`...)
+	b = strconv.AppendInt(b, t.LastID, 10)
+	b = append(b, `,"T":`...)
+	b = strconv.AppendInt(b, t.Time, 10)
+	b = append(b, `,"m":`...)
+	b = strconv.AppendBool(b, t.BuyerMaker)
+	return append(b, `,"M":true}`...)
+}

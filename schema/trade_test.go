@@ -201,3 +201,22 @@ func TestReasonsAreDistinct(t *testing.T) {
 		t.Fatalf("%d reasons, want 12", len(seen))
 	}
 }
+
+func TestAppendBinanceJSONRoundTrip(t *testing.T) {
+	for _, tr := range []schema.Trade{
+		{Symbol: []byte("BTCUSDT"), AggID: 1, Price: 0.01633102, Quantity: 4.70443515, FirstID: 3, LastID: 9, Time: now, BuyerMaker: true},
+		{Symbol: []byte("X"), AggID: 1 << 62, Price: 1e-8, Quantity: 123456789.5, FirstID: 0, LastID: 0, Time: now, EventTime: now + 1},
+	} {
+		var back schema.Trade
+		if err := schema.DecodeBinanceJSON(schema.AppendBinanceJSON(nil, &tr), nil, &back); err != nil {
+			t.Fatal(err)
+		}
+		if back.EventTime == 0 {
+			t.Fatal("no event time")
+		}
+		back.EventTime = tr.EventTime
+		if !equalTrade(back, tr) {
+			t.Fatalf("got %+v want %+v", back, tr)
+		}
+	}
+}

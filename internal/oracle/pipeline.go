@@ -1,0 +1,258 @@
+package oracle
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/klagg/klagg/processor"
+	"github.com/klagg/klagg/schema"
+)
+
+// Record is one trades record as produced: its partition, and either a
+// trade or a bad value.
+type Record struct {
+	Partition int32
+	Trade     Trade
+	Bad       []byte // when set, the value produced instead of the trade
+}
+
+// MarketSpec describes a synthetic trade stream for pipeline tests.
+type MarketSpec struct {
+	Seed       uint64
+	Symbols    int
+	Trades     int
+	Partitions int32
+	Start      time.Time
+	// StepMs is the mean trade-time step between consecutive trades.
+	StepMs int
+	// DuplicateRate and BadRate are fractions of resent trades and of
+	// malformed values mixed in.
+	DuplicateRate, BadRate float64
+}
+
+// Market generates the records of spec. Symbol i lives in partition
+// i % Partitions, so each partition is one shard for the oracle.
+func Market(spec MarketSpec) []Record {
+	rng := rand.New(rand.NewPCG(spec.Seed, 7))
+	type sym struct {
+		agg, raw int64
+		price    float64
+		last     Trade
+	}
+	syms := make([]sym, spec.Symbols)
+	for i := range syms {
+		syms[i].price = float64(10 + rng.IntN(1000))
+	}
+	t := spec.Start.UnixMilli()
+	out := make([]Record, 0, spec.Trades)
+	for len(out) < spec.Trades {
+		t += int64(rng.IntN(2*spec.StepMs + 1))
+		i := int(float64(spec.Symbols) * math.Pow(rng.Float64(), 2))
+		s := &syms[i]
+		p := int32(i) % spec.Partitions
+		switch x := rng.Float64(); {
+		case x < spec.BadRate:
+			bad := [][]byte{[]byte(`{"e":"aggTrade","s":"BAD`), []byte(`{"s":"X","a":1,"p":"NaN","q":"1","f":1,"l":1,"T":1,"m":true}`), []byte(`not json`)}
+			out = append(out, Record{Partition: p, Bad: bad[rng.IntN(len(bad))]})
+			continue
+		case x < spec.BadRate+spec.DuplicateRate && s.last.Symbol != "":
+			out = append(out, Record{Partition: p, Trade: s.last})
+			continue
+		}
+		s.agg++
+		n := int64(1 + rng.IntN(3))
+		s.price = math.Max(0.01, s.price+float64(rng.IntN(21)-10)*0.01)
+		tr := Trade{Symbol: fmt.Sprintf("SYM%03dUSDT", i), AggID: s.agg, First: s.raw + 1, Last: s.raw + n,
+			Time: t - int64(rng.IntN(300)), Price: math.Round(s.price*100) / 100,
+			Qty: float64(1+rng.IntN(10000)) / 1000, BuyerMaker: rng.IntN(2) == 0}
+		s.raw += n
+		s.last = tr
+		out = append(out, Record{Partition: p, Trade: tr})
+	}
+	return out
+}
+
+// Value returns the Binance JSON value of r.
+func (r Record) Value() []byte {
+	if r.Bad != nil {
+		return r.Bad
+	}
+	t := r.Trade
+	return schema.AppendBinanceJSON(nil, &schema.Trade{Symbol: []byte(t.Symbol), AggID: t.AggID, Price: t.Price,
+		Quantity: t.Qty, FirstID: t.First, LastID: t.Last, Time: t.Time, BuyerMaker: t.BuyerMaker})
+}
+
+// Produce writes records to topic in order, each to its partition, keyed
+// by symbol.
+func Produce(ctx context.Context, cl *kgo.Client, topic string, recs []Record) error {
+	const batch = 5000
+	for i := 0; i < len(recs); i += batch {
+		var krs []*kgo.Record
+		for _, r := range recs[i:min(i+batch, len(recs))] {
+			krs = append(krs, &kgo.Record{Topic: topic, Partition: r.Partition, Key: []byte(r.Trade.Symbol), Value: r.Value()})
+		}
+		if err := cl.ProduceSync(ctx, krs...).FirstErr(); err != nil {
+			return fmt.Errorf("oracle: produce: %w", err)
+		}
+	}
+	return nil
+}
+
+// Expected runs one Reference per partition over recs (a backfill: the wall
+// clock never moves the watermark) and returns the final candles and the
+// number of records each refusal class should send to the dead-letter topic.
+func Expected(recs []Record, periods []processor.Period, grace time.Duration) (final map[Key]schema.Kline, refused int) {
+	refs := map[int32]*Reference{}
+	now := time.Now().UnixMilli()
+	for _, r := range recs {
+		ref := refs[r.Partition]
+		if ref == nil {
+			ref = New(periods, grace, time.Minute)
+			refs[r.Partition] = ref
+		}
+		if r.Bad != nil {
+			refused++
+			continue
+		}
+		if ref.Trade(r.Trade, now) != processor.Folded {
+			refused++
+		}
+	}
+	final = map[Key]schema.Kline{}
+	for _, ref := range refs {
+		f, _ := ref.Candles()
+		for k, v := range f {
+			final[k] = v
+		}
+	}
+	return final, refused
+}
+
+// Emitted is what a klines topic holds, folded the way ReplacingMergeTree
+// would: the newest version per candle.
+type Emitted struct {
+	Final    map[Key]schema.Kline
+	Records  int
+	Problems []string // version regressions, finals that disagree
+}
+
+// ReadKlines reads topic from the start to its current end.
+func ReadKlines(ctx context.Context, brokers []string, topic string, opts ...kgo.Opt) (*Emitted, error) {
+	adm, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, opts...)...)
+	if err != nil {
+		return nil, err
+	}
+	ends, err := kadm.NewClient(adm).ListEndOffsets(ctx, topic)
+	adm.Close()
+	if err != nil {
+		return nil, fmt.Errorf("oracle: end offsets: %w", err)
+	}
+	want := map[int32]int64{}
+	ends.Each(func(o kadm.ListedOffset) {
+		if o.Offset > 0 {
+			want[o.Partition] = o.Offset
+		}
+	})
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())}, opts...)...)
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	e := &Emitted{Final: map[Key]schema.Kline{}}
+	versions := map[Key]int64{}
+	for len(want) > 0 {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("oracle: read %s: %w (still waiting for %v)", topic, ctx.Err(), want)
+		}
+		var ferr error
+		fs.EachError(func(_ string, _ int32, err error) { ferr = err })
+		if ferr != nil {
+			return nil, ferr
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			if end, ok := want[r.Partition]; ok && r.Offset+1 >= end {
+				delete(want, r.Partition)
+			}
+			var k schema.Kline
+			if err := schema.DecodeKline(r.Value, &k); err != nil {
+				e.Problems = append(e.Problems, fmt.Sprintf("undecodable kline at %d/%d: %v", r.Partition, r.Offset, err))
+				return
+			}
+			e.Records++
+			key := KeyOf(&k)
+			if v, ok := versions[key]; ok && k.Version <= v {
+				e.Problems = append(e.Problems, fmt.Sprintf("%v: version %d after %d", key, k.Version, v))
+			}
+			versions[key] = max(versions[key], k.Version)
+			if !k.IsFinal {
+				return
+			}
+			k.Version = 0
+			if prev, ok := e.Final[key]; ok && !Equal(prev, k) {
+				e.Problems = append(e.Problems, fmt.Sprintf("%v: final twice, differently:\n%+v\n%+v", key, prev, k))
+			}
+			e.Final[key] = k
+		})
+	}
+	return e, nil
+}
+
+// Equal compares two candles: ids, counts and OHLC exactly, sums to 1e-9
+// relative (DESIGN.md §5), versions ignored.
+func Equal(a, b schema.Kline) bool {
+	close := func(x, y float64) bool {
+		return x == y || math.Abs(x-y) <= 1e-9*math.Max(math.Abs(x), math.Abs(y))
+	}
+	return a.Symbol == b.Symbol && a.Period == b.Period && a.OpenTime == b.OpenTime && a.CloseTime == b.CloseTime &&
+		a.Open == b.Open && a.High == b.High && a.Low == b.Low && a.Close == b.Close &&
+		a.TradeCount == b.TradeCount && a.FirstTradeID == b.FirstTradeID && a.LastTradeID == b.LastTradeID &&
+		a.IsFinal == b.IsFinal && close(a.Volume, b.Volume) && close(a.QuoteVolume, b.QuoteVolume) &&
+		close(a.TakerBuyVolume, b.TakerBuyVolume) && close(a.TakerBuyQuoteVolume, b.TakerBuyQuoteVolume)
+}
+
+// Diff returns "" when got and want hold the same candles, else a summary
+// with a few examples of what is missing, extra or different.
+func Diff(got, want map[Key]schema.Kline) string {
+	var missing, extra, differ []string
+	for k, w := range want {
+		g, ok := got[k]
+		if !ok {
+			missing = append(missing, fmt.Sprintf("%v", k))
+		} else if !Equal(g, w) {
+			differ = append(differ, fmt.Sprintf("%v\n   got  %+v\n   want %+v", k, g, w))
+		}
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			extra = append(extra, fmt.Sprintf("%v", k))
+		}
+	}
+	if len(missing)+len(extra)+len(differ) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d candles expected, %d got: %d missing, %d extra, %d differ", len(want), len(got), len(missing), len(extra), len(differ))
+	for _, l := range []struct {
+		name string
+		l    []string
+	}{{"missing", missing}, {"extra", extra}, {"differ", differ}} {
+		sort.Strings(l.l)
+		for i, s := range l.l {
+			if i == 3 {
+				break
+			}
+			fmt.Fprintf(&b, "\n  %s: %s", l.name, s)
+		}
+	}
+	return b.String()
+}

@@ -1,0 +1,138 @@
+package processor_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/klagg/klagg/internal/oracle"
+	"github.com/klagg/klagg/partition"
+	"github.com/klagg/klagg/processor"
+)
+
+// waitFor polls cond until it holds or the deadline passes. The pipeline is
+// asynchronous (a broker in between), so there is no event to wait on.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func handled(s *processor.Stats) int64 {
+	var n int64
+	for i := range s.Trades {
+		n += s.Trades[i].Load()
+	}
+	for i := range s.Invalid {
+		n += s.Invalid[i].Load()
+	}
+	return n
+}
+
+// TestRunKfake runs two members against franz-go's in-process broker over
+// three partitions of trades with duplicates and bad records mixed in; the
+// final candles on the klines topic must equal the oracle's.
+func TestRunKfake(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "trades"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	brokers := cluster.ListenAddrs()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+
+	recs := oracle.Market(oracle.MarketSpec{Seed: 1, Symbols: 30, Trades: 12_000, Partitions: 3,
+		Start: time.Date(2024, 2, 29, 23, 50, 0, 0, time.UTC), StepMs: 40, DuplicateRate: 0.01, BadRate: 0.002})
+	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	if err := oracle.Produce(ctx, prod, "trades", recs); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg := processor.DefaultConfig()
+	cfg.Brokers = brokers
+	cfg.FlushInterval = 50 * time.Millisecond
+	stats := [2]*processor.Stats{{}, {}}
+	var members [2]context.CancelFunc
+	errs := make(chan error, 2)
+	for i := range members {
+		mctx, mcancel := context.WithCancel(ctx)
+		members[i] = mcancel
+		go func() {
+			errs <- processor.Run(mctx, cfg, processor.WithStats(stats[i]), processor.WithRunLogger(slog.New(slog.NewTextHandler(t.Output(), nil))))
+		}()
+	}
+	waitFor(t, time.Minute, "every record handled", func() bool {
+		select {
+		case err := <-errs:
+			t.Fatalf("a member stopped early: %v", err)
+		default:
+		}
+		return handled(stats[0])+handled(stats[1]) >= int64(len(recs))
+	})
+	adm := kadm.NewClient(prod)
+	waitFor(t, time.Minute, "offsets committed to the end", func() bool {
+		lag, err := adm.Lag(ctx, cfg.Group)
+		if err != nil {
+			return false
+		}
+		return lag.Sorted()[0].Lag.Total() == 0
+	})
+	for i := range members {
+		members[i]()
+		if err := <-errs; err != nil {
+			t.Fatalf("member: %v", err)
+		}
+	}
+
+	want, refused := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
+	got, err := oracle.ReadKlines(ctx, brokers, cfg.KlinesTopic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Problems) > 0 {
+		t.Fatalf("%d problems, first: %s", len(got.Problems), got.Problems[0])
+	}
+	if d := oracle.Diff(got.Final, want); d != "" {
+		t.Fatal(d)
+	}
+	dead := stats[0].DeadLetters.Load() + stats[1].DeadLetters.Load()
+	if dead < int64(refused) {
+		t.Fatalf("%d dead letters, want at least %d", dead, refused)
+	}
+	t.Logf("%d records, %d final candles, %d kline records, %d dead letters", len(recs), len(want), got.Records, dead)
+}
+
+func TestRunRefusesMismatchedTopics(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "trades"), kfake.SeedTopics(2, "klines"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	cfg := processor.DefaultConfig()
+	cfg.Brokers = cluster.ListenAddrs()
+	err = processor.Run(t.Context(), cfg)
+	if !errors.Is(err, partition.ErrPartitionMismatch) || !strings.Contains(err.Error(), `"klines" has 2 partitions but trades topic "trades" has 3`) {
+		t.Fatalf("got %v", err)
+	}
+	cfg.TradesTopic = "nope"
+	if err := processor.Run(t.Context(), cfg); !errors.Is(err, processor.ErrTopicMissing) {
+		t.Fatalf("missing trades topic: %v", err)
+	}
+}
