@@ -72,6 +72,7 @@ type Stats struct {
 	Restores     atomic.Int64
 	Restarts     atomic.Int64 // shards restarted after a failed delivery
 	LastCommit   atomic.Int64 // Unix ms of the last successful commit
+	LastFlush    atomic.Int64 // Unix ms when the last flush cycle ended, whatever it found
 	Assigned     atomic.Int64 // partitions currently owned
 }
 
@@ -391,6 +392,7 @@ type drained struct {
 func (r *runtime) flush(ctx context.Context, only []int32) {
 	r.flushMu.Lock()
 	defer r.flushMu.Unlock()
+	defer func() { r.stats.LastFlush.Store(r.clock().UnixMilli()) }()
 	r.shardsMu.Lock()
 	var targets []*shard
 	if only == nil {

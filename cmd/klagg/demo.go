@@ -1,0 +1,250 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sr/srfake"
+
+	"github.com/klagg/klagg/processor"
+	"github.com/klagg/klagg/schema"
+)
+
+// cmdDemo runs the whole pipeline in one process: franz-go's in-process
+// broker (kfake) and schema registry (srfake), a synthetic live market, and
+// several klagg members in one consumer group; it prints the newest 1m
+// candles of the busiest symbols and the live figures.
+func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("klagg demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	duration := fs.Duration("duration", 0, "stop after this long (0: until interrupted)")
+	symbols := fs.Int("symbols", 300, "symbols in the synthetic market")
+	rate := fs.Int("rate", 3000, "trades per second")
+	members := fs.Int("members", 3, "klagg members in the group")
+	partitions := fs.Int("partitions", 6, "partitions of the trades topic")
+	var logs logFlags
+	logs.register(fs)
+	if err := parse(fs, args, os.Getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "klagg demo: %v\n", err)
+		return 2
+	}
+	var errs []error
+	if *symbols < 1 || *symbols > 100_000 {
+		errs = append(errs, fmt.Errorf("--symbols %d: want 1 to 100000", *symbols))
+	}
+	if *rate < 1 || *rate > 1_000_000 {
+		errs = append(errs, fmt.Errorf("--rate %d: want 1 to 1000000", *rate))
+	}
+	if *members < 1 || *members > 32 {
+		errs = append(errs, fmt.Errorf("--members %d: want 1 to 32", *members))
+	}
+	if *partitions < 1 || *partitions > 256 {
+		errs = append(errs, fmt.Errorf("--partitions %d: want 1 to 256", *partitions))
+	}
+	if err := errors.Join(errs...); err != nil {
+		fmt.Fprintf(stderr, "klagg demo: %v\n", err)
+		return 2
+	}
+	if logs.level == "info" {
+		logs.level = "warn" // the table is the demo's output; logs only for trouble
+	}
+	log, err := logs.logger(stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "klagg demo: %v\n", err)
+		return 2
+	}
+	if *duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, *duration)
+		defer cancel()
+	}
+
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(int32(*partitions), "trades"))
+	if err != nil {
+		fmt.Fprintf(stderr, "klagg demo: embedded broker: %v\n", err)
+		return 1
+	}
+	defer cluster.Close()
+	reg := srfake.New()
+	defer reg.Close()
+	brokers := cluster.ListenAddrs()
+
+	cfg := processor.DefaultConfig()
+	cfg.Brokers = brokers
+	cfg.SchemaRegistry = reg.URL()
+
+	var wg sync.WaitGroup
+	stats := make([]*processor.Stats, *members)
+	runCtx, stopMembers := context.WithCancel(context.Background())
+	failed := make(chan error, *members)
+	for i := range stats {
+		stats[i] = &processor.Stats{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := processor.Run(runCtx, cfg, processor.WithStats(stats[i]), processor.WithRunLogger(log.With("member", i))); err != nil {
+				failed <- err
+			}
+		}()
+	}
+	defer func() {
+		stopMembers()
+		wg.Wait()
+	}()
+
+	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		fmt.Fprintf(stderr, "klagg demo: %v\n", err)
+		return 1
+	}
+	defer prod.Close()
+	go market(ctx, prod, cfg.TradesTopic, *symbols, *rate)
+
+	view := newKlineView()
+	tail, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(cfg.KlinesTopic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		fmt.Fprintf(stderr, "klagg demo: %v\n", err)
+		return 1
+	}
+	defer tail.Close()
+	go func() {
+		for ctx.Err() == nil {
+			tail.PollFetches(ctx).EachRecord(func(r *kgo.Record) { view.add(r.Value) })
+		}
+	}()
+
+	term := isTerminal(stdout)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var prevTrades, prevKlines int64
+	for {
+		select {
+		case err := <-failed:
+			fmt.Fprintf(stderr, "klagg demo: member failed: %v\n", err)
+			return 1
+		case <-ctx.Done():
+			fmt.Fprintln(stdout, "demo finished")
+			return 0
+		case <-tick.C:
+			var trades, klines, flushes, dirty, rebalances int64
+			for _, s := range stats {
+				for i := range s.Trades {
+					trades += s.Trades[i].Load()
+				}
+				klines += s.Klines.Load()
+				flushes += s.Flushes.Load()
+				dirty += s.DirtyFlushed.Load()
+				rebalances += s.Rebalances.Load()
+			}
+			var b strings.Builder
+			if term {
+				b.WriteString("\x1b[H\x1b[2J")
+			}
+			fmt.Fprintf(&b, "klagg demo: %d members, %d symbols  |  %d trades/s  %d candles/s  %.0f dirty candles/flush  %d rebalances\n",
+				*members, *symbols, trades-prevTrades, klines-prevKlines, float64(dirty)/math.Max(1, float64(flushes)), rebalances)
+			prevTrades, prevKlines = trades, klines
+			view.render(&b, 10)
+			fmt.Fprint(stdout, b.String())
+		}
+	}
+}
+
+// market produces a live synthetic market: skewed activity (a few symbols
+// trade most), bursts and quiet spells, prices on a 0.01 tick grid.
+func market(ctx context.Context, cl *kgo.Client, topic string, symbols, rate int) {
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	type sym struct {
+		name  string
+		agg   int64
+		price float64
+	}
+	syms := make([]sym, symbols)
+	for i := range syms {
+		syms[i] = sym{name: fmt.Sprintf("S%03dUSDT", i), price: float64(1 + rng.IntN(5000))}
+	}
+	const tick = 20 * time.Millisecond
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	burst := 1.0
+	var raw int64
+	var buf []byte
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if rng.IntN(100) == 0 {
+			burst = []float64{0.1, 1, 1, 3}[rng.IntN(4)] // quiet spell or burst
+		}
+		n := int(float64(rate) * tick.Seconds() * burst)
+		now := time.Now().UnixMilli()
+		recs := make([]*kgo.Record, 0, n)
+		for range n {
+			s := &syms[int(float64(symbols)*math.Pow(rng.Float64(), 3))]
+			s.agg++
+			s.price = math.Max(0.01, math.Round((s.price+float64(rng.IntN(7)-3)*0.01)*100)/100)
+			q := float64(1+rng.IntN(100000)) / 10000
+			k := int64(1 + rng.IntN(3))
+			tr := schema.Trade{Symbol: []byte(s.name), AggID: s.agg, Price: s.price, Quantity: q,
+				FirstID: raw + 1, LastID: raw + k, Time: now, BuyerMaker: rng.IntN(2) == 0}
+			raw += k
+			buf = schema.AppendBinanceJSON(buf[:0], &tr)
+			recs = append(recs, &kgo.Record{Topic: topic, Key: []byte(s.name), Value: append([]byte(nil), buf...)})
+		}
+		for _, r := range recs {
+			cl.Produce(ctx, r, nil)
+		}
+	}
+}
+
+// klineView keeps the newest 1m candle of every symbol.
+type klineView struct {
+	mu     sync.Mutex
+	latest map[string]schema.Kline
+}
+
+func newKlineView() *klineView { return &klineView{latest: map[string]schema.Kline{}} }
+
+func (v *klineView) add(value []byte) {
+	var k schema.Kline
+	if schema.DecodeKline(value, &k) != nil || k.Period != "1m" {
+		return
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if cur, ok := v.latest[k.Symbol]; !ok || k.OpenTime > cur.OpenTime || (k.OpenTime == cur.OpenTime && k.Version > cur.Version) {
+		v.latest[k.Symbol] = k
+	}
+}
+
+func (v *klineView) render(w io.Writer, n int) {
+	v.mu.Lock()
+	ks := make([]schema.Kline, 0, len(v.latest))
+	for _, k := range v.latest {
+		ks = append(ks, k)
+	}
+	v.mu.Unlock()
+	sort.Slice(ks, func(i, j int) bool { return ks[i].TradeCount > ks[j].TradeCount })
+	fmt.Fprintf(w, "\n%-10s %-8s %12s %12s %12s %12s %12s %7s %s\n", "symbol", "1m open", "open", "high", "low", "close", "volume", "trades", "final")
+	for _, k := range ks[:min(n, len(ks))] {
+		fmt.Fprintf(w, "%-10s %-8s %12.2f %12.2f %12.2f %12.2f %12.4f %7d %v\n", k.Symbol,
+			time.UnixMilli(k.OpenTime).UTC().Format("15:04"), k.Open, k.High, k.Low, k.Close, k.Volume, k.TradeCount, k.IsFinal)
+	}
+}

@@ -1,0 +1,216 @@
+// Command klagg turns a Kafka topic of exchange trades into candlesticks.
+// See the README, or klagg help.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/lmittmann/tint"
+
+	"github.com/klagg/klagg/processor"
+	"github.com/klagg/klagg/schema"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+const usage = `klagg turns a Kafka topic of exchange trades into candlesticks (klines)
+for many symbols and periods at once, and publishes every changed candle as
+an Avro record.
+
+Usage:
+  klagg run   [flags]   run one member of the consumer group
+  klagg demo  [flags]   everything in one process: embedded broker, registry,
+                        synthetic market and three members; no setup needed
+  klagg help            this text
+
+Every flag also reads KLAGG_<FLAG> from the environment (--flush-interval is
+KLAGG_FLUSH_INTERVAL); a flag on the command line wins.
+Run "klagg <command> -h" for a command's flags.
+`
+
+// run is main without the process: testable, it returns the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "run":
+		return cmdRun(ctx, args[1:], stdout, stderr)
+	case "demo":
+		return cmdDemo(ctx, args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "klagg: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+}
+
+// logFlags are shared by every command.
+type logFlags struct {
+	format string
+	level  string
+}
+
+func (l *logFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&l.format, "log-format", "auto", "log format: auto (colour on a terminal), text or json")
+	fs.StringVar(&l.level, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(l.level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", l.level)
+	}
+	switch l.format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})), nil
+	case "auto":
+		return slog.New(tint.NewHandler(w, &tint.Options{Level: level, TimeFormat: time.TimeOnly, NoColor: !isTerminal(w)})), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want auto, text or json", l.format)
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// parse parses args, then fills every flag not given on the command line
+// from KLAGG_<FLAG>. It reports every bad value at once.
+func parse(fs *flag.FlagSet, args []string, getenv func(string) string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] {
+			return
+		}
+		env := "KLAGG_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v := getenv(env); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// runFlags binds processor.Config to flags; defaults come from
+// processor.DefaultConfig.
+type runFlags struct {
+	cfg         processor.Config
+	brokers     string
+	periods     string
+	inputFormat string
+	metricsAddr string
+	logs        logFlags
+}
+
+func newRunFlags(name string, stderr io.Writer) (*flag.FlagSet, *runFlags) {
+	rf := &runFlags{cfg: processor.DefaultConfig()}
+	c := &rf.cfg
+	fs := flag.NewFlagSet("klagg "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&rf.brokers, "brokers", strings.Join(c.Brokers, ","), "Kafka bootstrap brokers, comma-separated")
+	fs.StringVar(&c.Group, "group", c.Group, "consumer group id")
+	fs.StringVar(&c.TradesTopic, "trades-topic", c.TradesTopic, "topic of trades, keyed by symbol")
+	fs.StringVar(&c.KlinesTopic, "klines-topic", c.KlinesTopic, "topic the klines are published to (created if missing)")
+	fs.StringVar(&c.StateTopic, "state-topic", c.StateTopic, "compacted topic of shard state (created if missing)")
+	fs.StringVar(&c.DLQTopic, "dlq-topic", c.DLQTopic, "dead-letter topic for refused trades (created if missing)")
+	fs.StringVar(&rf.periods, "periods", processor.DefaultPeriods, "candle periods, comma-separated, from 1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M")
+	fs.StringVar(&rf.inputFormat, "input-format", c.InputFormat.String(), "trade encoding: binance-json or avro")
+	fs.StringVar(&c.SchemaRegistry, "schema-registry", "", "schema registry URL; klines are then Confluent-framed (default: Avro single-object encoding)")
+	fs.DurationVar(&c.FlushInterval, "flush-interval", c.FlushInterval, "how often changed candles are published and offsets committed")
+	fs.DurationVar(&c.Engine.Grace, "grace", c.Engine.Grace, "how far the watermark trails the newest trade time")
+	fs.DurationVar(&c.Engine.LiveWindow, "live-window", c.Engine.LiveWindow, "a shard whose latest trade arrived within this of its trade time is live: its candles close by the wall clock")
+	fs.DurationVar(&c.MaxSkew, "max-skew", c.MaxSkew, "trades timed further than this past the wall clock are refused")
+	fs.StringVar(&rf.metricsAddr, "metrics-addr", ":9464", "address of /healthz and /readyz (empty: none)")
+	rf.logs.register(fs)
+	return fs, rf
+}
+
+// finish turns the flag strings into the config and validates it.
+func (rf *runFlags) finish() error {
+	var errs []error
+	rf.cfg.Brokers = nil
+	for _, b := range strings.Split(rf.brokers, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			rf.cfg.Brokers = append(rf.cfg.Brokers, b)
+		}
+	}
+	periods, err := processor.ParsePeriods(rf.periods)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--periods: %w", err))
+	} else {
+		rf.cfg.Engine.Periods = periods
+	}
+	if rf.cfg.InputFormat, err = schema.ParseInputFormat(rf.inputFormat); err != nil {
+		errs = append(errs, fmt.Errorf("--input-format: %w", err))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return rf.cfg.Validate()
+}
+
+func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs, rf := newRunFlags("run", stderr)
+	if err := parse(fs, args, os.Getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "klagg run: %v\n", err)
+		return 2
+	}
+	if err := rf.finish(); err != nil {
+		fmt.Fprintf(stderr, "klagg run: %v\n", err)
+		return 2
+	}
+	log, err := rf.logs.logger(stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "klagg run: %v\n", err)
+		return 2
+	}
+	stats := &processor.Stats{}
+	srv, err := startHealth(rf.metricsAddr, stats, rf.cfg.FlushInterval, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "klagg run: %v\n", err)
+		return 1
+	}
+	defer srv.Close()
+	if err := processor.Run(ctx, rf.cfg, processor.WithRunLogger(log), processor.WithStats(stats)); err != nil {
+		log.Error("klagg stopped", "err", err)
+		return 1
+	}
+	return 0
+}
