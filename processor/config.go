@@ -41,6 +41,9 @@ type Config struct {
 	// ReplicationFactor of the topics klagg creates; -1 is the broker's
 	// default.
 	ReplicationFactor int16
+	// SessionTimeout: how long the group waits for a silent member (one
+	// killed without leaving) before giving its partitions to others.
+	SessionTimeout time.Duration
 }
 
 // DefaultConfig returns DESIGN.md §4's defaults.
@@ -59,6 +62,7 @@ func DefaultConfig() Config {
 		DeliveryTimeout:   2 * time.Minute,
 		MaxUnflushed:      2_000_000,
 		ReplicationFactor: -1,
+		SessionTimeout:    45 * time.Second,
 	}
 }
 
@@ -95,6 +99,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxUnflushed < 1 {
 		errs = append(errs, fmt.Errorf("processor: max unflushed %d must be positive", c.MaxUnflushed))
+	}
+	if c.SessionTimeout < time.Second {
+		errs = append(errs, fmt.Errorf("processor: session timeout %s is below 1s", c.SessionTimeout))
 	}
 	if c.ReplicationFactor == 0 || c.ReplicationFactor < -1 {
 		errs = append(errs, fmt.Errorf("processor: replication factor %d: want -1 (broker default) or at least 1", c.ReplicationFactor))

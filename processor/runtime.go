@@ -90,6 +90,15 @@ func Run(ctx context.Context, cfg Config, opts ...RunOption) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	err := run(ctx, cfg, opts...)
+	if err != nil && ctx.Err() != nil {
+		// Told to stop while starting: that is a clean stop, not a failure.
+		return nil
+	}
+	return err
+}
+
+func run(ctx context.Context, cfg Config, opts ...RunOption) error {
 	o := runOptions{log: slog.New(slog.DiscardHandler), clock: time.Now, stats: &Stats{}}
 	for _, fn := range opts {
 		fn(&o)
@@ -120,6 +129,7 @@ func Run(ctx context.Context, cfg Config, opts ...RunOption) error {
 		kgo.Balancers(kgo.CooperativeStickyBalancer()),
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
+		kgo.SessionTimeout(cfg.SessionTimeout),
 		kgo.OnPartitionsAssigned(r.onAssigned),
 		kgo.OnPartitionsRevoked(r.onRevoked),
 		kgo.OnPartitionsLost(r.onLost),
@@ -246,11 +256,12 @@ func (r *runtime) ensureTopics(ctx context.Context, adm *kadm.Client) (int32, er
 			break
 		}
 		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("processor: topics %v still show no partitions", pending)
+			return 0, fmt.Errorf("processor: topics %v still show no partitions after 15s", pending)
 		}
 		d, err := adm.ListTopics(ctx, pending...)
 		if err != nil {
-			return 0, fmt.Errorf("processor: describe %v: %w", pending, err)
+			// Transient until the deadline: the broker may be restarting.
+			r.log.Warn("describe topics", "topics", pending, "err", err)
 		}
 		for _, topic := range pending {
 			counts[topic] = int32(len(d[topic].Partitions))
@@ -724,7 +735,11 @@ func (r *runtime) restore(ctx context.Context, ps []int32) ([]*shard, error) {
 		r.log.Debug("shard restored", "partition", p, "symbols", len(states), "position", agg.Position())
 	}
 	r.stats.Restores.Add(int64(len(ps)))
-	r.log.Info("restored", "partitions", ps, "took", r.clock().Sub(start).Round(time.Millisecond))
+	symbols := 0
+	for _, m := range latest {
+		symbols += len(m)
+	}
+	r.log.Info("restored", "partitions", ps, "symbols", symbols, "took", r.clock().Sub(start).Round(time.Millisecond))
 	return out, nil
 }
 

@@ -154,6 +154,7 @@ func newRunFlags(name string, stderr io.Writer) (*flag.FlagSet, *runFlags) {
 	fs.DurationVar(&c.Engine.Grace, "grace", c.Engine.Grace, "how far the watermark trails the newest trade time")
 	fs.DurationVar(&c.Engine.LiveWindow, "live-window", c.Engine.LiveWindow, "a shard whose latest trade arrived within this of its trade time is live: its candles close by the wall clock")
 	fs.DurationVar(&c.MaxSkew, "max-skew", c.MaxSkew, "trades timed further than this past the wall clock are refused")
+	fs.DurationVar(&c.SessionTimeout, "session-timeout", c.SessionTimeout, "how long the group waits for a member that died without leaving")
 	fs.StringVar(&rf.metricsAddr, "metrics-addr", ":9464", "address of /healthz and /readyz (empty: none)")
 	rf.logs.register(fs)
 	return fs, rf

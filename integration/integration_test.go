@@ -1,0 +1,429 @@
+package integration_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/klagg/klagg/internal/oracle"
+	"github.com/klagg/klagg/processor"
+	"github.com/klagg/klagg/schema"
+)
+
+var (
+	brokers []string
+	binary  string
+)
+
+func TestMain(m *testing.M) {
+	addr := os.Getenv("KLAGG_TEST_BROKERS")
+	if addr == "" {
+		fmt.Println("integration: KLAGG_TEST_BROKERS is unset; skipping (scripts/test.sh starts a broker and sets it)")
+		os.Exit(m.Run())
+	}
+	brokers = strings.Split(addr, ",")
+	dir, err := os.MkdirTemp("", "klagg-bin")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "klagg")
+	build := exec.Command("go", "build", "-race", "-o", binary, "../cmd/klagg")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Println("integration: build klagg:", err)
+		os.Exit(1)
+	}
+	fmt.Printf("integration: against %s at %s\n", os.Getenv("KLAGG_TEST_BROKER_NAME"), addr)
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func needBroker(t *testing.T) {
+	t.Helper()
+	if brokers == nil {
+		t.Skip("KLAGG_TEST_BROKERS is unset")
+	}
+}
+
+// bed is one scenario's topics and members.
+type bed struct {
+	t          *testing.T
+	ctx        context.Context
+	cl         *kgo.Client
+	adm        *kadm.Client
+	name       string
+	partitions int32
+	members    map[string]*member
+	produced   []oracle.Record
+}
+
+type member struct {
+	cmd *exec.Cmd
+	log *bytes.Buffer
+}
+
+func newBed(t *testing.T, partitions int32) *bed {
+	needBroker(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 8*time.Minute)
+	t.Cleanup(cancel)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	b := &bed{t: t, ctx: ctx, cl: cl, adm: kadm.NewClient(cl), partitions: partitions, members: map[string]*member{},
+		name: fmt.Sprintf("%s-%d", strings.ToLower(t.Name()), rand.IntN(1_000_000))}
+	if _, err := b.adm.CreateTopic(ctx, partitions, 1, nil, b.topic("trades")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for name := range b.members {
+			b.kill(name)
+		}
+	})
+	return b
+}
+
+func (b *bed) topic(kind string) string { return b.name + "-" + kind }
+
+func (b *bed) args() []string {
+	return []string{"run", "--brokers", strings.Join(brokers, ","), "--group", b.name,
+		"--trades-topic", b.topic("trades"), "--klines-topic", b.topic("klines"),
+		"--state-topic", b.topic("state"), "--dlq-topic", b.topic("dlq"),
+		"--flush-interval", "100ms", "--session-timeout", "6s", "--metrics-addr", "", "--log-format", "text"}
+}
+
+func (b *bed) start(name string) {
+	b.t.Helper()
+	m := &member{cmd: exec.Command(binary, b.args()...), log: &bytes.Buffer{}}
+	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
+	if err := m.cmd.Start(); err != nil {
+		b.t.Fatal(err)
+	}
+	b.members[name] = m
+}
+
+// stop sends SIGTERM and expects a clean exit 0.
+func (b *bed) stop(name string) {
+	b.t.Helper()
+	m := b.members[name]
+	delete(b.members, name)
+	if err := m.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		b.t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- m.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			b.t.Fatalf("member %s exited with %v after SIGTERM; its log:\n%s", name, err, tail(m.log.String()))
+		}
+	case <-time.After(time.Minute):
+		m.cmd.Process.Kill()
+		b.t.Fatalf("member %s did not stop within a minute of SIGTERM; its log:\n%s", name, tail(m.log.String()))
+	}
+}
+
+// waitMembers waits until the group has n members with partitions.
+func (b *bed) waitMembers(n int) {
+	b.t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		groups, err := b.adm.DescribeGroups(b.ctx, b.name)
+		if err == nil {
+			g := groups[b.name]
+			if g.State == "Stable" && len(g.Members) == n {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			b.t.Fatalf("group %s never reached %d stable members", b.name, n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// kill is kill -9: no flush, no commit, no leaving the group.
+func (b *bed) kill(name string) {
+	m := b.members[name]
+	delete(b.members, name)
+	m.cmd.Process.Kill()
+	m.cmd.Wait()
+}
+
+func tail(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-40):], "\n")
+}
+
+func (b *bed) produce(recs []oracle.Record) {
+	b.t.Helper()
+	if err := oracle.Produce(b.ctx, b.cl, b.topic("trades"), recs); err != nil {
+		b.t.Fatal(err)
+	}
+	b.produced = append(b.produced, recs...)
+}
+
+// settle waits until the group has committed every trades offset, i.e. each
+// trade's candles were delivered.
+func (b *bed) settle(d time.Duration) {
+	b.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		for name, m := range b.members {
+			if m.cmd.ProcessState != nil {
+				b.t.Fatalf("member %s exited: %s", name, tail(m.log.String()))
+			}
+		}
+		lags, err := b.adm.Lag(b.ctx, b.name)
+		if err == nil {
+			if l, ok := lags[b.name]; ok && l.FetchErr == nil && l.DescribeErr == nil {
+				total := int64(0)
+				complete := true
+				for _, ps := range l.Lag {
+					for _, pl := range ps {
+						if pl.Commit.At < 0 && pl.End.Offset > 0 {
+							complete = false
+						}
+						total += pl.Lag
+					}
+				}
+				if complete && total == 0 {
+					return
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			var logs strings.Builder
+			for name, m := range b.members {
+				fmt.Fprintf(&logs, "--- %s\n%s\n", name, tail(m.log.String()))
+			}
+			b.t.Fatalf("group %s still lags after %s (%v); logs:\n%s", b.name, d, err, logs.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// check compares the final candles on the klines topic with the oracle's.
+func (b *bed) check() *oracle.Emitted {
+	b.t.Helper()
+	cfg := processor.DefaultConfig()
+	want, _ := oracle.Expected(b.produced, cfg.Engine.Periods, cfg.Engine.Grace)
+	got, err := oracle.ReadKlines(b.ctx, brokers, b.topic("klines"))
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	if len(got.Problems) > 0 {
+		b.t.Errorf("%d problems on the klines topic; first: %s", len(got.Problems), got.Problems[0])
+	}
+	if d := oracle.Diff(got.Final, want); d != "" {
+		b.t.Fatal(d)
+	}
+	if len(want) == 0 {
+		b.t.Fatal("the scenario produced no final candle")
+	}
+	b.t.Logf("%d trades records: %d final candles equal to the oracle's, %d kline records", len(b.produced), len(want), got.Records)
+	return got
+}
+
+func market(seed uint64, trades int, partitions int32, start string, stepMs int, dup, bad float64) []oracle.Record {
+	t0, err := time.Parse(time.RFC3339, start)
+	if err != nil {
+		panic(err)
+	}
+	return oracle.Market(oracle.MarketSpec{Seed: seed, Symbols: 40, Trades: trades, Partitions: partitions,
+		Start: t0, StepMs: stepMs, DuplicateRate: dup, BadRate: bad})
+}
+
+// 1. One member, 200,000 trades over several days of trade time, across a
+// month end (March 31) and a Monday (April 1, 2024).
+func TestOneMember(t *testing.T) {
+	b := newBed(t, 4)
+	recs := market(1, 200_000, 4, "2024-03-29T20:00:00Z", 1300, 0, 0)
+	b.produce(recs)
+	b.start("a")
+	b.settle(4 * time.Minute)
+	b.stop("a")
+	b.check()
+}
+
+// 2. Three members; a fourth joins and one leaves while they work.
+func TestMembersJoinAndLeave(t *testing.T) {
+	b := newBed(t, 6)
+	recs := market(2, 60_000, 6, "2024-02-28T22:00:00Z", 400, 0, 0)
+	third := len(recs) / 3
+	for _, n := range []string{"a", "b", "c"} {
+		b.start(n)
+	}
+	b.waitMembers(3)
+	b.produce(recs[:third])
+	b.start("d")
+	b.waitMembers(4)
+	b.produce(recs[third : 2*third])
+	b.stop("b")
+	b.produce(recs[2*third:])
+	b.settle(3 * time.Minute)
+	for _, n := range []string{"a", "c", "d"} {
+		b.stop(n)
+	}
+	b.check()
+}
+
+// 3. kill -9 of a member, twice, mid-stream, restarted each time.
+func TestKillNine(t *testing.T) {
+	b := newBed(t, 4)
+	recs := market(3, 60_000, 4, "2024-12-31T21:00:00Z", 400, 0, 0)
+	q := len(recs) / 4
+	b.start("a")
+	b.start("b")
+	b.waitMembers(2)
+	b.produce(recs[:q])
+	time.Sleep(300 * time.Millisecond) // let the members get into the stream
+	b.kill("a")
+	b.produce(recs[q : 2*q])
+	b.start("a")
+	b.produce(recs[2*q : 3*q])
+	time.Sleep(300 * time.Millisecond)
+	b.kill("b")
+	b.start("b")
+	b.produce(recs[3*q:])
+	b.settle(3 * time.Minute)
+	logs := b.members["a"].log.String() + b.members["b"].log.String()
+	b.stop("a")
+	b.stop("b")
+	b.check()
+	if !restoredSomething(logs) {
+		t.Fatalf("no restarted member restored any symbol from the state topic; logs:\n%s", tail(logs))
+	}
+}
+
+// restoredSomething reports whether a member's log shows a restore that
+// found state, i.e. the scenario exercised recovery rather than a fresh start.
+func restoredSomething(log string) bool {
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "msg=restored") && !strings.Contains(line, "symbols=0 ") {
+			return true
+		}
+	}
+	return false
+}
+
+// 4. The broker stopped for 10 s and started again mid-stream.
+func TestBrokerRestart(t *testing.T) {
+	needBroker(t)
+	script, dir := os.Getenv("KLAGG_TEST_KAFKA_SCRIPT"), os.Getenv("KLAGG_TEST_KAFKA_DIR")
+	if script == "" || dir == "" {
+		t.Skip("KLAGG_TEST_KAFKA_SCRIPT and KLAGG_TEST_KAFKA_DIR are unset: cannot restart the broker")
+	}
+	b := newBed(t, 4)
+	recs := market(4, 40_000, 4, "2025-06-29T22:00:00Z", 500, 0, 0)
+	half := len(recs) / 2
+	b.start("a")
+	b.start("b")
+	b.waitMembers(2)
+	b.produce(recs[:half])
+	time.Sleep(300 * time.Millisecond)
+	if out, err := exec.Command("bash", script, "stop", dir).CombinedOutput(); err != nil {
+		t.Fatalf("stop broker: %v\n%s", err, out)
+	}
+	time.Sleep(10 * time.Second)
+	if out, err := exec.Command("bash", script, "restart", dir).CombinedOutput(); err != nil {
+		t.Fatalf("start broker: %v\n%s", err, out)
+	}
+	b.produce(recs[half:])
+	b.settle(4 * time.Minute)
+	b.stop("a")
+	b.stop("b")
+	b.check()
+}
+
+// 5. 1% duplicate trades and 0.1% bad records: the candles are those of the
+// clean stream, and every refused record is on the dead-letter topic with
+// its reason.
+func TestBadInputToDeadLetters(t *testing.T) {
+	b := newBed(t, 3)
+	recs := market(5, 50_000, 3, "2024-10-31T23:00:00Z", 300, 0.01, 0.001)
+	b.start("a")
+	b.produce(recs)
+	b.settle(3 * time.Minute)
+	b.stop("a")
+	b.check()
+
+	cfg := processor.DefaultConfig()
+	_, refused := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
+	reasons := readDeadLetters(t, b.ctx, b.topic("dlq"))
+	total := 0
+	for _, n := range reasons {
+		total += n
+	}
+	var bad, dup int
+	for _, r := range recs {
+		if r.Bad != nil {
+			bad++
+		}
+	}
+	dup = refused - bad
+	if total != refused || reasons[schema.ReasonDuplicate.String()] < dup-reasons[schema.ReasonLate.String()] || bad == 0 || dup == 0 {
+		t.Fatalf("dead letters by reason %v (total %d); want %d refused: %d bad, %d duplicate or late", reasons, total, refused, bad, dup)
+	}
+	t.Logf("dead letters by reason: %v", reasons)
+}
+
+func readDeadLetters(t *testing.T, ctx context.Context, topic string) map[string]int {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
+	cl.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[int32]int64{}
+	ends.Each(func(o kadm.ListedOffset) {
+		if o.Offset > 0 {
+			want[o.Partition] = o.Offset
+		}
+	})
+	cl, err = kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	reasons := map[string]int{}
+	for len(want) > 0 {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatal(ctx.Err())
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			if end, ok := want[r.Partition]; ok && r.Offset+1 >= end {
+				delete(want, r.Partition)
+			}
+			reason := ""
+			for _, h := range r.Headers {
+				if h.Key == processor.HeaderReason {
+					reason = string(h.Value)
+				}
+			}
+			if reason == "" {
+				t.Errorf("dead letter at %d/%d has no reason header", r.Partition, r.Offset)
+			}
+			reasons[reason]++
+		})
+	}
+	return reasons
+}
