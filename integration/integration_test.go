@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -70,8 +71,28 @@ type bed struct {
 }
 
 type member struct {
-	cmd *exec.Cmd
-	log *bytes.Buffer
+	cmd  *exec.Cmd
+	log  *lockedBuffer
+	done chan struct{} // closed when the process has exited
+	err  error         // its exit status, once done
+}
+
+// lockedBuffer is the member's output: exec writes it while the test reads.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func newBed(t *testing.T, partitions int32) *bed {
@@ -107,11 +128,15 @@ func (b *bed) args() []string {
 
 func (b *bed) start(name string) {
 	b.t.Helper()
-	m := &member{cmd: exec.Command(binary, b.args()...), log: &bytes.Buffer{}}
+	m := &member{cmd: exec.Command(binary, b.args()...), log: &lockedBuffer{}, done: make(chan struct{})}
 	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
 	if err := m.cmd.Start(); err != nil {
 		b.t.Fatal(err)
 	}
+	go func() {
+		m.err = m.cmd.Wait()
+		close(m.done)
+	}()
 	b.members[name] = m
 }
 
@@ -123,12 +148,10 @@ func (b *bed) stop(name string) {
 	if err := m.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		b.t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- m.cmd.Wait() }()
 	select {
-	case err := <-done:
-		if err != nil {
-			b.t.Fatalf("member %s exited with %v after SIGTERM; its log:\n%s", name, err, tail(m.log.String()))
+	case <-m.done:
+		if m.err != nil {
+			b.t.Fatalf("member %s exited with %v after SIGTERM; its log:\n%s", name, m.err, tail(m.log.String()))
 		}
 	case <-time.After(time.Minute):
 		m.cmd.Process.Kill()
@@ -160,7 +183,7 @@ func (b *bed) kill(name string) {
 	m := b.members[name]
 	delete(b.members, name)
 	m.cmd.Process.Kill()
-	m.cmd.Wait()
+	<-m.done
 }
 
 func tail(s string) string {
@@ -183,27 +206,15 @@ func (b *bed) settle(d time.Duration) {
 	deadline := time.Now().Add(d)
 	for {
 		for name, m := range b.members {
-			if m.cmd.ProcessState != nil {
-				b.t.Fatalf("member %s exited: %s", name, tail(m.log.String()))
+			select {
+			case <-m.done:
+				b.t.Fatalf("member %s exited (%v): %s", name, m.err, tail(m.log.String()))
+			default:
 			}
 		}
-		lags, err := b.adm.Lag(b.ctx, b.name)
-		if err == nil {
-			if l, ok := lags[b.name]; ok && l.FetchErr == nil && l.DescribeErr == nil {
-				total := int64(0)
-				complete := true
-				for _, ps := range l.Lag {
-					for _, pl := range ps {
-						if pl.Commit.At < 0 && pl.End.Offset > 0 {
-							complete = false
-						}
-						total += pl.Lag
-					}
-				}
-				if complete && total == 0 {
-					return
-				}
-			}
+		ok, err := oracle.Committed(b.ctx, b.adm, b.name, b.topic("trades"))
+		if err == nil && ok {
+			return
 		}
 		if time.Now().After(deadline) {
 			var logs strings.Builder

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -381,7 +382,11 @@ func (r *runtime) flushLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			r.flush(ctx, nil)
+			// A flush runs to its end under its own deadline: cancelling it
+			// half-way would fail deliveries that were about to succeed.
+			fctx, cancel := context.WithTimeout(context.Background(), r.cfg.DeliveryTimeout)
+			r.flush(fctx, nil)
+			cancel()
 		}
 	}
 }
@@ -419,6 +424,9 @@ func (r *runtime) flush(ctx context.Context, only []int32) {
 	}
 	r.shardsMu.Unlock()
 	sort.Slice(targets, func(i, j int) bool { return targets[i].partition < targets[j].partition })
+	// A shard whose delivery failed must not drain or commit again: its lost
+	// records would be skipped. It waits, untouched, for its restart.
+	targets = slices.DeleteFunc(targets, func(s *shard) bool { return s.broken })
 
 	var results []drained
 	for _, s := range targets {
@@ -452,6 +460,7 @@ func (r *runtime) flush(ctx context.Context, only []int32) {
 		r.stats.DirtyFlushed.Add(int64(d.dirty))
 		if err, bad := failed[d.partition]; bad {
 			r.log.Error("delivery failed; restarting the shard from its last commit", "partition", d.partition, "err", err)
+			d.shard.broken = true
 			select {
 			case r.restartCh <- d.partition:
 			default:
@@ -752,6 +761,7 @@ type shard struct {
 	quit      chan struct{}
 	done      chan struct{}
 	committed int64 // next offset committed; touched only under flushMu or before run
+	broken    bool  // a delivery failed; touched only under flushMu
 
 	dec   schema.TradeDecoder
 	trade schema.Trade

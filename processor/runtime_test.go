@@ -88,11 +88,8 @@ func TestRunKfake(t *testing.T) {
 	})
 	adm := kadm.NewClient(prod)
 	waitFor(t, time.Minute, "offsets committed to the end", func() bool {
-		lag, err := adm.Lag(ctx, cfg.Group)
-		if err != nil {
-			return false
-		}
-		return lag.Sorted()[0].Lag.Total() == 0
+		ok, err := oracle.Committed(ctx, adm, cfg.Group, cfg.TradesTopic)
+		return err == nil && ok
 	})
 	for i := range members {
 		members[i]()

@@ -256,3 +256,27 @@ func Diff(got, want map[Key]schema.Kline) string {
 	}
 	return b.String()
 }
+
+// Committed reports whether group has committed the end offset of every
+// non-empty partition of topic: every record was handled and delivered.
+func Committed(ctx context.Context, adm *kadm.Client, group, topic string) (bool, error) {
+	ends, err := adm.ListEndOffsets(ctx, topic)
+	if err != nil {
+		return false, err
+	}
+	commits, err := adm.FetchOffsets(ctx, group)
+	if err != nil {
+		return false, err
+	}
+	done := true
+	ends.Each(func(e kadm.ListedOffset) {
+		if e.Offset == 0 {
+			return
+		}
+		c, ok := commits.Lookup(topic, e.Partition)
+		if !ok || c.Err != nil || c.At < e.Offset {
+			done = false
+		}
+	})
+	return done, nil
+}
