@@ -318,13 +318,17 @@ func (r *runtime) pollLoop(ctx context.Context) error {
 			case <-r.nextFlush():
 			}
 		}
-		fetches := r.cl.PollRecords(ctx, 10_000)
+		// Bounded, so that a restart requested by the flusher is handled
+		// even when no trades arrive.
+		pctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		fetches := r.cl.PollRecords(pctx, 10_000)
+		cancel()
 		if fetches.IsClientClosed() {
 			return nil
 		}
 		var fatal error
 		fetches.EachError(func(topic string, p int32, err error) {
-			if errors.Is(err, context.Canceled) {
+			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 				return
 			}
 			r.log.Warn("fetch error", "topic", topic, "partition", p, "err", err)
@@ -633,6 +637,15 @@ func (r *runtime) handleRestarts(ctx context.Context) {
 				continue
 			}
 			committed := old.committed
+			if committed < 0 {
+				// Nothing committed by this process yet: resume from the
+				// group's commit, made by an earlier owner, if there is one.
+				if offs, err := kadm.NewClient(r.cl).FetchOffsets(ctx, r.cfg.Group); err == nil {
+					if o, ok := offs.Lookup(r.cfg.TradesTopic, p); ok && o.Err == nil {
+						committed = o.At
+					}
+				}
+			}
 			r.drop([]int32{p})
 			shards, err := r.restore(ctx, []int32{p})
 			if err != nil {

@@ -5,12 +5,15 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/klagg/klagg/internal/oracle"
 	"github.com/klagg/klagg/partition"
@@ -132,4 +135,95 @@ func TestRunRefusesMismatchedTopics(t *testing.T) {
 	if err := processor.Run(t.Context(), cfg); !errors.Is(err, processor.ErrTopicMissing) {
 		t.Fatalf("missing trades topic: %v", err)
 	}
+}
+
+// TestDeliveryFailureRestartsShard: while the broker refuses produce
+// requests for good (MESSAGE_TOO_LARGE is not retried), the
+// shard must not commit past them; it restarts from its last commit, and
+// once the broker accepts again the candles are complete and exact.
+func TestDeliveryFailureRestartsShard(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	var refuse atomic.Bool
+	var refused atomic.Int64
+	cluster.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		cluster.KeepControl()
+		pr := req.(*kmsg.ProduceRequest)
+		if !refuse.Load() {
+			return nil, nil, false
+		}
+		refused.Add(1)
+		resp := pr.ResponseKind().(*kmsg.ProduceResponse)
+		for _, rt := range pr.Topics {
+			st := kmsg.NewProduceResponseTopic()
+			st.Topic, st.TopicID = rt.Topic, rt.TopicID // v13+ names topics by id
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewProduceResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = kerr.MessageTooLarge.Code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+	brokers := cluster.ListenAddrs()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	recs := oracle.Market(oracle.MarketSpec{Seed: 3, Symbols: 10, Trades: 5_000, Partitions: 1,
+		Start: time.Date(2024, 6, 30, 23, 55, 0, 0, time.UTC), StepMs: 60})
+	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	if err := oracle.Produce(ctx, prod, "trades", recs[:len(recs)/2]); err != nil {
+		t.Fatal(err)
+	}
+	refuse.Store(true) // from here every produce fails for good, until cleared
+
+	cfg := processor.DefaultConfig()
+	cfg.Brokers = brokers
+	cfg.FlushInterval = 50 * time.Millisecond
+	stats := &processor.Stats{}
+	mctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- processor.Run(mctx, cfg, processor.WithStats(stats), processor.WithRunLogger(slog.New(slog.NewTextHandler(t.Output(), nil))))
+	}()
+
+	waitFor(t, time.Minute, "two shard restarts", func() bool { return stats.Restarts.Load() >= 2 })
+	adm := kadm.NewClient(prod)
+	if commits, err := adm.FetchOffsets(ctx, cfg.Group); err == nil {
+		if c, ok := commits.Lookup("trades", 0); ok && c.At > 0 {
+			t.Fatalf("committed offset %d while every klines delivery failed", c.At)
+		}
+	}
+	refuse.Store(false)
+	if err := oracle.Produce(ctx, prod, "trades", recs[len(recs)/2:]); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "offsets committed to the end", func() bool {
+		ok, err := oracle.Committed(ctx, adm, cfg.Group, cfg.TradesTopic)
+		return err == nil && ok
+	})
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	want, _ := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
+	got, err := oracle.ReadKlines(ctx, brokers, cfg.KlinesTopic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Problems) > 0 {
+		t.Fatalf("%d problems, first: %s", len(got.Problems), got.Problems[0])
+	}
+	if d := oracle.Diff(got.Final, want); d != "" {
+		t.Fatal(d)
+	}
+	t.Logf("%d produce requests refused, %d restarts; %d final candles exact", refused.Load(), stats.Restarts.Load(), len(want))
 }
