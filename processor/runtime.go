@@ -71,6 +71,7 @@ type Stats struct {
 	Commits      atomic.Int64
 	Rebalances   atomic.Int64
 	Restores     atomic.Int64
+	RestoreNanos atomic.Int64 // duration of the last restore
 	Restarts     atomic.Int64 // shards restarted after a failed delivery
 	LastCommit   atomic.Int64 // Unix ms of the last successful commit
 	LastFlush    atomic.Int64 // Unix ms when the last flush cycle ended, whatever it found
@@ -757,6 +758,7 @@ func (r *runtime) restore(ctx context.Context, ps []int32) ([]*shard, error) {
 		r.log.Debug("shard restored", "partition", p, "symbols", len(states), "position", agg.Position())
 	}
 	r.stats.Restores.Add(int64(len(ps)))
+	r.stats.RestoreNanos.Store(int64(r.clock().Sub(start)))
 	symbols := 0
 	for _, m := range latest {
 		symbols += len(m)
