@@ -859,14 +859,22 @@ func (s *shard) drain() drained {
 	d := drained{partition: s.partition, position: s.batch.Position, dirty: dirty}
 	p := partition.Target(s.partition)
 	d.first = make([]*kgo.Record, 0, len(s.batch.Klines)+len(s.dlq))
-	// One backing array per flush for the values, not one per record.
-	buf := make([]byte, 0, len(s.batch.Klines)*160)
+	// One slab of records and one buffer of keys and values per flush, not
+	// three allocations per record: at replay speed the garbage collector
+	// was a tenth of the CPU.
+	slab := make([]kgo.Record, len(s.batch.Klines))
+	buf := make([]byte, 0, len(s.batch.Klines)*176)
 	for i := range s.batch.Klines {
 		k := &s.batch.Klines[i]
 		start := len(buf)
+		buf = append(buf, k.Symbol...)
+		mid := len(buf)
 		buf = s.r.klineEnc.Append(buf, k)
-		d.first = append(d.first, &kgo.Record{Topic: s.r.cfg.KlinesTopic, Partition: p,
-			Key: []byte(k.Symbol), Value: buf[start:len(buf):len(buf)]})
+		// If append moved buf, the earlier records keep the old array,
+		// which stays valid: nothing writes to it again.
+		slab[i] = kgo.Record{Topic: s.r.cfg.KlinesTopic, Partition: p,
+			Key: buf[start:mid:mid], Value: buf[mid:len(buf):len(buf)]}
+		d.first = append(d.first, &slab[i])
 	}
 	d.first = append(d.first, s.dlq...)
 	s.dlq = nil
