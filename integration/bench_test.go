@@ -3,6 +3,12 @@ package integration_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -173,4 +179,162 @@ func runUntilCommitted(b *testing.B, cfg processor.Config) *processor.Stats {
 		b.Fatal(err)
 	}
 	return stats
+}
+
+// BenchmarkLive produces 20,000 trades/s of 2,000 symbols, stamped with the
+// wall clock, to a member running as its own process, and measures for each
+// trade the time from its produce to the first kline record on the klines
+// topic that reflects it (seen by a consumer), and the member's peak
+// resident memory.
+func BenchmarkLive(b *testing.B) {
+	if brokers == nil {
+		b.Skip("KLAGG_TEST_BROKERS is unset")
+	}
+	const (
+		rate     = 20_000
+		symbols  = 2000
+		duration = 20 * time.Second
+		warmup   = 3 * time.Second
+	)
+	for b.Loop() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		name := fmt.Sprintf("bench-live-%d", time.Now().UnixNano())
+		cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ProducerLinger(time.Millisecond))
+		if err != nil {
+			b.Fatal(err)
+		}
+		adm := kadm.NewClient(cl)
+		if _, err := adm.CreateTopic(ctx, 4, 1, nil, name+"-trades"); err != nil {
+			b.Fatal(err)
+		}
+		member := exec.Command(benchBinary(b), "run", "--brokers", strings.Join(brokers, ","), "--group", name,
+			"--trades-topic", name+"-trades", "--klines-topic", name+"-klines", "--state-topic", name+"-state",
+			"--dlq-topic", name+"-dlq", "--metrics-addr", "", "--log-format", "text")
+		var memberLog lockedBuffer
+		member.Stdout, member.Stderr = &memberLog, &memberLog
+		if err := member.Start(); err != nil {
+			b.Fatal(err)
+		}
+		// Wait for the member's topics, then follow the klines.
+		for {
+			d, err := adm.ListTopics(ctx, name+"-klines")
+			if err == nil && len(d[name+"-klines"].Partitions) == 4 {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		follower, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(name+"-klines"),
+			kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(50*time.Millisecond))
+		if err != nil {
+			b.Fatal(err)
+		}
+
+		type pending struct {
+			lastID int64
+			at     time.Time
+		}
+		var mu sync.Mutex
+		waiting := map[string][]pending{}
+		var latencies []time.Duration
+		start := time.Now()
+		go func() {
+			for ctx.Err() == nil {
+				fs := follower.PollFetches(ctx)
+				now := time.Now()
+				mu.Lock()
+				fs.EachRecord(func(r *kgo.Record) {
+					var k schema.Kline
+					if schema.DecodeKline(r.Value, &k) != nil || k.Period != "1m" {
+						return
+					}
+					q := waiting[k.Symbol]
+					n := 0
+					for n < len(q) && q[n].lastID <= k.LastTradeID {
+						if q[n].at.Sub(start) > warmup {
+							latencies = append(latencies, now.Sub(q[n].at))
+						}
+						n++
+					}
+					waiting[k.Symbol] = q[n:]
+				})
+				mu.Unlock()
+			}
+		}()
+
+		// Produce at the rate, in 10 ms steps, trade time = wall clock.
+		var agg, raw int64
+		tick := time.NewTicker(10 * time.Millisecond)
+		for time.Since(start) < duration {
+			<-tick.C
+			now := time.Now()
+			for range rate / 100 {
+				agg++
+				raw++
+				sym := fmt.Sprintf("LIVE%04d", agg%symbols)
+				tr := schema.Trade{Symbol: []byte(sym), AggID: agg, Price: 100 + float64(agg%7), Quantity: 1,
+					FirstID: raw, LastID: raw, Time: now.UnixMilli()}
+				mu.Lock()
+				waiting[sym] = append(waiting[sym], pending{raw, now})
+				mu.Unlock()
+				cl.Produce(ctx, &kgo.Record{Topic: name + "-trades", Partition: int32(agg % 4), Key: []byte(sym),
+					Value: schema.AppendBinanceJSON(nil, &tr)}, nil)
+			}
+		}
+		tick.Stop()
+		time.Sleep(2 * time.Second) // let the last flushes land
+		hwm := peakRSS(member.Process.Pid)
+		member.Process.Signal(syscall.SIGTERM)
+		member.Wait()
+		cancel()
+		follower.Close()
+		cl.Close()
+
+		mu.Lock()
+		sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
+		if len(latencies) < rate {
+			b.Fatalf("only %d latencies measured; member log:\n%s", len(latencies), tail(memberLog.String()))
+		}
+		pct := func(p float64) float64 { return float64(latencies[int(p*float64(len(latencies)-1))].Microseconds()) / 1000 }
+		b.ReportMetric(pct(0.50), "p50-ms")
+		b.ReportMetric(pct(0.99), "p99-ms")
+		b.ReportMetric(float64(hwm)/1024, "peak-RSS-MiB")
+		b.ReportMetric(float64(len(latencies)), "trades-measured")
+		mu.Unlock()
+	}
+}
+
+// peakRSS returns VmHWM of pid in KiB, or 0.
+func peakRSS(pid int) int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			var kb int64
+			fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(line, "VmHWM:")), "%d", &kb)
+			return kb
+		}
+	}
+	return 0
+}
+
+var benchBin string
+
+// benchBinary builds klagg without the race detector (the tests' binary has
+// it), so that latency and memory are the release build's.
+func benchBinary(b *testing.B) string {
+	if benchBin != "" {
+		return benchBin
+	}
+	dir, err := os.MkdirTemp("", "klagg-bench") // lives as long as the process: -count reuses it
+	if err != nil {
+		b.Fatal(err)
+	}
+	bin := dir + "/klagg"
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/klagg").CombinedOutput(); err != nil {
+		b.Fatalf("build: %v\n%s", err, out)
+	}
+	benchBin = bin
+	return bin
 }
