@@ -294,7 +294,9 @@ func BenchmarkLive(b *testing.B) {
 		if len(latencies) < rate {
 			b.Fatalf("only %d latencies measured; member log:\n%s", len(latencies), tail(memberLog.String()))
 		}
-		pct := func(p float64) float64 { return float64(latencies[int(p*float64(len(latencies)-1))].Microseconds()) / 1000 }
+		pct := func(p float64) float64 {
+			return float64(latencies[int(p*float64(len(latencies)-1))].Microseconds()) / 1000
+		}
 		b.ReportMetric(pct(0.50), "p50-ms")
 		b.ReportMetric(pct(0.99), "p99-ms")
 		b.ReportMetric(float64(hwm)/1024, "peak-RSS-MiB")

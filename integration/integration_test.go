@@ -232,15 +232,9 @@ func (b *bed) check() *oracle.Emitted {
 	b.t.Helper()
 	cfg := processor.DefaultConfig()
 	want, _ := oracle.Expected(b.produced, cfg.Engine.Periods, cfg.Engine.Grace)
-	got, err := oracle.ReadKlines(b.ctx, brokers, b.topic("klines"))
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	if len(got.Problems) > 0 {
-		b.t.Errorf("%d problems on the klines topic; first: %s", len(got.Problems), got.Problems[0])
-	}
-	if d := oracle.Diff(got.Final, want); d != "" {
-		b.t.Fatal(d)
+	got, problem := oracle.Check(b.ctx, brokers, b.topic("klines"), want)
+	if problem != "" {
+		b.t.Fatal(problem)
 	}
 	if len(want) == 0 {
 		b.t.Fatal("the scenario produced no final candle")
@@ -394,47 +388,21 @@ func TestBadInputToDeadLetters(t *testing.T) {
 
 func readDeadLetters(t *testing.T, ctx context.Context, topic string) map[string]int {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
-	cl.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := map[int32]int64{}
-	ends.Each(func(o kadm.ListedOffset) {
-		if o.Offset > 0 {
-			want[o.Partition] = o.Offset
-		}
-	})
-	cl, err = kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
 	reasons := map[string]int{}
-	for len(want) > 0 {
-		fs := cl.PollFetches(ctx)
-		if ctx.Err() != nil {
-			t.Fatal(ctx.Err())
+	err := oracle.ReadTopic(ctx, brokers, topic, func(r *kgo.Record) {
+		reason := ""
+		for _, h := range r.Headers {
+			if h.Key == processor.HeaderReason {
+				reason = string(h.Value)
+			}
 		}
-		fs.EachRecord(func(r *kgo.Record) {
-			if end, ok := want[r.Partition]; ok && r.Offset+1 >= end {
-				delete(want, r.Partition)
-			}
-			reason := ""
-			for _, h := range r.Headers {
-				if h.Key == processor.HeaderReason {
-					reason = string(h.Value)
-				}
-			}
-			if reason == "" {
-				t.Errorf("dead letter at %d/%d has no reason header", r.Partition, r.Offset)
-			}
-			reasons[reason]++
-		})
+		if reason == "" {
+			t.Errorf("dead letter at %d/%d has no reason header", r.Partition, r.Offset)
+		}
+		reasons[reason]++
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 	return reasons
 }

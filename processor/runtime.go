@@ -200,6 +200,14 @@ type runtime struct {
 	flushedMu sync.Mutex
 
 	restartCh chan int32
+
+	// fatal is set when the member cannot go on (a shard it owns cannot be
+	// restored); the poll loop returns it and Run stops with it.
+	fatal atomic.Pointer[error]
+}
+
+func (r *runtime) fail(err error) {
+	r.fatal.CompareAndSwap(nil, &err)
 }
 
 // ensureTopics checks the trades topic and creates the others with its
@@ -309,6 +317,9 @@ func (r *runtime) pollLoop(ctx context.Context) error {
 	for {
 		if ctx.Err() != nil {
 			return nil
+		}
+		if err := r.fatal.Load(); err != nil {
+			return *err
 		}
 		r.handleRestarts(ctx)
 		// Back-pressure: wait for a flush rather than read further ahead.
@@ -562,10 +573,9 @@ func (r *runtime) onAssigned(ctx context.Context, _ *kgo.Client, assigned map[st
 	start := r.clock()
 	shards, err := r.restore(ctx, ps)
 	if err != nil {
-		// Without its state a shard would count trades twice; leave the
-		// group so that another member (or a restart) takes over.
-		r.log.Error("restore failed; leaving the group", "partitions", ps, "err", err)
-		go r.cl.LeaveGroup()
+		// Without its state a shard would count trades twice: stop the
+		// member, so that another one (or a restart) takes over.
+		r.fail(err)
 		return
 	}
 	r.shardsMu.Lock()
@@ -650,8 +660,7 @@ func (r *runtime) handleRestarts(ctx context.Context) {
 			r.drop([]int32{p})
 			shards, err := r.restore(ctx, []int32{p})
 			if err != nil {
-				r.log.Error("restart: restore failed; leaving the group", "partition", p, "err", err)
-				go r.cl.LeaveGroup()
+				r.fail(err)
 				return
 			}
 			s := shards[0]

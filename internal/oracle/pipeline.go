@@ -144,16 +144,17 @@ type Emitted struct {
 	Problems []string // version regressions, finals that disagree
 }
 
-// ReadKlines reads topic from the start to its current end.
-func ReadKlines(ctx context.Context, brokers []string, topic string, opts ...kgo.Opt) (*Emitted, error) {
+// ReadTopic calls fn with every record of topic, from the start to the end
+// it has when ReadTopic is called.
+func ReadTopic(ctx context.Context, brokers []string, topic string, fn func(*kgo.Record), opts ...kgo.Opt) error {
 	adm, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, opts...)...)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	ends, err := kadm.NewClient(adm).ListEndOffsets(ctx, topic)
 	adm.Close()
 	if err != nil {
-		return nil, fmt.Errorf("oracle: end offsets: %w", err)
+		return fmt.Errorf("oracle: end offsets of %s: %w", topic, err)
 	}
 	want := map[int32]int64{}
 	ends.Each(func(o kadm.ListedOffset) {
@@ -164,47 +165,71 @@ func ReadKlines(ctx context.Context, brokers []string, topic string, opts ...kgo
 	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())}, opts...)...)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer cl.Close()
-	e := &Emitted{Final: map[Key]schema.Kline{}}
-	versions := map[Key]int64{}
 	for len(want) > 0 {
 		fs := cl.PollFetches(ctx)
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("oracle: read %s: %w (still waiting for %v)", topic, ctx.Err(), want)
+			return fmt.Errorf("oracle: read %s: %w (still waiting for %v)", topic, ctx.Err(), want)
 		}
 		var ferr error
 		fs.EachError(func(_ string, _ int32, err error) { ferr = err })
 		if ferr != nil {
-			return nil, ferr
+			return ferr
 		}
 		fs.EachRecord(func(r *kgo.Record) {
 			if end, ok := want[r.Partition]; ok && r.Offset+1 >= end {
 				delete(want, r.Partition)
 			}
-			var k schema.Kline
-			if err := schema.DecodeKline(r.Value, &k); err != nil {
-				e.Problems = append(e.Problems, fmt.Sprintf("undecodable kline at %d/%d: %v", r.Partition, r.Offset, err))
-				return
-			}
-			e.Records++
-			key := KeyOf(&k)
-			if v, ok := versions[key]; ok && k.Version <= v {
-				e.Problems = append(e.Problems, fmt.Sprintf("%v: version %d after %d", key, k.Version, v))
-			}
-			versions[key] = max(versions[key], k.Version)
-			if !k.IsFinal {
-				return
-			}
-			k.Version = 0
-			if prev, ok := e.Final[key]; ok && !Equal(prev, k) {
-				e.Problems = append(e.Problems, fmt.Sprintf("%v: final twice, differently:\n%+v\n%+v", key, prev, k))
-			}
-			e.Final[key] = k
+			fn(r)
 		})
 	}
+	return nil
+}
+
+// ReadKlines reads a klines topic from the start to its current end.
+func ReadKlines(ctx context.Context, brokers []string, topic string, opts ...kgo.Opt) (*Emitted, error) {
+	e := &Emitted{Final: map[Key]schema.Kline{}}
+	versions := map[Key]int64{}
+	err := ReadTopic(ctx, brokers, topic, func(r *kgo.Record) {
+		var k schema.Kline
+		if err := schema.DecodeKline(r.Value, &k); err != nil {
+			e.Problems = append(e.Problems, fmt.Sprintf("undecodable kline at %d/%d: %v", r.Partition, r.Offset, err))
+			return
+		}
+		e.Records++
+		key := KeyOf(&k)
+		if v, ok := versions[key]; ok && k.Version <= v {
+			e.Problems = append(e.Problems, fmt.Sprintf("%v: version %d after %d", key, k.Version, v))
+		}
+		versions[key] = max(versions[key], k.Version)
+		if !k.IsFinal {
+			return
+		}
+		k.Version = 0
+		if prev, ok := e.Final[key]; ok && !Equal(prev, k) {
+			e.Problems = append(e.Problems, fmt.Sprintf("%v: final twice, differently:\n%+v\n%+v", key, prev, k))
+		}
+		e.Final[key] = k
+	}, opts...)
+	if err != nil {
+		return nil, err
+	}
 	return e, nil
+}
+
+// Check reads the klines topic and returns "" when its final candles equal
+// want and it shows no problem, else what is wrong.
+func Check(ctx context.Context, brokers []string, topic string, want map[Key]schema.Kline) (*Emitted, string) {
+	got, err := ReadKlines(ctx, brokers, topic)
+	if err != nil {
+		return nil, err.Error()
+	}
+	if len(got.Problems) > 0 {
+		return got, fmt.Sprintf("%d problems on %s; first: %s", len(got.Problems), topic, got.Problems[0])
+	}
+	return got, Diff(got.Final, want)
 }
 
 // Equal compares two candles: ids, counts and OHLC exactly, sums to 1e-9
