@@ -178,10 +178,8 @@ func (rf *runFlags) finish() error {
 	if rf.cfg.InputFormat, err = schema.ParseInputFormat(rf.inputFormat); err != nil {
 		errs = append(errs, fmt.Errorf("--input-format: %w", err))
 	}
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	return rf.cfg.Validate()
+	// Every problem at once: the configuration's own checks too.
+	return errors.Join(append(errs, rf.cfg.Validate())...)
 }
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+)
+
+func TestCLIErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		code int
+		want []string // in stderr
+	}{
+		{"no command", nil, nil, 2, []string{"Usage:"}},
+		{"unknown command", []string{"frobnicate"}, nil, 2, []string{`unknown command "frobnicate"`}},
+		{"unknown flag", []string{"run", "--nope"}, nil, 2, []string{"flag provided but not defined: -nope"}},
+		{"bad periods", []string{"run", "--periods", "1m,7m,1m"}, nil, 2, []string{`--periods`, `"7m"`, `"1m" listed twice`}},
+		{"bad format and duration", []string{"run", "--input-format", "xml", "--flush-interval", "0s"}, nil, 2,
+			[]string{`input format "xml"`, "flush interval 0s"}},
+		{"bad env", []string{"run"}, map[string]string{"KLAGG_GRACE": "soon"}, 2, []string{`KLAGG_GRACE="soon"`}},
+		{"same topic twice", []string{"run", "--klines-topic", "trades"}, nil, 2, []string{`are both "trades"`}},
+		{"stray argument", []string{"run", "extra"}, nil, 2, []string{`unexpected arguments: ["extra"]`}},
+		{"bad demo flags", []string{"demo", "--symbols", "0", "--members", "99"}, nil, 2, []string{"--symbols 0", "--members 99"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			var stdout, stderr bytes.Buffer
+			code := run(t.Context(), tt.args, &stdout, &stderr)
+			if code != tt.code {
+				t.Fatalf("exit %d, want %d; stderr:\n%s", code, tt.code, stderr.String())
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(stderr.String(), w) {
+					t.Errorf("stderr lacks %q:\n%s", w, stderr.String())
+				}
+			}
+		})
+	}
+}
+
+func TestHelp(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run(t.Context(), []string{"help"}, &stdout, &stderr); code != 0 || !strings.Contains(stdout.String(), "klagg run") {
+		t.Fatalf("help: %d %q", code, stdout.String())
+	}
+	stdout.Reset()
+	if code := run(t.Context(), []string{"run", "-h"}, &stdout, &stderr); code != 0 || !strings.Contains(stderr.String(), "-flush-interval") {
+		t.Fatalf("run -h: %d %q", code, stderr.String())
+	}
+}
+
+func TestEnvironmentFillsFlags(t *testing.T) {
+	fs, rf := newRunFlags("run", io.Discard)
+	env := map[string]string{"KLAGG_FLUSH_INTERVAL": "100ms", "KLAGG_BROKERS": "a:1,b:2", "KLAGG_GROUP": "from-env"}
+	if err := parse(fs, []string{"--group", "from-flag"}, func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if err := rf.finish(); err != nil {
+		t.Fatal(err)
+	}
+	if rf.cfg.FlushInterval != 100*time.Millisecond || len(rf.cfg.Brokers) != 2 || rf.cfg.Group != "from-flag" {
+		t.Fatalf("got %+v", rf.cfg)
+	}
+	if err := parse(flag.NewFlagSet("x", flag.ContinueOnError), nil, func(string) string { return "" }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRunStopsOnSignal: klagg run against kfake exits 0 when its context
+// (SIGTERM in main) is cancelled.
+func TestRunStopsOnSignal(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "trades"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan int, 1)
+	var stderr bytes.Buffer
+	go func() {
+		done <- run(ctx, []string{"run", "--brokers", cluster.ListenAddrs()[0], "--metrics-addr", "", "--log-format", "json"}, io.Discard, &stderr)
+	}()
+	time.Sleep(300 * time.Millisecond)
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("klagg run did not stop")
+	}
+	if !strings.Contains(stderr.String(), `"msg":"member stopped"`) {
+		t.Fatalf("no JSON log of the stop: %s", stderr.String())
+	}
+}
+
+func TestDemoRuns(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the demo for 3 seconds")
+	}
+	var stdout, stderr bytes.Buffer
+	code := run(t.Context(), []string{"demo", "--duration", "3s", "--symbols", "20", "--rate", "500"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	out := stdout.String()
+	if !strings.Contains(out, "trades/s") || !strings.Contains(out, "S000USDT") || !strings.Contains(out, "demo finished") {
+		t.Fatalf("demo output lacks figures or candles:\n%s", out)
+	}
+}
