@@ -166,7 +166,7 @@ func run(ctx context.Context, cfg Config, opts ...RunOption) error {
 	// flushes again, finding nothing) and leaves the group.
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.DeliveryTimeout)
 	defer cancel()
-	r.flush(shutdownCtx, nil)
+	r.flush(shutdownCtx, cl, nil)
 	cl.Close()
 	r.stopAll()
 	r.log.Info("member stopped")
@@ -401,7 +401,7 @@ func (r *runtime) flushLoop(ctx context.Context) {
 			// A flush runs to its end under its own deadline: cancelling it
 			// half-way would fail deliveries that were about to succeed.
 			fctx, cancel := context.WithTimeout(context.Background(), r.cfg.DeliveryTimeout)
-			r.flush(fctx, nil)
+			r.flush(fctx, r.cl, nil)
 			cancel()
 		}
 	}
@@ -421,7 +421,7 @@ type drained struct {
 // flush drains the given shards (all when only is nil), delivers their
 // klines and dead letters, then their state records, and commits each
 // shard's position once all of its records are acknowledged.
-func (r *runtime) flush(ctx context.Context, only []int32) {
+func (r *runtime) flush(ctx context.Context, cl *kgo.Client, only []int32) {
 	r.flushMu.Lock()
 	defer r.flushMu.Unlock()
 	defer func() { r.stats.LastFlush.Store(r.clock().UnixMilli()) }()
@@ -467,8 +467,8 @@ func (r *runtime) flush(ctx context.Context, only []int32) {
 	r.stats.Flushes.Add(1)
 
 	failed := map[int32]error{}
-	r.produceAll(ctx, results, func(d *drained) []*kgo.Record { return d.first }, failed)
-	r.produceAll(ctx, results, func(d *drained) []*kgo.Record { return d.states }, failed)
+	r.produceAll(ctx, cl, results, func(d *drained) []*kgo.Record { return d.first }, failed)
+	r.produceAll(ctx, cl, results, func(d *drained) []*kgo.Record { return d.states }, failed)
 
 	offsets := map[int32]kgo.EpochOffset{}
 	for i := range results {
@@ -491,7 +491,7 @@ func (r *runtime) flush(ctx context.Context, only []int32) {
 		return
 	}
 	var commitErr error
-	r.cl.CommitOffsetsSync(ctx, map[string]map[int32]kgo.EpochOffset{r.cfg.TradesTopic: offsets},
+	cl.CommitOffsetsSync(ctx, map[string]map[int32]kgo.EpochOffset{r.cfg.TradesTopic: offsets},
 		func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
 			if err != nil {
 				commitErr = err
@@ -523,7 +523,7 @@ func (r *runtime) flush(ctx context.Context, only []int32) {
 
 // produceAll produces pick(d) of every result not yet failed and waits for
 // every acknowledgement, recording failures by partition.
-func (r *runtime) produceAll(ctx context.Context, results []drained, pick func(*drained) []*kgo.Record, failed map[int32]error) {
+func (r *runtime) produceAll(ctx context.Context, cl *kgo.Client, results []drained, pick func(*drained) []*kgo.Record, failed map[int32]error) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	for i := range results {
@@ -533,7 +533,7 @@ func (r *runtime) produceAll(ctx context.Context, results []drained, pick func(*
 		}
 		for _, rec := range pick(d) {
 			wg.Add(1)
-			r.cl.Produce(ctx, rec, func(_ *kgo.Record, err error) {
+			cl.Produce(ctx, rec, func(_ *kgo.Record, err error) {
 				defer wg.Done()
 				if err != nil {
 					mu.Lock()
@@ -564,14 +564,15 @@ func (r *runtime) produceAll(ctx context.Context, results []drained, pick func(*
 	}
 }
 
-func (r *runtime) onAssigned(ctx context.Context, _ *kgo.Client, assigned map[string][]int32) {
+func (r *runtime) onAssigned(ctx context.Context, cl *kgo.Client, assigned map[string][]int32) {
 	ps := assigned[r.cfg.TradesTopic]
 	if len(ps) == 0 {
 		return
 	}
 	r.stats.Rebalances.Add(1)
 	start := r.clock()
-	shards, err := r.restore(ctx, ps)
+	// cl, not r.cl: the group may assign before Run has stored the client.
+	shards, err := r.restore(ctx, cl, ps)
 	if err != nil {
 		// Without its state a shard would count trades twice: stop the
 		// member, so that another one (or a restart) takes over.
@@ -588,13 +589,13 @@ func (r *runtime) onAssigned(ctx context.Context, _ *kgo.Client, assigned map[st
 	r.log.Info("partitions assigned", "partitions", ps, "restore", r.clock().Sub(start).Round(time.Millisecond))
 }
 
-func (r *runtime) onRevoked(ctx context.Context, _ *kgo.Client, revoked map[string][]int32) {
+func (r *runtime) onRevoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
 	ps := revoked[r.cfg.TradesTopic]
 	if len(ps) == 0 {
 		return
 	}
 	r.stats.Rebalances.Add(1)
-	r.flush(ctx, ps)
+	r.flush(ctx, cl, ps)
 	r.drop(ps)
 	r.log.Info("partitions revoked", "partitions", ps)
 }
@@ -658,7 +659,7 @@ func (r *runtime) handleRestarts(ctx context.Context) {
 				}
 			}
 			r.drop([]int32{p})
-			shards, err := r.restore(ctx, []int32{p})
+			shards, err := r.restore(ctx, r.cl, []int32{p})
 			if err != nil {
 				r.fail(err)
 				return
@@ -680,9 +681,9 @@ func (r *runtime) handleRestarts(ctx context.Context) {
 
 // restore rebuilds the shards of ps from the state topic: every record from
 // the start to the end of partition p, the newest per symbol.
-func (r *runtime) restore(ctx context.Context, ps []int32) ([]*shard, error) {
+func (r *runtime) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*shard, error) {
 	start := r.clock()
-	adm := kadm.NewClient(r.cl)
+	adm := kadm.NewClient(cl)
 	ends, err := adm.ListEndOffsets(ctx, r.cfg.StateTopic)
 	if err != nil {
 		return nil, fmt.Errorf("processor: restore: end offsets of %q: %w", r.cfg.StateTopic, err)
