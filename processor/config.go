@@ -72,18 +72,21 @@ func (c Config) Validate() error {
 	if len(c.Brokers) == 0 || strings.TrimSpace(strings.Join(c.Brokers, "")) == "" {
 		errs = append(errs, errors.New("processor: no brokers"))
 	}
-	for name, v := range map[string]string{"group": c.Group, "trades topic": c.TradesTopic,
-		"klines topic": c.KlinesTopic, "state topic": c.StateTopic, "dead-letter topic": c.DLQTopic} {
-		if v == "" {
-			errs = append(errs, fmt.Errorf("processor: empty %s", name))
-		}
+	named := []struct{ name, value string }{
+		{"group", c.Group}, {"trades topic", c.TradesTopic}, {"klines topic", c.KlinesTopic},
+		{"state topic", c.StateTopic}, {"dead-letter topic", c.DLQTopic},
 	}
 	topics := map[string]string{}
-	for name, v := range map[string]string{"trades": c.TradesTopic, "klines": c.KlinesTopic, "state": c.StateTopic, "dead-letter": c.DLQTopic} {
-		if other, ok := topics[v]; ok && v != "" {
-			errs = append(errs, fmt.Errorf("processor: the %s and %s topics are both %q", other, name, v))
+	for _, n := range named {
+		switch {
+		case n.value == "":
+			errs = append(errs, fmt.Errorf("processor: empty %s", n.name))
+		case n.name == "group":
+		case topics[n.value] != "":
+			errs = append(errs, fmt.Errorf("processor: the %s and %s are both %q", topics[n.value], n.name, n.value))
+		default:
+			topics[n.value] = n.name
 		}
-		topics[v] = name
 	}
 	if err := c.Engine.Validate(); err != nil {
 		errs = append(errs, err)
