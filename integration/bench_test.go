@@ -91,6 +91,9 @@ func BenchmarkReplay(b *testing.B) {
 		for b.Loop() {
 			group = fmt.Sprintf("bench-%d", time.Now().UnixNano())
 			cfg := benchConfig(topic, group)
+			if c := os.Getenv("KLAGG_BENCH_COMPRESSION"); c != "" {
+				cfg.Compression = c // compare codecs: none, lz4, ...
+			}
 			createOutputs(b, cfg) // a deployment's one-time step, not replay time
 			start := time.Now()
 			stats := runUntilCommitted(b, cfg)

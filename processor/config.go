@@ -6,6 +6,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/klagg/klagg/schema"
 )
 
@@ -44,6 +46,8 @@ type Config struct {
 	// SessionTimeout: how long the group waits for a silent member (one
 	// killed without leaving) before giving its partitions to others.
 	SessionTimeout time.Duration
+	// Compression of the produced batches: none, gzip, snappy, lz4 or zstd.
+	Compression string
 }
 
 // DefaultConfig returns DESIGN.md §4's defaults.
@@ -63,6 +67,7 @@ func DefaultConfig() Config {
 		MaxUnflushed:      2_000_000,
 		ReplicationFactor: -1,
 		SessionTimeout:    45 * time.Second,
+		Compression:       "snappy", // franz-go's default
 	}
 }
 
@@ -106,8 +111,27 @@ func (c Config) Validate() error {
 	if c.SessionTimeout < time.Second {
 		errs = append(errs, fmt.Errorf("processor: session timeout %s is below 1s", c.SessionTimeout))
 	}
+	if _, err := compressionCodec(c.Compression); err != nil {
+		errs = append(errs, err)
+	}
 	if c.ReplicationFactor == 0 || c.ReplicationFactor < -1 {
 		errs = append(errs, fmt.Errorf("processor: replication factor %d: want -1 (broker default) or at least 1", c.ReplicationFactor))
 	}
 	return errors.Join(errs...)
+}
+
+func compressionCodec(name string) (kgo.CompressionCodec, error) {
+	switch name {
+	case "none":
+		return kgo.NoCompression(), nil
+	case "gzip":
+		return kgo.GzipCompression(), nil
+	case "snappy":
+		return kgo.SnappyCompression(), nil
+	case "lz4":
+		return kgo.Lz4Compression(), nil
+	case "zstd":
+		return kgo.ZstdCompression(), nil
+	}
+	return kgo.CompressionCodec{}, fmt.Errorf("processor: compression %q: want none, gzip, snappy, lz4 or zstd", name)
 }

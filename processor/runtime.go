@@ -107,6 +107,7 @@ func run(ctx context.Context, cfg Config, opts ...RunOption) error {
 	}
 	r := &runtime{cfg: cfg, log: o.log, clock: o.clock, stats: o.stats, shards: map[int32]*shard{}}
 	r.restartCh = make(chan int32, 64)
+	r.kick = make(chan struct{}, 1)
 
 	base := append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, o.kgoOpts...)
 	admCl, err := kgo.NewClient(base...)
@@ -125,7 +126,12 @@ func run(ctx context.Context, cfg Config, opts ...RunOption) error {
 	}
 	r.base = base
 
+	codec, err := compressionCodec(cfg.Compression)
+	if err != nil {
+		return err
+	}
 	cl, err := kgo.NewClient(append(base,
+		kgo.ProducerBatchCompression(codec),
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(cfg.TradesTopic),
 		kgo.Balancers(kgo.CooperativeStickyBalancer()),
@@ -200,6 +206,8 @@ type runtime struct {
 	flushedMu sync.Mutex
 
 	restartCh chan int32
+	// kick asks the flusher to flush now instead of at its next tick.
+	kick chan struct{}
 
 	// fatal is set when the member cannot go on (a shard it owns cannot be
 	// restored); the poll loop returns it and Run stops with it.
@@ -314,6 +322,7 @@ func (r *runtime) setupEncoders(ctx context.Context) error {
 // It is the only goroutine that polls; with BlockRebalanceOnPoll the
 // rebalance callbacks run only between its iterations.
 func (r *runtime) pollLoop(ctx context.Context) error {
+	behind := false
 	for {
 		if ctx.Err() != nil {
 			return nil
@@ -352,9 +361,14 @@ func (r *runtime) pollLoop(ctx context.Context) error {
 			r.cl.AllowRebalance()
 			return fmt.Errorf("processor: consumer group: %w", fatal)
 		}
+		wasBehind := behind
+		behind = false
 		fetches.EachPartition(func(ftp kgo.FetchTopicPartition) {
 			if len(ftp.Records) == 0 {
 				return
+			}
+			if ftp.Records[len(ftp.Records)-1].Offset+1 < ftp.HighWatermark {
+				behind = true
 			}
 			r.shardsMu.Lock()
 			s := r.shards[ftp.Partition]
@@ -369,6 +383,15 @@ func (r *runtime) pollLoop(ctx context.Context) error {
 			}
 		})
 		r.cl.AllowRebalance()
+		if wasBehind && !behind && len(fetches.Records()) > 0 {
+			// Just caught up (the end of a replay or of a backlog): deliver
+			// and commit now rather than at the next tick. A live stream
+			// stays caught up, so its flushes keep to the interval.
+			select {
+			case r.kick <- struct{}{}:
+			default:
+			}
+		}
 	}
 }
 
@@ -398,12 +421,13 @@ func (r *runtime) flushLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			// A flush runs to its end under its own deadline: cancelling it
-			// half-way would fail deliveries that were about to succeed.
-			fctx, cancel := context.WithTimeout(context.Background(), r.cfg.DeliveryTimeout)
-			r.flush(fctx, r.cl, nil)
-			cancel()
+		case <-r.kick:
 		}
+		// A flush runs to its end under its own deadline: cancelling it
+		// half-way would fail deliveries that were about to succeed.
+		fctx, cancel := context.WithTimeout(context.Background(), r.cfg.DeliveryTimeout)
+		r.flush(fctx, r.cl, nil)
+		cancel()
 	}
 }
 

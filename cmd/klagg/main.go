@@ -155,6 +155,7 @@ func newRunFlags(name string, stderr io.Writer) (*flag.FlagSet, *runFlags) {
 	fs.DurationVar(&c.Engine.LiveWindow, "live-window", c.Engine.LiveWindow, "a shard whose latest trade arrived within this of its trade time is live: its candles close by the wall clock")
 	fs.DurationVar(&c.MaxSkew, "max-skew", c.MaxSkew, "trades timed further than this past the wall clock are refused")
 	fs.DurationVar(&c.SessionTimeout, "session-timeout", c.SessionTimeout, "how long the group waits for a member that died without leaving")
+	fs.StringVar(&c.Compression, "compression", c.Compression, "compression of produced batches: none, gzip, snappy, lz4 or zstd")
 	fs.StringVar(&rf.metricsAddr, "metrics-addr", ":9464", "address of /healthz and /readyz (empty: none)")
 	rf.logs.register(fs)
 	return fs, rf
