@@ -37,7 +37,6 @@ type runOptions struct {
 	clock   func() time.Time
 	kgoOpts []kgo.Opt
 	stats   *Stats
-	ready   func()
 }
 
 // WithRunLogger sets Run's logger; the default discards.
@@ -54,10 +53,6 @@ func WithKgoOpts(opts ...kgo.Opt) RunOption {
 
 // WithStats makes Run count into s, which the caller may read at any time.
 func WithStats(s *Stats) RunOption { return func(o *runOptions) { o.stats = s } }
-
-// WithReady is called once the member has set up its topics and joined the
-// consumer loop.
-func WithReady(fn func()) RunOption { return func(o *runOptions) { o.ready = fn } }
 
 // Stats are the runtime's counters. All fields are safe to read concurrently.
 type Stats struct {
@@ -153,9 +148,6 @@ func run(ctx context.Context, cfg Config, opts ...RunOption) error {
 	r.cl = cl
 	r.log.Info("member starting", "group", cfg.Group, "trades", cfg.TradesTopic, "partitions", partitions,
 		"periods", len(cfg.Engine.Periods), "flush_interval", cfg.FlushInterval)
-	if o.ready != nil {
-		o.ready()
-	}
 
 	flushDone := make(chan struct{})
 	flushCtx, stopFlusher := context.WithCancel(context.Background())
@@ -854,20 +846,27 @@ func (s *shard) run() {
 
 func (s *shard) fold(recs []*kgo.Record, hw int64) {
 	now := s.r.clock().UnixMilli()
-	st := s.r.stats
+	// Counted here and added once per batch: shards share the Stats, and
+	// an atomic add per trade would bounce its cache line between cores.
+	var outcomes [numOutcomes]int64
 	for _, rec := range recs {
 		s.last = rec.Offset
 		if err := s.dec.Decode(rec.Key, rec.Value, now, &s.trade); err != nil {
 			reason := schema.ReasonOf(err)
-			st.Invalid[reason].Add(1)
+			s.r.stats.Invalid[reason].Add(1)
 			s.agg.MarkOffset(rec.Offset)
 			s.deadLetter(rec, reason, err)
 			continue
 		}
 		out := s.agg.Fold(&s.trade, rec.Offset, now)
-		st.Trades[out].Add(1)
+		outcomes[out]++
 		if reason := out.Reason(); reason != schema.ReasonNone {
 			s.deadLetter(rec, reason, nil)
+		}
+	}
+	for i, n := range outcomes {
+		if n > 0 {
+			s.r.stats.Trades[i].Add(n)
 		}
 	}
 	s.hw = hw
