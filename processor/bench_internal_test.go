@@ -12,24 +12,10 @@ import (
 // by looking at every flag. It does the same work per dirty slot as Drain,
 // so BenchmarkAggregatorDrain compares only how the slots are found.
 func (a *Aggregator) drainByScan(b *Batch, nowMs int64) {
-	b.Klines = b.Klines[:0]
-	b.States = b.States[:0]
-	vnow := nowMs * 1000
+	b.Klines, b.States = b.Klines[:0], b.States[:0]
 	for idx, dirty := range a.dirtyFlags {
-		if !dirty {
-			continue
-		}
-		a.dirtyFlags[idx] = false
-		c := &a.candles[idx]
-		if c.firstID < 0 {
-			continue
-		}
-		c.version = max(c.version+1, vnow)
-		sym := int32(idx / a.nP)
-		b.Klines = append(b.Klines, a.kline(sym, idx-int(sym)*a.nP, c, false))
-		if !a.symMark[sym] {
-			a.symMark[sym] = true
-			a.dirtySyms = append(a.dirtySyms, sym)
+		if dirty {
+			a.emitOpen(b, idx, nowMs*1000)
 		}
 	}
 	a.dirtyIndices = a.dirtyIndices[:0]
@@ -39,25 +25,28 @@ func (a *Aggregator) drainByScan(b *Batch, nowMs int64) {
 // drainFullScan is what a store without change tracking does: snapshot
 // every open candle at every flush.
 func (a *Aggregator) drainFullScan(b *Batch, nowMs int64) {
-	b.Klines = b.Klines[:0]
-	b.States = b.States[:0]
-	vnow := nowMs * 1000
+	b.Klines, b.States = b.Klines[:0], b.States[:0]
 	for idx := range a.candles {
-		a.dirtyFlags[idx] = false
-		c := &a.candles[idx]
-		if c.firstID < 0 {
-			continue
-		}
-		c.version = max(c.version+1, vnow)
-		sym := int32(idx / a.nP)
-		b.Klines = append(b.Klines, a.kline(sym, idx-int(sym)*a.nP, c, false))
-		if !a.symMark[sym] {
-			a.symMark[sym] = true
-			a.dirtySyms = append(a.dirtySyms, sym)
-		}
+		a.emitOpen(b, idx, nowMs*1000)
 	}
 	a.dirtyIndices = a.dirtyIndices[:0]
 	a.appendStates(b)
+}
+
+// emitOpen is Drain's work for one slot.
+func (a *Aggregator) emitOpen(b *Batch, idx int, vnow int64) {
+	a.dirtyFlags[idx] = false
+	c := &a.candles[idx]
+	if c.firstID < 0 {
+		return
+	}
+	c.version = max(c.version+1, vnow)
+	sym := int32(idx / a.nP)
+	b.Klines = append(b.Klines, a.kline(sym, idx-int(sym)*a.nP, c, false))
+	if !a.symMark[sym] {
+		a.symMark[sym] = true
+		a.dirtySyms = append(a.dirtySyms, sym)
+	}
 }
 
 const benchSlots = 1_000_000
