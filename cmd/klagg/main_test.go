@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/klagg/klagg/schema"
 )
 
 func TestCLIErrors(t *testing.T) {
@@ -119,5 +122,56 @@ func TestDemoRuns(t *testing.T) {
 	out := stdout.String()
 	if !strings.Contains(out, "trades/s") || !strings.Contains(out, "S000USDT") || !strings.Contains(out, "demo finished") {
 		t.Fatalf("demo output lacks figures or candles:\n%s", out)
+	}
+}
+
+func TestTail(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "klines"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	soe, _ := schema.NewKlineEncoder(schema.FramingSingleObject, 0)
+	conf, _ := schema.NewKlineEncoder(schema.FramingConfluent, 7)
+	k := schema.Kline{Symbol: "BTCUSDT", Period: "1m", OpenTime: 1714557600000, CloseTime: 1714557659999,
+		Open: 1, High: 2, Low: 0.5, Close: 1.5, Volume: 3, TradeCount: 4, FirstTradeID: 1, LastTradeID: 9, Version: 11}
+	var recs []*kgo.Record
+	for i, enc := range []*schema.KlineEncoder{soe, conf, soe} {
+		k.IsFinal = i > 0
+		k.Symbol = []string{"BTCUSDT", "BTCUSDT", "ETHUSDT"}[i]
+		recs = append(recs, &kgo.Record{Topic: "klines", Value: enc.Append(nil, &k)})
+	}
+	recs = append(recs, &kgo.Record{Topic: "klines", Value: []byte("garbage")})
+	if err := cl.ProduceSync(t.Context(), recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	code := run(ctx, []string{"tail", "--brokers", cluster.ListenAddrs()[0], "--from-beginning", "--format", "json",
+		"--symbol", "BTCUSDT", "--final-only", "--max", "1"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	if len(lines) != 1 || !strings.Contains(lines[0], `"symbol":"BTCUSDT"`) || !strings.Contains(lines[0], `"is_final":true`) {
+		t.Fatalf("json output: %q", stdout.String())
+	}
+	stdout.Reset()
+	ctx2, cancel2 := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancel2()
+	if code := run(ctx2, []string{"tail", "--brokers", cluster.ListenAddrs()[0], "--from-beginning"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("table: exit %d", code)
+	}
+	if n := strings.Count(stdout.String(), "\n"); n != 4 || !strings.Contains(stderr.String(), "skipped 1 records") {
+		t.Fatalf("table of 3 candles plus header, and one skipped record; got:\n%s\n%s", stdout.String(), stderr.String())
+	}
+	if code := run(t.Context(), []string{"tail", "--period", "7m", "--format", "xml"}, &stdout, &stderr); code != 2 {
+		t.Fatalf("bad flags: exit %d", code)
 	}
 }

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/klagg/klagg/processor"
+	"github.com/klagg/klagg/schema"
+)
+
+// cmdTail reads the klines topic and prints the decoded candles, as an
+// aligned table or JSON lines. Both framings (Confluent, single-object) are
+// recognised by their first byte.
+func cmdTail(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("klagg tail", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	def := processor.DefaultConfig()
+	brokers := fs.String("brokers", strings.Join(def.Brokers, ","), "Kafka bootstrap brokers, comma-separated")
+	topic := fs.String("klines-topic", def.KlinesTopic, "topic to read")
+	symbol := fs.String("symbol", "", "only this symbol")
+	period := fs.String("period", "", "only this period (1m, 1h, 1M, …)")
+	finalOnly := fs.Bool("final-only", false, "only final candles")
+	fromBeginning := fs.Bool("from-beginning", false, "read the topic from its start (default: only new records)")
+	format := fs.String("format", "table", "output: table or json (one object per line)")
+	maxRecords := fs.Int("max", 0, "stop after printing this many candles (0: never)")
+	if err := parse(fs, args, os.Getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "klagg tail: %v\n", err)
+		return 2
+	}
+	var errs []error
+	if *period != "" {
+		if _, err := processor.ParsePeriod(*period); err != nil {
+			errs = append(errs, fmt.Errorf("--period: %w", err))
+		}
+	}
+	if *format != "table" && *format != "json" {
+		errs = append(errs, fmt.Errorf("--format %q: want table or json", *format))
+	}
+	if *maxRecords < 0 {
+		errs = append(errs, fmt.Errorf("--max %d is negative", *maxRecords))
+	}
+	if err := errors.Join(errs...); err != nil {
+		fmt.Fprintf(stderr, "klagg tail: %v\n", err)
+		return 2
+	}
+	start := kgo.NewOffset().AtEnd()
+	if *fromBeginning {
+		start = kgo.NewOffset().AtStart()
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(*brokers, ",")...), kgo.ConsumeTopics(*topic),
+		kgo.ConsumeResetOffset(start))
+	if err != nil {
+		fmt.Fprintf(stderr, "klagg tail: %v\n", err)
+		return 1
+	}
+	defer cl.Close()
+
+	enc := json.NewEncoder(stdout)
+	if *format == "table" {
+		fmt.Fprintf(stdout, "%-12s %-4s %-20s %14s %14s %14s %14s %16s %8s %-5s %s\n",
+			"symbol", "per", "open time (UTC)", "open", "high", "low", "close", "volume", "trades", "final", "version")
+	}
+	printed, undecodable := 0, 0
+	for {
+		fetches := cl.PollFetches(ctx)
+		if ctx.Err() != nil || fetches.IsClientClosed() {
+			break
+		}
+		var ferr error
+		fetches.EachError(func(t string, p int32, err error) { ferr = fmt.Errorf("%s/%d: %w", t, p, err) })
+		if ferr != nil {
+			fmt.Fprintf(stderr, "klagg tail: fetch: %v\n", ferr)
+			return 1
+		}
+		done := false
+		fetches.EachRecord(func(r *kgo.Record) {
+			if done {
+				return
+			}
+			var k schema.Kline
+			if err := schema.DecodeKline(r.Value, &k); err != nil {
+				undecodable++
+				return
+			}
+			if (*symbol != "" && k.Symbol != *symbol) || (*period != "" && k.Period != *period) || (*finalOnly && !k.IsFinal) {
+				return
+			}
+			if *format == "json" {
+				enc.Encode(&k) //nolint:errcheck // stdout
+			} else {
+				fmt.Fprintf(stdout, "%-12s %-4s %-20s %14.8g %14.8g %14.8g %14.8g %16.8g %8d %-5v %d\n",
+					k.Symbol, k.Period, time.UnixMilli(k.OpenTime).UTC().Format("2006-01-02 15:04:05"),
+					k.Open, k.High, k.Low, k.Close, k.Volume, k.TradeCount, k.IsFinal, k.Version)
+			}
+			printed++
+			done = *maxRecords > 0 && printed >= *maxRecords
+		})
+		if done {
+			break
+		}
+	}
+	if undecodable > 0 {
+		fmt.Fprintf(stderr, "klagg tail: skipped %d records that are not klines of kline.avsc\n", undecodable)
+	}
+	return 0
+}
