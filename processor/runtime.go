@@ -33,10 +33,12 @@ const (
 type RunOption func(*runOptions)
 
 type runOptions struct {
-	log     *slog.Logger
-	clock   func() time.Time
-	kgoOpts []kgo.Opt
-	stats   *Stats
+	log        *slog.Logger
+	clock      func() time.Time
+	kgoOpts    []kgo.Opt
+	memberOpts []kgo.Opt
+	stats      *Stats
+	observer   Observer
 }
 
 // WithRunLogger sets Run's logger; the default discards.
@@ -50,6 +52,36 @@ func WithClock(now func() time.Time) RunOption { return func(o *runOptions) { o.
 func WithKgoOpts(opts ...kgo.Opt) RunOption {
 	return func(o *runOptions) { o.kgoOpts = append(o.kgoOpts, opts...) }
 }
+
+// WithMemberKgoOpts adds options to the group member's own client only,
+// such as metrics hooks that must not be registered twice.
+func WithMemberKgoOpts(opts ...kgo.Opt) RunOption {
+	return func(o *runOptions) { o.memberOpts = append(o.memberOpts, opts...) }
+}
+
+// Observer receives the runtime's timings and per-partition lag, for
+// metrics. Its methods are called from the flusher and the rebalance
+// callbacks, never per trade, and must not block.
+type Observer interface {
+	Flushed(took time.Duration, dirty int)
+	Committed(took time.Duration)
+	Restored(took time.Duration, partitions int)
+	// Lag is the records of partition p not yet read, at a flush; Forget
+	// says p is no longer owned.
+	Lag(p int32, records int64)
+	Forget(p int32)
+}
+
+// WithObserver sets the Observer; the default ignores everything.
+func WithObserver(obs Observer) RunOption { return func(o *runOptions) { o.observer = obs } }
+
+type nopObserver struct{}
+
+func (nopObserver) Flushed(time.Duration, int)  {}
+func (nopObserver) Committed(time.Duration)     {}
+func (nopObserver) Restored(time.Duration, int) {}
+func (nopObserver) Lag(int32, int64)            {}
+func (nopObserver) Forget(int32)                {}
 
 // WithStats makes Run count into s, which the caller may read at any time.
 func WithStats(s *Stats) RunOption { return func(o *runOptions) { o.stats = s } }
@@ -96,11 +128,11 @@ func Run(ctx context.Context, cfg Config, opts ...RunOption) error {
 }
 
 func run(ctx context.Context, cfg Config, opts ...RunOption) error {
-	o := runOptions{log: slog.New(slog.DiscardHandler), clock: time.Now, stats: &Stats{}}
+	o := runOptions{log: slog.New(slog.DiscardHandler), clock: time.Now, stats: &Stats{}, observer: nopObserver{}}
 	for _, fn := range opts {
 		fn(&o)
 	}
-	r := &runtime{cfg: cfg, log: o.log, clock: o.clock, stats: o.stats, shards: map[int32]*shard{}}
+	r := &runtime{cfg: cfg, log: o.log, clock: o.clock, stats: o.stats, obs: o.observer, shards: map[int32]*shard{}}
 	r.restartCh = make(chan int32, 64)
 	r.kick = make(chan struct{}, 1)
 
@@ -119,13 +151,15 @@ func run(ctx context.Context, cfg Config, opts ...RunOption) error {
 	if err := r.setupEncoders(ctx); err != nil {
 		return err
 	}
-	r.base = base
+	// Clipped, so that appending to it (restore clients) always copies and
+	// never writes into an array another goroutine is appending to.
+	r.base = slices.Clip(base)
 
 	codec, err := compressionCodec(cfg.Compression)
 	if err != nil {
 		return err
 	}
-	cl, err := kgo.NewClient(append(base,
+	cl, err := kgo.NewClient(slices.Concat(base, []kgo.Opt{
 		kgo.ProducerBatchCompression(codec),
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(cfg.TradesTopic),
@@ -140,8 +174,8 @@ func run(ctx context.Context, cfg Config, opts ...RunOption) error {
 		kgo.RecordPartitioner(kgo.ManualPartitioner()),
 		kgo.RecordDeliveryTimeout(cfg.DeliveryTimeout),
 		kgo.MaxBufferedRecords(100_000),
-		kgo.ProducerLinger(5*time.Millisecond),
-	)...)
+		kgo.ProducerLinger(5 * time.Millisecond),
+	}, o.memberOpts)...)
 	if err != nil {
 		return fmt.Errorf("processor: kafka client: %w", err)
 	}
@@ -176,6 +210,7 @@ type runtime struct {
 	log        *slog.Logger
 	clock      func() time.Time
 	stats      *Stats
+	obs        Observer
 	base       []kgo.Opt
 	cl         *kgo.Client
 	partitions int32
@@ -431,6 +466,7 @@ type drained struct {
 	states    []*kgo.Record
 	position  int64
 	dirty     int
+	lag       int64 // records of the partition not yet read
 	shard     *shard
 }
 
@@ -440,6 +476,7 @@ type drained struct {
 func (r *runtime) flush(ctx context.Context, cl *kgo.Client, only []int32) {
 	r.flushMu.Lock()
 	defer r.flushMu.Unlock()
+	flushStart := r.clock()
 	defer func() { r.stats.LastFlush.Store(r.clock().UnixMilli()) }()
 	r.shardsMu.Lock()
 	var targets []*shard
@@ -487,9 +524,12 @@ func (r *runtime) flush(ctx context.Context, cl *kgo.Client, only []int32) {
 	r.produceAll(ctx, cl, results, func(d *drained) []*kgo.Record { return d.states }, failed)
 
 	offsets := map[int32]kgo.EpochOffset{}
+	dirty := 0
 	for i := range results {
 		d := &results[i]
+		dirty += d.dirty
 		r.stats.DirtyFlushed.Add(int64(d.dirty))
+		r.obs.Lag(d.partition, d.lag)
 		if err, bad := failed[d.partition]; bad {
 			r.log.Error("delivery failed; restarting the shard from its last commit", "partition", d.partition, "err", err)
 			d.shard.broken = true
@@ -503,9 +543,11 @@ func (r *runtime) flush(ctx context.Context, cl *kgo.Client, only []int32) {
 			offsets[d.partition] = kgo.EpochOffset{Epoch: -1, Offset: d.position + 1}
 		}
 	}
+	r.obs.Flushed(r.clock().Sub(flushStart), dirty)
 	if len(offsets) == 0 {
 		return
 	}
+	commitStart := r.clock()
 	var commitErr error
 	cl.CommitOffsetsSync(ctx, map[string]map[int32]kgo.EpochOffset{r.cfg.TradesTopic: offsets},
 		func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
@@ -535,6 +577,7 @@ func (r *runtime) flush(ctx context.Context, cl *kgo.Client, only []int32) {
 	}
 	r.stats.Commits.Add(1)
 	r.stats.LastCommit.Store(r.clock().UnixMilli())
+	r.obs.Committed(r.clock().Sub(commitStart))
 }
 
 // produceAll produces pick(d) of every result not yet failed and waits for
@@ -638,6 +681,7 @@ func (r *runtime) drop(ps []int32) {
 	for _, s := range stopping {
 		close(s.quit)
 		<-s.done
+		r.obs.Forget(s.partition)
 	}
 }
 
@@ -785,6 +829,7 @@ func (r *runtime) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*s
 	}
 	r.stats.Restores.Add(int64(len(ps)))
 	r.stats.RestoreNanos.Store(int64(r.clock().Sub(start)))
+	r.obs.Restored(r.clock().Sub(start), len(ps))
 	symbols := 0
 	for _, m := range latest {
 		symbols += len(m)
@@ -889,7 +934,7 @@ func (s *shard) drain() drained {
 	s.agg.AdvanceClock(now, s.last+1 >= s.hw)
 	dirty := s.agg.DirtyLen()
 	s.agg.Drain(&s.batch, now)
-	d := drained{partition: s.partition, position: s.batch.Position, dirty: dirty}
+	d := drained{partition: s.partition, position: s.batch.Position, dirty: dirty, lag: max(0, s.hw-(s.last+1))}
 	p := partition.Target(s.partition)
 	d.first = make([]*kgo.Record, 0, len(s.batch.Klines)+len(s.dlq))
 	// One slab of records and one buffer of keys and values per flush, not

@@ -8,17 +8,21 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/klagg/klagg/processor"
 )
 
-// startHealth serves /healthz (the process is alive) and /readyz (the
-// member has started and its flush loop ran recently) on addr; an empty
-// addr serves nothing.
-func startHealth(addr string, stats *processor.Stats, flushEvery time.Duration, log *slog.Logger) (interface{ Close() error }, error) {
+// startHealth serves /metrics (Prometheus, the process's own registry),
+// /healthz (the process is alive) and /readyz (the member has started and
+// its flush loop ran recently) on addr; an empty addr serves nothing.
+func startHealth(addr string, stats *processor.Stats, reg *prometheus.Registry, flushEvery time.Duration, log *slog.Logger) (interface{ Close() error }, error) {
 	if addr == "" {
 		return noServer{}, nil
 	}
 	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError)}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		last := stats.LastFlush.Load()

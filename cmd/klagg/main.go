@@ -159,7 +159,7 @@ func newRunFlags(name string, stderr io.Writer) (*flag.FlagSet, *runFlags) {
 	fs.DurationVar(&c.MaxSkew, "max-skew", c.MaxSkew, "trades timed further than this past the wall clock are refused")
 	fs.DurationVar(&c.SessionTimeout, "session-timeout", c.SessionTimeout, "how long the group waits for a member that died without leaving")
 	fs.StringVar(&c.Compression, "compression", c.Compression, "compression of produced batches: none, gzip, snappy, lz4 or zstd")
-	fs.StringVar(&rf.metricsAddr, "metrics-addr", ":9464", "address of /healthz and /readyz (empty: none)")
+	fs.StringVar(&rf.metricsAddr, "metrics-addr", ":9464", "address of /metrics (Prometheus), /healthz and /readyz (empty: none)")
 	rf.logs.register(fs)
 	return fs, rf
 }
@@ -205,13 +205,15 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	stats := &processor.Stats{}
-	srv, err := startHealth(rf.metricsAddr, stats, rf.cfg.FlushInterval, log)
+	m := newMetrics(stats)
+	srv, err := startHealth(rf.metricsAddr, stats, m.reg, rf.cfg.FlushInterval, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "klagg run: %v\n", err)
 		return 1
 	}
 	defer srv.Close()
-	if err := processor.Run(ctx, rf.cfg, processor.WithRunLogger(log), processor.WithStats(stats)); err != nil {
+	if err := processor.Run(ctx, rf.cfg, processor.WithRunLogger(log), processor.WithStats(stats),
+		processor.WithObserver(m), processor.WithMemberKgoOpts(m.memberOpts()...)); err != nil {
 		log.Error("klagg stopped", "err", err)
 		return 1
 	}

@@ -5,6 +5,8 @@ import (
 	"context"
 	"flag"
 	"io"
+	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -173,5 +175,82 @@ func TestTail(t *testing.T) {
 	}
 	if code := run(t.Context(), []string{"tail", "--period", "7m", "--format", "xml"}, &stdout, &stderr); code != 2 {
 		t.Fatalf("bad flags: exit %d", code)
+	}
+}
+
+func TestMetricsAndHealth(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "trades"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"run", "--brokers", cluster.ListenAddrs()[0], "--metrics-addr", addr, "--flush-interval", "50ms"}, io.Discard, io.Discard)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	now := time.Now().UnixMilli()
+	var recs []*kgo.Record
+	for i := range 50 {
+		tr := schema.Trade{Symbol: []byte("BTCUSDT"), AggID: int64(i + 1), Price: 100, Quantity: 1, FirstID: int64(i), LastID: int64(i), Time: now}
+		recs = append(recs, &kgo.Record{Topic: "trades", Key: tr.Symbol, Value: schema.AppendBinanceJSON(nil, &tr)})
+	}
+	recs = append(recs, &kgo.Record{Topic: "trades", Value: []byte("{")})
+	if err := cl.ProduceSync(t.Context(), recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	var body string
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, b := get("/metrics")
+		body = b
+		if code == 200 && strings.Contains(b, `klagg_trades_total{result="folded"} 50`) && strings.Contains(b, `klagg_trades_invalid_total{reason="malformed"} 1`) &&
+			strings.Contains(b, "klagg_commit_duration_seconds_count") && !strings.Contains(b, "klagg_commit_duration_seconds_count 0") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics never showed the trades and a commit:\n%s", b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, name := range []string{"klagg_klines_emitted_total", "klagg_dead_letters_total", "klagg_flush_duration_seconds_bucket",
+		"klagg_flush_dirty_candles_bucket", "klagg_restore_duration_seconds_count", "klagg_rebalances_total",
+		`klagg_consumer_lag_records{partition="0"}`, "klagg_partitions_assigned 2", "klagg_kafka_", "go_goroutines", "process_resident_memory_bytes"} {
+		if !strings.Contains(body, name) {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
+	if strings.Contains(body, "symbol=") {
+		t.Error("a metric is labelled by symbol")
+	}
+	if code, _ := get("/healthz"); code != 200 {
+		t.Errorf("/healthz %d", code)
+	}
+	if code, b := get("/readyz"); code != 200 {
+		t.Errorf("/readyz %d %s", code, b)
 	}
 }
