@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -114,17 +115,45 @@ func TestRunStopsOnSignal(t *testing.T) {
 
 func TestDemoRuns(t *testing.T) {
 	if testing.Short() {
-		t.Skip("runs the demo for 3 seconds")
+		t.Skip("runs the demo until it shows candles")
 	}
-	var stdout, stderr bytes.Buffer
-	code := run(t.Context(), []string{"demo", "--duration", "3s", "--symbols", "20", "--rate", "500"}, &stdout, &stderr)
-	if code != 0 {
+	// Run until candles show (members joining takes a few seconds, more
+	// under the race detector), then stop it as Ctrl-C would.
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	var stdout syncBuffer
+	var stderr bytes.Buffer
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, []string{"demo", "--symbols", "20", "--rate", "500"}, &stdout, &stderr) }()
+	for !strings.Contains(stdout.String(), "S000USDT") && ctx.Err() == nil {
+		time.Sleep(100 * time.Millisecond)
+	}
+	cancel()
+	if code := <-done; code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
 	out := stdout.String()
 	if !strings.Contains(out, "trades/s") || !strings.Contains(out, "S000USDT") || !strings.Contains(out, "demo finished") {
 		t.Fatalf("demo output lacks figures or candles:\n%s", out)
 	}
+}
+
+// syncBuffer is written by the demo's goroutine while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func TestTail(t *testing.T) {
