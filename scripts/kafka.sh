@@ -10,7 +10,9 @@
 #
 # KAFKA_VERSION (default below) picks the org.apache.kafka:kafka_2.13
 # version; KLAGG_CACHE (default .cache in the repo) holds the jars;
-# KAFKA_PORT (default 39092) is the client port, +1 the controller's.
+# KAFKA_PORT (default 19092) is the client port, +1 the controller's. It is
+# kept below Linux's ephemeral range (32768-60999), where an outgoing
+# connection could already hold it; restart reuses the port start chose.
 set -euo pipefail
 
 KAFKA_VERSION=${KAFKA_VERSION:-4.4.0}
@@ -19,8 +21,7 @@ SLF4J_VERSION=${SLF4J_VERSION:-2.0.17}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${KLAGG_CACHE:-$repo/.cache}
 lib=$cache/kafka-$KAFKA_VERSION-log4j-$LOG4J_VERSION-slf4j-$SLF4J_VERSION/lib
-port=${KAFKA_PORT:-39092}
-cport=$((port + 1))
+port=${KAFKA_PORT:-19092}
 
 fetch() {
 	if [ -f "$lib/.complete" ]; then return; fi
@@ -52,7 +53,9 @@ EOF
 
 write_config() {
 	local dir=$1
+	local cport=$((port + 1))
 	mkdir -p "$dir/data"
+	echo "$port" >"$dir/port"
 	cat >"$dir/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
@@ -94,6 +97,7 @@ java_cmd() {
 
 launch() {
 	local dir=$1
+	port=$(cat "$dir/port")
 	nohup bash -c "exec java -Xms256m -Xmx1g -XX:+UseG1GC -Dlog4j2.configurationFile='$dir/log4j2.properties' -cp '$lib/*' kafka.Kafka '$dir/server.properties'" \
 		>"$dir/stdout.log" 2>&1 &
 	echo $! >"$dir/pid"
@@ -105,7 +109,7 @@ launch() {
 		fi
 		if ! kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
 			echo "kafka.sh: the broker exited; its output:" >&2
-			tail -50 "$dir/stdout.log" "$dir/broker.log" >&2 || true
+			tail -n 50 "$dir/stdout.log" "$dir/broker.log" >&2 || true
 			exit 1
 		fi
 		sleep 0.5
