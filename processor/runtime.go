@@ -133,8 +133,8 @@ func run(ctx context.Context, cfg Config, opts ...RunOption) error {
 		fn(&o)
 	}
 	r := &runtime{cfg: cfg, log: o.log, clock: o.clock, stats: o.stats, obs: o.observer, shards: map[int32]*shard{}}
-	r.restartCh = make(chan int32, 64)
 	r.kick = make(chan struct{}, 1)
+	r.restarts = map[int32]bool{}
 
 	base := append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, o.kgoOpts...)
 	admCl, err := kgo.NewClient(base...)
@@ -232,7 +232,11 @@ type runtime struct {
 	flushed   chan struct{}
 	flushedMu sync.Mutex
 
-	restartCh chan int32
+	// restarts holds the partitions whose shard must be rebuilt; the
+	// flusher adds, the poll loop takes. A set: it can neither block the
+	// flusher nor lose a request.
+	restartMu sync.Mutex
+	restarts  map[int32]bool
 	// kick asks the flusher to flush now instead of at its next tick.
 	kick chan struct{}
 
@@ -512,8 +516,11 @@ func (r *runtime) flush(ctx context.Context, cl *kgo.Client, only []int32) {
 		case <-s.done:
 		}
 	}
-	r.unflushed.Store(0)
-	r.signalFlushed()
+	if only == nil {
+		// Every shard drained: the poll loop may read ahead again.
+		r.unflushed.Store(0)
+		r.signalFlushed()
+	}
 	if len(results) == 0 {
 		return
 	}
@@ -533,10 +540,9 @@ func (r *runtime) flush(ctx context.Context, cl *kgo.Client, only []int32) {
 		if err, bad := failed[d.partition]; bad {
 			r.log.Error("delivery failed; restarting the shard from its last commit", "partition", d.partition, "err", err)
 			d.shard.broken = true
-			select {
-			case r.restartCh <- d.partition:
-			default:
-			}
+			r.restartMu.Lock()
+			r.restarts[d.partition] = true
+			r.restartMu.Unlock()
 			continue
 		}
 		if d.position >= 0 && d.position+1 > d.shard.committed {
@@ -699,43 +705,42 @@ func (r *runtime) stopAll() {
 // restore it from the state topic and rewind its trades to the last commit.
 // It runs on the poll goroutine, outside any rebalance.
 func (r *runtime) handleRestarts(ctx context.Context) {
-	for {
-		select {
-		case p := <-r.restartCh:
-			r.shardsMu.Lock()
-			old := r.shards[p]
-			r.shardsMu.Unlock()
-			if old == nil {
-				continue
-			}
-			committed := old.committed
-			if committed < 0 {
-				// Nothing committed by this process yet: resume from the
-				// group's commit, made by an earlier owner, if there is one.
-				if offs, err := kadm.NewClient(r.cl).FetchOffsets(ctx, r.cfg.Group); err == nil {
-					if o, ok := offs.Lookup(r.cfg.TradesTopic, p); ok && o.Err == nil {
-						committed = o.At
-					}
+	r.restartMu.Lock()
+	pending := r.restarts
+	r.restarts = map[int32]bool{}
+	r.restartMu.Unlock()
+	for p := range pending {
+		r.shardsMu.Lock()
+		old := r.shards[p]
+		r.shardsMu.Unlock()
+		if old == nil {
+			continue
+		}
+		committed := old.committed
+		if committed < 0 {
+			// Nothing committed by this process yet: resume from the
+			// group's commit, made by an earlier owner, if there is one.
+			if offs, err := kadm.NewClient(r.cl).FetchOffsets(ctx, r.cfg.Group); err == nil {
+				if o, ok := offs.Lookup(r.cfg.TradesTopic, p); ok && o.Err == nil {
+					committed = o.At
 				}
 			}
-			r.drop([]int32{p})
-			shards, err := r.restore(ctx, r.cl, []int32{p})
-			if err != nil {
-				r.fail(err)
-				return
-			}
-			s := shards[0]
-			s.committed = committed
-			r.cl.SetOffsets(map[string]map[int32]kgo.EpochOffset{r.cfg.TradesTopic: {p: {Epoch: -1, Offset: max(committed, 0)}}})
-			r.shardsMu.Lock()
-			r.shards[p] = s
-			r.shardsMu.Unlock()
-			go s.run()
-			r.stats.Restarts.Add(1)
-			r.log.Warn("shard restarted from its last commit", "partition", p, "offset", committed)
-		default:
+		}
+		r.drop([]int32{p})
+		shards, err := r.restore(ctx, r.cl, []int32{p})
+		if err != nil {
+			r.fail(err)
 			return
 		}
+		s := shards[0]
+		s.committed = committed
+		r.cl.SetOffsets(map[string]map[int32]kgo.EpochOffset{r.cfg.TradesTopic: {p: {Epoch: -1, Offset: max(committed, 0)}}})
+		r.shardsMu.Lock()
+		r.shards[p] = s
+		r.shardsMu.Unlock()
+		go s.run()
+		r.stats.Restarts.Add(1)
+		r.log.Warn("shard restarted from its last commit", "partition", p, "offset", committed)
 	}
 }
 
