@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"math/rand/v2"
 	"os"
 	"sort"
 	"strings"
@@ -107,13 +106,13 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		wg.Wait()
 	}()
 
-	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(cfg.TradesTopic))
 	if err != nil {
 		fmt.Fprintf(stderr, "klagg demo: %v\n", err)
 		return 1
 	}
 	defer prod.Close()
-	go market(ctx, prod, cfg.TradesTopic, *symbols, *rate)
+	go synthetic(&producer{ctx: ctx, cl: prod, enc: schema.AppendBinanceJSON}, *symbols, *rate, 100*365*24*time.Hour, uint64(time.Now().UnixNano()), true) // until ctx ends
 
 	view := newKlineView()
 	tail, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(cfg.KlinesTopic),
@@ -161,55 +160,6 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			prevTrades, prevKlines = trades, klines
 			view.render(&b, 10)
 			fmt.Fprint(stdout, b.String())
-		}
-	}
-}
-
-// market produces a live synthetic market: skewed activity (a few symbols
-// trade most), bursts and quiet spells, prices on a 0.01 tick grid.
-func market(ctx context.Context, cl *kgo.Client, topic string, symbols, rate int) {
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
-	type sym struct {
-		name  string
-		agg   int64
-		price float64
-	}
-	syms := make([]sym, symbols)
-	for i := range syms {
-		syms[i] = sym{name: fmt.Sprintf("S%03dUSDT", i), price: float64(1 + rng.IntN(5000))}
-	}
-	const tick = 20 * time.Millisecond
-	t := time.NewTicker(tick)
-	defer t.Stop()
-	burst := 1.0
-	var raw int64
-	var buf []byte
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if rng.IntN(100) == 0 {
-			burst = []float64{0.1, 1, 1, 3}[rng.IntN(4)] // quiet spell or burst
-		}
-		n := int(float64(rate) * tick.Seconds() * burst)
-		now := time.Now().UnixMilli()
-		recs := make([]*kgo.Record, 0, n)
-		for range n {
-			s := &syms[int(float64(symbols)*math.Pow(rng.Float64(), 3))]
-			s.agg++
-			s.price = math.Max(0.01, math.Round((s.price+float64(rng.IntN(7)-3)*0.01)*100)/100)
-			q := float64(1+rng.IntN(100000)) / 10000
-			k := int64(1 + rng.IntN(3))
-			tr := schema.Trade{Symbol: []byte(s.name), AggID: s.agg, Price: s.price, Quantity: q,
-				FirstID: raw + 1, LastID: raw + k, Time: now, BuyerMaker: rng.IntN(2) == 0}
-			raw += k
-			buf = schema.AppendBinanceJSON(buf[:0], &tr)
-			recs = append(recs, &kgo.Record{Topic: topic, Key: []byte(s.name), Value: append([]byte(nil), buf...)})
-		}
-		for _, r := range recs {
-			cl.Produce(ctx, r, nil)
 		}
 	}
 }

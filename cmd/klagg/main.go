@@ -36,6 +36,7 @@ Usage:
   klagg run   [flags]   run one member of the consumer group
   klagg demo  [flags]   everything in one process: embedded broker, registry,
                         synthetic market and three members; no setup needed
+  klagg gen   [flags]   produce trades: a synthetic market, or Binance aggTrades CSV files
   klagg tail  [flags]   decode and print the klines topic
   klagg help            this text
 
@@ -55,6 +56,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return cmdRun(ctx, args[1:], stdout, stderr)
 	case "demo":
 		return cmdDemo(ctx, args[1:], stdout, stderr)
+	case "gen":
+		return cmdGen(ctx, args[1:], stdout, stderr)
 	case "tail":
 		return cmdTail(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":

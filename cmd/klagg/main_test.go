@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -281,5 +283,67 @@ func TestMetricsAndHealth(t *testing.T) {
 	}
 	if code, b := get("/readyz"); code != 200 {
 		t.Errorf("/readyz %d %s", code, b)
+	}
+}
+
+func TestGenCSVAndSynthetic(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	dir := t.TempDir()
+	file := filepath.Join(dir, "BTCUSDT-aggTrades-2024-01-01.csv")
+	csv := "agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker\n" +
+		"100,42000.5,0.25,1000,1002,1704067200000,true\n" +
+		"101,42001.0,0.5,1003,1003,1704067200123456,False\n" + // microseconds, as newer files have
+		"102,not-a-price,1,1004,1004,1704067201000,true\n" +
+		"103,42002.0,1,1005,1005,1704067202000,false,true\n" // with the best-match column
+	if err := os.WriteFile(file, []byte(csv), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	addr := cluster.ListenAddrs()[0]
+	if code := run(t.Context(), []string{"gen", "--brokers", addr, "--csv", file}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "produced 3 trades") || !strings.Contains(stderr.String(), "skipped 1 CSV rows") {
+		t.Fatalf("stdout %q stderr %q", stdout.String(), stderr.String())
+	}
+	stdout.Reset()
+	if code := run(t.Context(), []string{"gen", "--brokers", addr, "--format", "avro", "--symbols", "5", "--rate", "2000", "--duration", "200ms"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("synthetic: exit %d: %s", code, stderr.String())
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(addr), kgo.ConsumeTopics("trades"), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var trades []schema.Trade
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	for len(trades) < 4 && ctx.Err() == nil {
+		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+			var tr schema.Trade
+			var err error
+			if r.Value[0] == '{' {
+				err = schema.DecodeBinanceJSON(r.Value, r.Key, &tr)
+			} else {
+				err = schema.DecodeAvroTrade(r.Value, &tr)
+			}
+			if err != nil {
+				t.Fatalf("record %d: %v", r.Offset, err)
+			}
+			tr.Symbol = append([]byte(nil), tr.Symbol...)
+			trades = append(trades, tr)
+		})
+	}
+	if len(trades) < 4 || string(trades[0].Symbol) != "BTCUSDT" || trades[0].LastID != 1002 || !trades[0].BuyerMaker ||
+		trades[1].Time != 1704067200123 || trades[1].BuyerMaker || trades[3].Price <= 0 {
+		t.Fatalf("trades: %+v", trades[:min(4, len(trades))])
+	}
+	if code := run(t.Context(), []string{"gen", "--csv", filepath.Join(dir, "nosymbol.csv")}, &stdout, &stderr); code != 1 ||
+		!strings.Contains(stderr.String(), "pass --symbol") {
+		t.Fatalf("file without a symbol: %d %s", code, stderr.String())
 	}
 }

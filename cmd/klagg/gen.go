@@ -1,0 +1,274 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sr"
+
+	"github.com/klagg/klagg/processor"
+	"github.com/klagg/klagg/schema"
+)
+
+// cmdGen produces trades to a topic, keyed by symbol: a synthetic market,
+// or a replay of Binance's public aggTrades CSV files.
+func cmdGen(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("klagg gen", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	def := processor.DefaultConfig()
+	brokers := fs.String("brokers", strings.Join(def.Brokers, ","), "Kafka bootstrap brokers, comma-separated")
+	topic := fs.String("trades-topic", def.TradesTopic, "topic to produce to")
+	format := fs.String("format", "binance-json", "value encoding: binance-json or avro")
+	registry := fs.String("schema-registry", "", "with avro: register trade.avsc and Confluent-frame the values (default: single-object encoding)")
+	symbols := fs.Int("symbols", 100, "synthetic: number of symbols")
+	rate := fs.Int("rate", 1000, "synthetic: trades per second")
+	duration := fs.Duration("duration", 10*time.Second, "synthetic: how long to produce")
+	seed := fs.Uint64("seed", 1, "synthetic: random seed")
+	csvFiles := fs.String("csv", "", "replay these Binance aggTrades CSV files (comma-separated) instead of a synthetic market")
+	symbol := fs.String("symbol", "", "CSV: the symbol of the files (default: from a name like BTCUSDT-aggTrades-2024-01-01.csv)")
+	speed := fs.Float64("speed", 0, "CSV: 0 as fast as possible, 1 the original pace, 10 ten times faster")
+	if err := parse(fs, args, os.Getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "klagg gen: %v\n", err)
+		return 2
+	}
+	var errs []error
+	inFormat, err := schema.ParseInputFormat(*format)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--format: %w", err))
+	}
+	if *csvFiles == "" && (*symbols < 1 || *rate < 1 || *duration <= 0) {
+		errs = append(errs, fmt.Errorf("--symbols, --rate and --duration must be positive"))
+	}
+	if *speed < 0 {
+		errs = append(errs, fmt.Errorf("--speed %g is negative", *speed))
+	}
+	if err := errors.Join(errs...); err != nil {
+		fmt.Fprintf(stderr, "klagg gen: %v\n", err)
+		return 2
+	}
+	enc, err := newTradeEncoder(ctx, inFormat, *registry, *topic)
+	if err != nil {
+		fmt.Fprintf(stderr, "klagg gen: %v\n", err)
+		return 1
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(*brokers, ",")...), kgo.DefaultProduceTopic(*topic))
+	if err != nil {
+		fmt.Fprintf(stderr, "klagg gen: %v\n", err)
+		return 1
+	}
+	defer cl.Close()
+	p := &producer{ctx: ctx, cl: cl, enc: enc}
+	start := time.Now()
+	if *csvFiles != "" {
+		skipped := 0
+		for _, file := range strings.Split(*csvFiles, ",") {
+			n, err := replayCSV(p, file, *symbol, *speed)
+			skipped += n
+			if err != nil {
+				fmt.Fprintf(stderr, "klagg gen: %v\n", err)
+				return 1
+			}
+		}
+		if skipped > 0 {
+			fmt.Fprintf(stderr, "klagg gen: skipped %d CSV rows that did not parse\n", skipped)
+		}
+	} else {
+		synthetic(p, *symbols, *rate, *duration, *seed, false)
+	}
+	if err := p.flush(); err != nil {
+		fmt.Fprintf(stderr, "klagg gen: produce to %q: %v\n", *topic, err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "produced %d trades to %q in %s\n", p.n, *topic, time.Since(start).Round(time.Millisecond))
+	return 0
+}
+
+type tradeEncoder func(dst []byte, t *schema.Trade) []byte
+
+func newTradeEncoder(ctx context.Context, f schema.InputFormat, registry, topic string) (tradeEncoder, error) {
+	if f == schema.InputBinanceJSON {
+		return schema.AppendBinanceJSON, nil
+	}
+	framing, id := schema.FramingSingleObject, 0
+	if registry != "" {
+		rcl, err := sr.NewClient(sr.URLs(registry))
+		if err != nil {
+			return nil, fmt.Errorf("schema registry %s: %w", registry, err)
+		}
+		ss, err := rcl.CreateSchema(ctx, topic+"-value", sr.Schema{Schema: schema.TradeSchemaText, Type: sr.TypeAvro})
+		if err != nil {
+			return nil, fmt.Errorf("register trade.avsc under %q at %s: %w", topic+"-value", registry, err)
+		}
+		framing, id = schema.FramingConfluent, ss.ID
+	}
+	prefix, err := schema.Prefix(framing, schema.TradeSchema, id)
+	if err != nil {
+		return nil, err
+	}
+	return func(dst []byte, t *schema.Trade) []byte {
+		return schema.AppendAvroTradeBody(append(dst, prefix...), t)
+	}, nil
+}
+
+// producer sends trades asynchronously and remembers the first failure.
+type producer struct {
+	ctx   context.Context
+	cl    *kgo.Client
+	enc   tradeEncoder
+	n     int64
+	errMu sync.Mutex // callbacks run on franz-go's goroutines
+	err   error
+}
+
+func (p *producer) send(t *schema.Trade) {
+	p.n++
+	p.cl.Produce(p.ctx, &kgo.Record{Key: append([]byte(nil), t.Symbol...), Value: p.enc(nil, t)}, func(_ *kgo.Record, err error) {
+		if err != nil {
+			p.errMu.Lock()
+			if p.err == nil {
+				p.err = err
+			}
+			p.errMu.Unlock()
+		}
+	})
+}
+
+func (p *producer) flush() error {
+	if err := p.cl.Flush(p.ctx); err != nil {
+		return err
+	}
+	p.errMu.Lock()
+	defer p.errMu.Unlock()
+	return p.err
+}
+
+// synthetic produces rate trades per second for d: skewed activity (a few
+// symbols trade most), prices on a 0.01 grid, trade time = wall clock; with
+// bursty, the rate swings between quiet spells and bursts.
+func synthetic(p *producer, symbols, rate int, d time.Duration, seed uint64, bursty bool) {
+	rng := rand.New(rand.NewPCG(seed, 1))
+	prices := make([]float64, symbols)
+	aggs := make([]int64, symbols)
+	for i := range prices {
+		prices[i] = float64(1 + rng.IntN(5000))
+	}
+	const step = 10 * time.Millisecond
+	t := time.NewTicker(step)
+	defer t.Stop()
+	var raw int64
+	carry, burst := 0.0, 1.0
+	for end := time.Now().Add(d); time.Now().Before(end) && p.ctx.Err() == nil; <-t.C {
+		if bursty && rng.IntN(100) == 0 {
+			burst = []float64{0.1, 1, 1, 3}[rng.IntN(4)]
+		}
+		carry += float64(rate) * burst * step.Seconds()
+		n := int(carry)
+		carry -= float64(n)
+		now := time.Now().UnixMilli()
+		for range n {
+			i := int(float64(symbols) * math.Pow(rng.Float64(), 3))
+			aggs[i]++
+			prices[i] = math.Max(0.01, math.Round((prices[i]+float64(rng.IntN(7)-3)*0.01)*100)/100)
+			k := int64(1 + rng.IntN(3))
+			p.send(&schema.Trade{Symbol: fmt.Appendf(nil, "S%03dUSDT", i), AggID: aggs[i], Price: prices[i],
+				Quantity: float64(1+rng.IntN(100000)) / 10000, FirstID: raw + 1, LastID: raw + k, Time: now,
+				BuyerMaker: rng.IntN(2) == 0})
+			raw += k
+		}
+	}
+}
+
+// replayCSV produces the rows of one Binance aggTrades file: agg_trade_id,
+// price, quantity, first_trade_id, last_trade_id, transact_time,
+// is_buyer_maker (and the best-match column some files add), with or
+// without a header. transact_time in microseconds (newer files) is read as
+// such. It returns the rows it skipped.
+func replayCSV(p *producer, file, symbol string, speed float64) (int, error) {
+	if symbol == "" {
+		symbol = strings.SplitN(filepath.Base(file), "-", 2)[0]
+		if schema.ValidSymbol([]byte(symbol)) != schema.ReasonNone || !strings.Contains(filepath.Base(file), "-") {
+			return 0, fmt.Errorf("%s: cannot tell the symbol from the file name; pass --symbol", file)
+		}
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	skipped, line := 0, 0
+	var first, firstWall int64
+	for sc.Scan() {
+		line++
+		t, ok := parseAggTradeRow(sc.Text(), symbol)
+		if !ok {
+			if line > 1 || startsWithDigit(sc.Text()) {
+				skipped++ // a header is the first line only
+			}
+			continue
+		}
+		if speed > 0 {
+			if first == 0 {
+				first, firstWall = t.Time, time.Now().UnixMilli()
+			}
+			due := firstWall + int64(float64(t.Time-first)/speed)
+			if wait := due - time.Now().UnixMilli(); wait > 0 {
+				select {
+				case <-p.ctx.Done():
+					return skipped, p.ctx.Err()
+				case <-time.After(time.Duration(wait) * time.Millisecond):
+				}
+			}
+		}
+		p.send(&t)
+	}
+	if err := sc.Err(); err != nil {
+		return skipped, fmt.Errorf("%s line %d: %w", file, line, err)
+	}
+	return skipped, nil
+}
+
+func startsWithDigit(s string) bool { return s != "" && s[0] >= '0' && s[0] <= '9' }
+
+func parseAggTradeRow(row, symbol string) (schema.Trade, bool) {
+	f := strings.Split(strings.TrimSpace(row), ",")
+	if len(f) < 7 {
+		return schema.Trade{}, false
+	}
+	ints := make([]int64, 0, 4)
+	for _, i := range []int{0, 3, 4, 5} {
+		v, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			return schema.Trade{}, false
+		}
+		ints = append(ints, v)
+	}
+	price, err1 := strconv.ParseFloat(f[1], 64)
+	qty, err2 := strconv.ParseFloat(f[2], 64)
+	maker, err3 := strconv.ParseBool(strings.ToLower(f[6]))
+	if err1 != nil || err2 != nil || err3 != nil {
+		return schema.Trade{}, false
+	}
+	tm := ints[3]
+	if tm > 1e14 { // microseconds
+		tm /= 1000
+	}
+	return schema.Trade{Symbol: []byte(symbol), AggID: ints[0], Price: price, Quantity: qty,
+		FirstID: ints[1], LastID: ints[2], Time: tm, BuyerMaker: maker}, true
+}
