@@ -1,5 +1,6 @@
-// Package processor is klagg's engine: it folds trades into candles for
-// every symbol of a shard and every configured period at once.
+// Package processor is klagg's engine, which folds trades into candles for
+// every symbol of a shard and every configured period at once, and its
+// Kafka runtime (Run), which makes one member of a consumer group out of it.
 //
 // # Model
 //
