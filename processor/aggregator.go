@@ -203,9 +203,6 @@ func NewAggregator(cfg EngineConfig, opts ...Option) (*Aggregator, error) {
 	return a, nil
 }
 
-// Periods returns the periods in slot order.
-func (a *Aggregator) Periods() []Period { return a.periods }
-
 // Symbols is the number of symbols the shard holds.
 func (a *Aggregator) Symbols() int { return a.symbols.Len() }
 

@@ -147,7 +147,6 @@ func run(ctx context.Context, cfg Config, opts ...RunOption) error {
 	if err != nil {
 		return err
 	}
-	r.partitions = partitions
 	if err := r.setupEncoders(ctx); err != nil {
 		return err
 	}
@@ -206,14 +205,13 @@ func run(ctx context.Context, cfg Config, opts ...RunOption) error {
 }
 
 type runtime struct {
-	cfg        Config
-	log        *slog.Logger
-	clock      func() time.Time
-	stats      *Stats
-	obs        Observer
-	base       []kgo.Opt
-	cl         *kgo.Client
-	partitions int32
+	cfg   Config
+	log   *slog.Logger
+	clock func() time.Time
+	stats *Stats
+	obs   Observer
+	base  []kgo.Opt
+	cl    *kgo.Client
 
 	klineEnc   *schema.KlineEncoder
 	stateCodec *schema.StateCodec
