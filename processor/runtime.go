@@ -37,6 +37,7 @@ type runOptions struct {
 	clock      func() time.Time
 	kgoOpts    []kgo.Opt
 	memberOpts []kgo.Opt
+	srOpts     []sr.ClientOpt
 	stats      *Stats
 	observer   Observer
 }
@@ -57,6 +58,12 @@ func WithKgoOpts(opts ...kgo.Opt) RunOption {
 // such as metrics hooks that must not be registered twice.
 func WithMemberKgoOpts(opts ...kgo.Opt) RunOption {
 	return func(o *runOptions) { o.memberOpts = append(o.memberOpts, opts...) }
+}
+
+// WithRegistryOpts adds options to the schema registry client (basic
+// auth, TLS).
+func WithRegistryOpts(opts ...sr.ClientOpt) RunOption {
+	return func(o *runOptions) { o.srOpts = append(o.srOpts, opts...) }
 }
 
 // Observer receives the runtime's timings and per-partition lag, for
@@ -132,7 +139,7 @@ func run(ctx context.Context, cfg Config, opts ...RunOption) error {
 	for _, fn := range opts {
 		fn(&o)
 	}
-	r := &runtime{cfg: cfg, log: o.log, clock: o.clock, stats: o.stats, obs: o.observer, shards: map[int32]*shard{}}
+	r := &runtime{cfg: cfg, log: o.log, clock: o.clock, stats: o.stats, obs: o.observer, srOpt: o.srOpts, shards: map[int32]*shard{}}
 	r.kick = make(chan struct{}, 1)
 	r.restarts = map[int32]bool{}
 
@@ -211,6 +218,7 @@ type runtime struct {
 	stats *Stats
 	obs   Observer
 	base  []kgo.Opt
+	srOpt []sr.ClientOpt
 	cl    *kgo.Client
 
 	klineEnc   *schema.KlineEncoder
@@ -333,7 +341,7 @@ func (r *runtime) setupEncoders(ctx context.Context) error {
 		r.klineEnc, err = schema.NewKlineEncoder(schema.FramingSingleObject, 0)
 		return err
 	}
-	rcl, err := sr.NewClient(sr.URLs(r.cfg.SchemaRegistry))
+	rcl, err := sr.NewClient(append([]sr.ClientOpt{sr.URLs(r.cfg.SchemaRegistry)}, r.srOpt...)...)
 	if err != nil {
 		return fmt.Errorf("processor: schema registry %s: %w", r.cfg.SchemaRegistry, err)
 	}

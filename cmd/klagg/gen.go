@@ -40,6 +40,8 @@ func cmdGen(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	csvFiles := fs.String("csv", "", "replay these Binance aggTrades CSV files (comma-separated) instead of a synthetic market")
 	symbol := fs.String("symbol", "", "CSV: the symbol of the files (default: from a name like BTCUSDT-aggTrades-2024-01-01.csv)")
 	speed := fs.Float64("speed", 0, "CSV: 0 as fast as possible, 1 the original pace, 10 ten times faster")
+	var cf connFlags
+	cf.register(fs)
 	if err := parse(fs, args, os.Getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -58,21 +60,29 @@ func cmdGen(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *speed < 0 {
 		errs = append(errs, fmt.Errorf("--speed %g is negative", *speed))
 	}
+	conn, err := cf.resolve(os.Getenv)
+	if err != nil {
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		fmt.Fprintf(stderr, "klagg gen: %v\n", err)
 		return 2
 	}
-	enc, err := newTradeEncoder(ctx, inFormat, *registry, *topic)
+	enc, err := newTradeEncoder(ctx, inFormat, *registry, *topic, conn.sr)
 	if err != nil {
 		fmt.Fprintf(stderr, "klagg gen: %v\n", err)
 		return 1
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(*brokers, ",")...), kgo.DefaultProduceTopic(*topic))
+	cl, err := kgo.NewClient(append(conn.kgo, kgo.SeedBrokers(strings.Split(*brokers, ",")...), kgo.DefaultProduceTopic(*topic))...)
 	if err != nil {
 		fmt.Fprintf(stderr, "klagg gen: %v\n", err)
 		return 1
 	}
 	defer cl.Close()
+	if err := reach(ctx, cl, *brokers); err != nil {
+		fmt.Fprintf(stderr, "klagg gen: %v\n", err)
+		return 1
+	}
 	p := &producer{ctx: ctx, cl: cl, enc: enc}
 	start := time.Now()
 	if *csvFiles != "" {
@@ -101,13 +111,13 @@ func cmdGen(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 type tradeEncoder func(dst []byte, t *schema.Trade) []byte
 
-func newTradeEncoder(ctx context.Context, f schema.InputFormat, registry, topic string) (tradeEncoder, error) {
+func newTradeEncoder(ctx context.Context, f schema.InputFormat, registry, topic string, srOpts []sr.ClientOpt) (tradeEncoder, error) {
 	if f == schema.InputBinanceJSON {
 		return schema.AppendBinanceJSON, nil
 	}
 	framing, id := schema.FramingSingleObject, 0
 	if registry != "" {
-		rcl, err := sr.NewClient(sr.URLs(registry))
+		rcl, err := sr.NewClient(append([]sr.ClientOpt{sr.URLs(registry)}, srOpts...)...)
 		if err != nil {
 			return nil, fmt.Errorf("schema registry %s: %w", registry, err)
 		}

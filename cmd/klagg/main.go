@@ -140,6 +140,8 @@ type runFlags struct {
 	inputFormat string
 	metricsAddr string
 	logs        logFlags
+	connFlags   connFlags
+	conn        conn // resolved from connFlags by finish
 }
 
 func newRunFlags(name string, stderr io.Writer) (*flag.FlagSet, *runFlags) {
@@ -164,12 +166,17 @@ func newRunFlags(name string, stderr io.Writer) (*flag.FlagSet, *runFlags) {
 	fs.StringVar(&c.Compression, "compression", c.Compression, "compression of produced batches: none, gzip, snappy, lz4 or zstd")
 	fs.StringVar(&rf.metricsAddr, "metrics-addr", ":9464", "address of /metrics (Prometheus), /healthz and /readyz (empty: none)")
 	rf.logs.register(fs)
+	rf.connFlags.register(fs)
 	return fs, rf
 }
 
 // finish turns the flag strings into the config and validates it.
-func (rf *runFlags) finish() error {
+func (rf *runFlags) finish(getenv func(string) string) error {
 	var errs []error
+	var err error
+	if rf.conn, err = rf.connFlags.resolve(getenv); err != nil {
+		errs = append(errs, err)
+	}
 	rf.cfg.Brokers = nil
 	for _, b := range strings.Split(rf.brokers, ",") {
 		if b = strings.TrimSpace(b); b != "" {
@@ -198,7 +205,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "klagg run: %v\n", err)
 		return 2
 	}
-	if err := rf.finish(); err != nil {
+	if err := rf.finish(os.Getenv); err != nil {
 		fmt.Fprintf(stderr, "klagg run: %v\n", err)
 		return 2
 	}
@@ -216,7 +223,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	defer srv.Close()
 	if err := processor.Run(ctx, rf.cfg, processor.WithRunLogger(log), processor.WithStats(stats),
-		processor.WithObserver(m), processor.WithMemberKgoOpts(m.memberOpts()...)); err != nil {
+		processor.WithObserver(m), processor.WithMemberKgoOpts(m.memberOpts()...),
+		processor.WithKgoOpts(rf.conn.kgo...), processor.WithRegistryOpts(rf.conn.sr...)); err != nil {
 		log.Error("klagg stopped", "err", err)
 		return 1
 	}

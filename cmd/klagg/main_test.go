@@ -75,7 +75,7 @@ func TestEnvironmentFillsFlags(t *testing.T) {
 	if err := parse(fs, []string{"--group", "from-flag"}, func(k string) string { return env[k] }); err != nil {
 		t.Fatal(err)
 	}
-	if err := rf.finish(); err != nil {
+	if err := rf.finish(func(k string) string { return env[k] }); err != nil {
 		t.Fatal(err)
 	}
 	if rf.cfg.FlushInterval != 100*time.Millisecond || len(rf.cfg.Brokers) != 2 || rf.cfg.Group != "from-flag" {

@@ -32,6 +32,8 @@ func cmdTail(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fromBeginning := fs.Bool("from-beginning", false, "read the topic from its start (default: only new records)")
 	format := fs.String("format", "table", "output: table or json (one object per line)")
 	maxRecords := fs.Int("max", 0, "stop after printing this many candles (0: never)")
+	var cf connFlags
+	cf.register(fs)
 	if err := parse(fs, args, os.Getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -51,6 +53,10 @@ func cmdTail(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *maxRecords < 0 {
 		errs = append(errs, fmt.Errorf("--max %d is negative", *maxRecords))
 	}
+	conn, err := cf.resolve(os.Getenv)
+	if err != nil {
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		fmt.Fprintf(stderr, "klagg tail: %v\n", err)
 		return 2
@@ -59,13 +65,17 @@ func cmdTail(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *fromBeginning {
 		start = kgo.NewOffset().AtStart()
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(*brokers, ",")...), kgo.ConsumeTopics(*topic),
-		kgo.ConsumeResetOffset(start))
+	cl, err := kgo.NewClient(append(conn.kgo, kgo.SeedBrokers(strings.Split(*brokers, ",")...), kgo.ConsumeTopics(*topic),
+		kgo.ConsumeResetOffset(start))...)
 	if err != nil {
 		fmt.Fprintf(stderr, "klagg tail: %v\n", err)
 		return 1
 	}
 	defer cl.Close()
+	if err := reach(ctx, cl, *brokers); err != nil {
+		fmt.Fprintf(stderr, "klagg tail: %v\n", err)
+		return 1
+	}
 
 	enc := json.NewEncoder(stdout)
 	if *format == "table" {
