@@ -64,6 +64,15 @@ func cmdGen(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		errs = append(errs, err)
 	}
+	if *csvFiles != "" {
+		for _, file := range strings.Split(*csvFiles, ",") {
+			if _, err := csvSymbol(file, *symbol); err != nil {
+				errs = append(errs, err)
+			} else if _, err := os.Stat(file); err != nil {
+				errs = append(errs, fmt.Errorf("--csv: %w", err))
+			}
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		fmt.Fprintf(stderr, "klagg gen: %v\n", err)
 		return 2
@@ -204,17 +213,31 @@ func synthetic(p *producer, symbols, rate int, d time.Duration, seed uint64, bur
 	}
 }
 
+// csvSymbol is the symbol of a CSV file's trades: given, or from a name
+// like BTCUSDT-aggTrades-2024-01-01.csv.
+func csvSymbol(file, symbol string) (string, error) {
+	if symbol != "" {
+		if r := schema.ValidSymbol([]byte(symbol)); r != schema.ReasonNone {
+			return "", fmt.Errorf("--symbol %q: %s", symbol, r)
+		}
+		return symbol, nil
+	}
+	symbol = strings.SplitN(filepath.Base(file), "-", 2)[0]
+	if schema.ValidSymbol([]byte(symbol)) != schema.ReasonNone || !strings.Contains(filepath.Base(file), "-") {
+		return "", fmt.Errorf("%s: cannot tell the symbol from the file name; pass --symbol", file)
+	}
+	return symbol, nil
+}
+
 // replayCSV produces the rows of one Binance aggTrades file: agg_trade_id,
 // price, quantity, first_trade_id, last_trade_id, transact_time,
 // is_buyer_maker (and the best-match column some files add), with or
 // without a header. transact_time in microseconds (newer files) is read as
 // such. It returns the rows it skipped.
 func replayCSV(p *producer, file, symbol string, speed float64) (int, error) {
-	if symbol == "" {
-		symbol = strings.SplitN(filepath.Base(file), "-", 2)[0]
-		if schema.ValidSymbol([]byte(symbol)) != schema.ReasonNone || !strings.Contains(filepath.Base(file), "-") {
-			return 0, fmt.Errorf("%s: cannot tell the symbol from the file name; pass --symbol", file)
-		}
+	symbol, err := csvSymbol(file, symbol)
+	if err != nil {
+		return 0, err
 	}
 	f, err := os.Open(file)
 	if err != nil {

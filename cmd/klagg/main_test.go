@@ -342,7 +342,7 @@ func TestGenCSVAndSynthetic(t *testing.T) {
 		trades[1].Time != 1704067200123 || trades[1].BuyerMaker || trades[3].Price <= 0 {
 		t.Fatalf("trades: %+v", trades[:min(4, len(trades))])
 	}
-	if code := run(t.Context(), []string{"gen", "--csv", filepath.Join(dir, "nosymbol.csv")}, &stdout, &stderr); code != 1 ||
+	if code := run(t.Context(), []string{"gen", "--csv", filepath.Join(dir, "nosymbol.csv")}, &stdout, &stderr); code != 2 ||
 		!strings.Contains(stderr.String(), "pass --symbol") {
 		t.Fatalf("file without a symbol: %d %s", code, stderr.String())
 	}
