@@ -68,6 +68,7 @@ type bed struct {
 	partitions int32
 	members    map[string]*member
 	produced   []oracle.Record
+	extra      []string // more flags for every member
 }
 
 type member struct {
@@ -120,10 +121,10 @@ func newBed(t *testing.T, partitions int32) *bed {
 func (b *bed) topic(kind string) string { return b.name + "-" + kind }
 
 func (b *bed) args() []string {
-	return []string{"run", "--brokers", strings.Join(brokers, ","), "--group", b.name,
+	return append([]string{"run", "--brokers", strings.Join(brokers, ","), "--group", b.name,
 		"--trades-topic", b.topic("trades"), "--klines-topic", b.topic("klines"),
 		"--state-topic", b.topic("state"), "--dlq-topic", b.topic("dlq"),
-		"--flush-interval", "100ms", "--session-timeout", "6s", "--metrics-addr", "", "--log-format", "text"}
+		"--flush-interval", "100ms", "--session-timeout", "6s", "--metrics-addr", "", "--log-format", "text"}, b.extra...)
 }
 
 func (b *bed) start(name string) {
@@ -227,11 +228,17 @@ func (b *bed) settle(d time.Duration) {
 	}
 }
 
+// expected is the oracle's final candles for what was produced.
+func (b *bed) expected() map[oracle.Key]schema.Kline {
+	cfg := processor.DefaultConfig()
+	want, _ := oracle.Expected(b.produced, cfg.Engine.Periods, cfg.Engine.Grace)
+	return want
+}
+
 // check compares the final candles on the klines topic with the oracle's.
 func (b *bed) check() *oracle.Emitted {
 	b.t.Helper()
-	cfg := processor.DefaultConfig()
-	want, _ := oracle.Expected(b.produced, cfg.Engine.Periods, cfg.Engine.Grace)
+	want := b.expected()
 	got, problem := oracle.Check(b.ctx, brokers, b.topic("klines"), want)
 	if problem != "" {
 		b.t.Fatal(problem)

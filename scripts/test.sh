@@ -13,6 +13,19 @@ if [ -n "$out" ]; then echo "gofmt needed:"; echo "$out"; exit 1; fi
 echo "== go vet"
 go vet ./...
 
+echo "== chdb (embedded ClickHouse, from PyPI) for the ClickHouse test"
+# Pinned (integration/testdata/requirements.txt): the test proves the
+# repository's SQL on this ClickHouse. The venv is rebuilt when the pins change.
+reqs=integration/testdata/requirements.txt
+venv=$repo/.cache/chdb-$(sha256sum "$reqs" | cut -c1-12)
+if ! "$venv/bin/python" -c "import chdb" 2>/dev/null; then
+	rm -rf "$venv"
+	python3 -m venv "$venv"
+	"$venv/bin/pip" install --quiet --disable-pip-version-check -r "$reqs"
+fi
+export KLAGG_TEST_PYTHON=$venv/bin/python
+"$KLAGG_TEST_PYTHON" -c 'import chdb; print("chdb", chdb.__version__, "- ClickHouse", chdb.query("SELECT version()", "TSV").data().strip())'
+
 echo "== Apache Kafka broker"
 kafka_dir=$(mktemp -d "${TMPDIR:-/tmp}/klagg-kafka.XXXXXX")
 cleanup() {
