@@ -1,18 +1,23 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"math"
+	"net"
+	"net/http"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sr/srfake"
@@ -33,6 +38,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	rate := fs.Int("rate", 3000, "trades per second")
 	members := fs.Int("members", 3, "klagg members in the group")
 	partitions := fs.Int("partitions", 6, "partitions of the trades topic")
+	listen := fs.String("listen", "", "serve the embedded broker on this HOST:PORT and the schema registry on PORT+1, for klagg tail and other tools (default: random loopback ports)")
 	var logs logFlags
 	logs.register(fs)
 	if err := parse(fs, args, os.Getenv); err != nil {
@@ -55,6 +61,16 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *partitions < 1 || *partitions > 256 {
 		errs = append(errs, fmt.Errorf("--partitions %d: want 1 to 256", *partitions))
 	}
+	var listenHost string
+	var listenPort int
+	if *listen != "" {
+		host, port, err := net.SplitHostPort(*listen)
+		n, perr := strconv.Atoi(port)
+		if err != nil || perr != nil || n < 1 || n > 65534 {
+			errs = append(errs, fmt.Errorf("--listen %q: want HOST:PORT, PORT from 1 to 65534", *listen))
+		}
+		listenHost, listenPort = host, n
+	}
 	if err := errors.Join(errs...); err != nil {
 		fmt.Fprintf(stderr, "klagg demo: %v\n", err)
 		return 2
@@ -73,19 +89,36 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		defer cancel()
 	}
 
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(int32(*partitions), "trades"))
+	kopts := []kfake.Opt{kfake.NumBrokers(1), kfake.SeedTopics(int32(*partitions), "trades")}
+	if *listen != "" {
+		kopts = append(kopts, kfake.Ports(listenPort), kfake.ListenFn(func(network, _ string) (net.Listener, error) {
+			return net.Listen(network, *listen)
+		}))
+	}
+	cluster, err := kfake.NewCluster(kopts...)
 	if err != nil {
-		fmt.Fprintf(stderr, "klagg demo: embedded broker: %v\n", err)
+		fmt.Fprintf(stderr, "klagg demo: embedded broker on %s: %v\n", cmp.Or(*listen, "a loopback port"), err)
 		return 1
 	}
 	defer cluster.Close()
-	reg := srfake.New()
-	defer reg.Close()
+	regURL, stopRegistry, err := startRegistry(listenHost, listenPort)
+	if err != nil {
+		fmt.Fprintf(stderr, "klagg demo: embedded schema registry: %v\n", err)
+		return 1
+	}
+	defer stopRegistry()
 	brokers := cluster.ListenAddrs()
+	admCl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		fmt.Fprintf(stderr, "klagg demo: %v\n", err)
+		return 1
+	}
+	adm := kadm.NewClient(admCl)
+	defer adm.Close()
 
 	cfg := processor.DefaultConfig()
 	cfg.Brokers = brokers
-	cfg.SchemaRegistry = reg.URL()
+	cfg.SchemaRegistry = regURL
 
 	var wg sync.WaitGroup
 	stats := make([]*processor.Stats, *members)
@@ -141,6 +174,14 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stdout, "demo finished")
 			return 0
 		case <-tick.C:
+			lag := "?"
+			lctx, lcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			if lags, err := adm.Lag(lctx, cfg.Group); err == nil {
+				if g, ok := lags[cfg.Group]; ok && g.Error() == nil {
+					lag = strconv.FormatInt(g.Lag.Total(), 10)
+				}
+			}
+			lcancel()
 			var trades, klines, flushes, dirty, rebalances int64
 			for _, s := range stats {
 				for i := range s.Trades {
@@ -155,13 +196,31 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			if term {
 				b.WriteString("\x1b[H\x1b[2J")
 			}
-			fmt.Fprintf(&b, "klagg demo: %d members, %d symbols  |  %d trades/s  %d candles/s  %.0f dirty candles/flush  %d rebalances\n",
-				*members, *symbols, trades-prevTrades, klines-prevKlines, float64(dirty)/math.Max(1, float64(flushes)), rebalances)
+			fmt.Fprintf(&b, "klagg demo: %d members, %d symbols  |  %d trades/s  %d candles/s  %.0f dirty candles/flush  lag %s trades  %d rebalances\n",
+				*members, *symbols, trades-prevTrades, klines-prevKlines, float64(dirty)/math.Max(1, float64(flushes)), lag, rebalances)
+			fmt.Fprintf(&b, "broker %s  registry %s  topics %s -> %s  (try: klagg tail --brokers %s)\n",
+				brokers[0], regURL, cfg.TradesTopic, cfg.KlinesTopic, brokers[0])
 			prevTrades, prevKlines = trades, klines
 			view.render(&b, 10)
 			fmt.Fprint(stdout, b.String())
 		}
 	}
+}
+
+// startRegistry serves srfake on host:port+1, or on a random loopback
+// port when port is 0.
+func startRegistry(host string, port int) (url string, stop func(), err error) {
+	if port == 0 {
+		reg := srfake.New()
+		return reg.URL(), reg.Close, nil
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port+1)))
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: srfake.NewRegistry().Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	return "http://" + ln.Addr().String(), func() { srv.Close() }, nil
 }
 
 // klineView keeps the newest 1m candle of every symbol.

@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -37,7 +40,7 @@ func TestCLIErrors(t *testing.T) {
 		{"bad env", []string{"run"}, map[string]string{"KLAGG_GRACE": "soon"}, 2, []string{`KLAGG_GRACE="soon"`}},
 		{"same topic twice", []string{"run", "--klines-topic", "trades"}, nil, 2, []string{`are both "trades"`}},
 		{"stray argument", []string{"run", "extra"}, nil, 2, []string{`unexpected arguments: ["extra"]`}},
-		{"bad demo flags", []string{"demo", "--symbols", "0", "--members", "99"}, nil, 2, []string{"--symbols 0", "--members 99"}},
+		{"bad demo flags", []string{"demo", "--symbols", "0", "--members", "99", "--listen", "9092"}, nil, 2, []string{"--symbols 0", "--members 99", `--listen "9092"`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -126,17 +129,47 @@ func TestDemoRuns(t *testing.T) {
 	var stdout syncBuffer
 	var stderr bytes.Buffer
 	done := make(chan int, 1)
-	go func() { done <- run(ctx, []string{"demo", "--symbols", "20", "--rate", "500"}, &stdout, &stderr) }()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := ln.Addr().String()
+	ln.Close()
+	go func() {
+		done <- run(ctx, []string{"demo", "--symbols", "20", "--rate", "500", "--listen", listen}, &stdout, &stderr)
+	}()
 	for !strings.Contains(stdout.String(), "S000USDT") && ctx.Err() == nil {
 		time.Sleep(100 * time.Millisecond)
+	}
+	// --listen: other tools reach the embedded broker and registry.
+	var tailOut bytes.Buffer
+	if code := run(ctx, []string{"tail", "--brokers", listen, "--from-beginning", "--max", "1", "--format", "json"}, &tailOut, &stderr); code != 0 ||
+		!strings.Contains(tailOut.String(), `"symbol":"S0`) {
+		t.Errorf("tail against the demo's broker: exit %d %q", code, tailOut.String())
+	}
+	host, port, _ := net.SplitHostPort(listen)
+	n, _ := strconv.Atoi(port)
+	if resp, err := http.Get(fmt.Sprintf("http://%s:%d/subjects", host, n+1)); err != nil {
+		t.Errorf("the demo's registry: %v", err)
+	} else {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(b), "klines-value") {
+			t.Errorf("the demo's registry has no klines-value subject: %s", b)
+		}
 	}
 	cancel()
 	if code := <-done; code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
 	out := stdout.String()
-	if !strings.Contains(out, "trades/s") || !strings.Contains(out, "S000USDT") || !strings.Contains(out, "demo finished") {
-		t.Fatalf("demo output lacks figures or candles:\n%s", out)
+	for _, w := range []string{"trades/s", "candles/s", "dirty candles/flush", " trades  ", "rebalances", "broker " + listen, "S000USDT", "demo finished"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("demo output lacks %q:\n%s", w, out)
+		}
+	}
+	if !regexp.MustCompile(`lag \d+ trades`).MatchString(out) {
+		t.Errorf("demo output shows no consumer lag:\n%s", out)
 	}
 }
 
