@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -367,14 +370,17 @@ func TestBrokerRestart(t *testing.T) {
 func TestBadInputToDeadLetters(t *testing.T) {
 	b := newBed(t, 3)
 	recs := market(5, 50_000, 3, "2024-10-31T23:00:00Z", 300, 0.01, 0.001)
+	metricsAddr := freeAddr(t)
+	b.extra = []string{"--metrics-addr", metricsAddr}
 	b.start("a")
 	b.produce(recs)
 	b.settle(3 * time.Minute)
+	cfg := processor.DefaultConfig()
+	_, refused := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
+	checkMetrics(t, metricsAddr, len(recs)-refused)
 	b.stop("a")
 	b.check()
 
-	cfg := processor.DefaultConfig()
-	_, refused := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
 	reasons := readDeadLetters(t, b.ctx, b.topic("dlq"))
 	total := 0
 	for _, n := range reasons {
@@ -391,6 +397,55 @@ func TestBadInputToDeadLetters(t *testing.T) {
 		t.Fatalf("dead letters by reason %v (total %d); want %d refused: %d bad, %d duplicate or late", reasons, total, refused, bad, dup)
 	}
 	t.Logf("dead letters by reason: %v", reasons)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// checkMetrics scrapes a member's /metrics and /readyz: every metric the
+// README lists is served, and the folded-trades counter says folded.
+func checkMetrics(t *testing.T, addr string, folded int) {
+	t.Helper()
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	code, body := get("/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("/metrics: %d", code)
+	}
+	for _, name := range []string{
+		fmt.Sprintf(`klagg_trades_total{result="folded"} %d`, folded), `klagg_trades_total{result="duplicate"}`,
+		`klagg_trades_total{result="late"}`, `klagg_trades_invalid_total{reason="malformed"}`,
+		"klagg_klines_emitted_total", "klagg_dead_letters_total", "klagg_flush_duration_seconds_bucket",
+		"klagg_flush_dirty_candles_bucket", "klagg_commit_duration_seconds_bucket", `klagg_consumer_lag_records{partition="2"} 0`,
+		"klagg_restore_duration_seconds_count", "klagg_rebalances_total", "klagg_partitions_assigned 3",
+		"klagg_kafka_", "process_resident_memory_bytes",
+	} {
+		if !strings.Contains(body, name) {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
+	if strings.Contains(body, "symbol=") {
+		t.Error("a metric is labelled by symbol")
+	}
+	for _, path := range []string{"/healthz", "/readyz"} {
+		if code, body := get(path); code != http.StatusOK {
+			t.Errorf("%s: %d %s", path, code, body)
+		}
+	}
 }
 
 func readDeadLetters(t *testing.T, ctx context.Context, topic string) map[string]int {
