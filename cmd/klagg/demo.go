@@ -33,6 +33,10 @@ import (
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("klagg demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	describe(fs, "klagg demo [flags]", `Runs everything in one process, with nothing to set up: an embedded Kafka
+broker and schema registry, a synthetic market, and klagg members in one
+group. Shows the newest 1m candles of the busiest symbols and the live
+figures until interrupted or --duration ends.`)
 	duration := fs.Duration("duration", 0, "stop after this long (0: until interrupted)")
 	symbols := fs.Int("symbols", 300, "symbols in the synthetic market")
 	rate := fs.Int("rate", 3000, "trades per second")

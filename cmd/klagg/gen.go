@@ -28,6 +28,9 @@ import (
 func cmdGen(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("klagg gen", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	describe(fs, "klagg gen [flags]", `Produces trades to a topic, keyed by symbol: a synthetic market, or with
+--csv a replay of Binance's public aggTrades CSV files (rows that do not
+parse are skipped and counted). Binance JSON, or Avro with --format avro.`)
 	def := processor.DefaultConfig()
 	brokers := fs.String("brokers", strings.Join(def.Brokers, ","), "Kafka bootstrap brokers, comma-separated")
 	topic := fs.String("trades-topic", def.TradesTopic, "topic to produce to")

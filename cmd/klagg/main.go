@@ -69,6 +69,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 }
 
+// describe sets fs's -h text: what the command does, then its flags.
+func describe(fs *flag.FlagSet, synopsis, text string) {
+	fs.Usage = func() {
+		w := fs.Output()
+		fmt.Fprintf(w, "Usage: %s\n\n%s\n\nFlags (each also read from KLAGG_<FLAG>: upper case, dashes as underscores):\n", synopsis, text)
+		fs.PrintDefaults()
+	}
+}
+
 // logFlags are shared by every command.
 type logFlags struct {
 	format string
@@ -108,8 +117,21 @@ func isTerminal(w io.Writer) bool {
 // parse parses args, then fills every flag not given on the command line
 // from KLAGG_<FLAG>. It reports every bad value at once.
 func parse(fs *flag.FlagSet, args []string, getenv func(string) string) error {
-	if err := fs.Parse(args); err != nil {
+	// One line for a bad flag, not the flag package's error and whole usage.
+	out := fs.Output()
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.SetOutput(out)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		if fs.Usage != nil {
+			fs.Usage()
+		} else {
+			fs.PrintDefaults()
+		}
 		return err
+	case err != nil:
+		return fmt.Errorf("%w (see %s -h)", err, fs.Name())
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %q", fs.Args())
@@ -149,6 +171,11 @@ func newRunFlags(name string, stderr io.Writer) (*flag.FlagSet, *runFlags) {
 	c := &rf.cfg
 	fs := flag.NewFlagSet("klagg "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	describe(fs, "klagg run [flags]", `Runs one member of the consumer group: reads the trades topic, keeps the
+candles of the partitions it is assigned, and every --flush-interval
+publishes the changed candles to the klines topic, then the shard state,
+then commits. Start as many as the trades topic has partitions; SIGTERM
+stops one cleanly.`)
 	fs.StringVar(&rf.brokers, "brokers", strings.Join(c.Brokers, ","), "Kafka bootstrap brokers, comma-separated")
 	fs.StringVar(&c.Group, "group", c.Group, "consumer group id")
 	fs.StringVar(&c.TradesTopic, "trades-topic", c.TradesTopic, "topic of trades, keyed by symbol")

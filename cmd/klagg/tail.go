@@ -23,6 +23,9 @@ import (
 func cmdTail(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("klagg tail", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	describe(fs, "klagg tail [flags]", `Reads the klines topic and prints the candles as an aligned table or JSON
+lines. Both framings are read: Confluent (with a registry) and Avro
+single-object encoding.`)
 	def := processor.DefaultConfig()
 	brokers := fs.String("brokers", strings.Join(def.Brokers, ","), "Kafka bootstrap brokers, comma-separated")
 	topic := fs.String("klines-topic", def.KlinesTopic, "topic to read")
