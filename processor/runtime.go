@@ -150,11 +150,12 @@ func run(ctx context.Context, cfg Config, opts ...RunOption) error {
 	}
 	adm := kadm.NewClient(admCl)
 	defer adm.Close()
-	partitions, err := r.ensureTopics(ctx, adm)
-	if err != nil {
+	// The registry first: when it refuses, klagg has created nothing.
+	if err := r.setupEncoders(ctx); err != nil {
 		return err
 	}
-	if err := r.setupEncoders(ctx); err != nil {
+	partitions, err := r.ensureTopics(ctx, adm)
+	if err != nil {
 		return err
 	}
 	// Clipped, so that appending to it (restore clients) always copies and

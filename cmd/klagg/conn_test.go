@@ -21,7 +21,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sr/srfake"
 )
 
@@ -248,4 +250,51 @@ func TestSecureClusterRefusals(t *testing.T) {
 			t.Errorf("stderr lacks %q: %s", w, stderr.String())
 		}
 	}
+}
+
+// TestRegistryRefuses: a registry that refuses the schema stops gen before
+// it produces anything, and run before it joins the group.
+func TestRegistryRefuses(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	reg := srfake.New(srfake.WithAuth("Basic " + base64.StdEncoding.EncodeToString([]byte("someone:else"))))
+	defer reg.Close()
+	broker := cluster.ListenAddrs()[0]
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"gen", "--brokers", broker, "--format", "avro", "--schema-registry", reg.URL(), "--duration", "100ms"}, "register trade.avsc under \"trades-value\""},
+		{[]string{"run", "--brokers", broker, "--schema-registry", reg.URL(), "--metrics-addr", ""}, "register the kline schema under"},
+	} {
+		var stderr bytes.Buffer
+		ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+		code := run(ctx, tt.args, io.Discard, &stderr)
+		cancel()
+		if code != 1 || !strings.Contains(stderr.String(), tt.want) || !strings.Contains(stderr.String(), "Authorization") {
+			t.Errorf("%s: exit %d, want 1 with %q and the registry's reason:\n%s", tt.args[0], code, tt.want, stderr.String())
+		}
+	}
+	// Nothing was produced, no topic created.
+	adm, err := kgo.NewClient(kgo.SeedBrokers(broker))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	ends, err := kadm.NewClient(adm).ListEndOffsets(t.Context(), "trades")
+	if err != nil {
+		t.Fatal(err)
+	}
+	topics, err := kadm.NewClient(adm).ListTopics(t.Context())
+	if err != nil || len(topics) != 1 {
+		t.Errorf("topics %v (%v), want only trades", topics.Names(), err)
+	}
+	ends.Each(func(o kadm.ListedOffset) {
+		if o.Offset != 0 {
+			t.Errorf("trades partition %d has %d records", o.Partition, o.Offset)
+		}
+	})
 }
