@@ -472,16 +472,9 @@ type Batch struct {
 // max(previous+1, nowMs*1000), strictly increasing per candle and, because
 // it follows the wall clock, above anything emitted before a restart.
 func (a *Aggregator) Drain(b *Batch, nowMs int64) {
-	b.Klines = b.Klines[:0]
-	b.States = b.States[:0]
+	a.DrainFinals(b, nowMs)
 	b.Position = a.position
 	vnow := nowMs * 1000
-	for i := range a.finals {
-		k := &a.finals[i]
-		k.Version = max(k.Version+1, vnow)
-		b.Klines = append(b.Klines, *k)
-	}
-	a.finals = a.finals[:0]
 
 	nP := int32(a.nP)
 	for _, idx := range a.dirtyIndices {
@@ -502,6 +495,27 @@ func (a *Aggregator) Drain(b *Batch, nowMs int64) {
 	a.dirtyIndices = a.dirtyIndices[:0]
 
 	a.appendStates(b)
+}
+
+// DrainFinals moves only the candles that became final since the last
+// drain into b, versioned as Drain does; open candles that changed stay
+// dirty for the next Drain, and b gets no state records and a Position of
+// -1. It is the cheap flush of a shard that is catching up: finals go out
+// as they close, while each open candle's intermediate updates, which newer
+// ones would supersede within moments, are held back. The trades behind
+// such a flush must not be committed: their open candles are not delivered
+// and their state is not written.
+func (a *Aggregator) DrainFinals(b *Batch, nowMs int64) {
+	b.Klines = b.Klines[:0]
+	b.States = b.States[:0]
+	b.Position = -1
+	vnow := nowMs * 1000
+	for i := range a.finals {
+		k := &a.finals[i]
+		k.Version = max(k.Version+1, vnow)
+		b.Klines = append(b.Klines, *k)
+	}
+	a.finals = a.finals[:0]
 }
 
 // appendStates adds the state record of every symbol in dirtySyms to b.

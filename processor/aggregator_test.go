@@ -266,3 +266,35 @@ func TestSteadyStateAllocatesNothing(t *testing.T) {
 		t.Fatalf("%v allocations per fold+drain", n)
 	}
 }
+
+// TestDrainFinalsHoldsOpenCandles: a catching-up flush delivers only what
+// became final; the open candles' updates wait, unversioned, for the next
+// Drain, which delivers them with the state, and nothing is lost or doubled.
+func TestDrainFinalsHoldsOpenCandles(t *testing.T) {
+	a := newAgg(t, "1m")
+	f := feed(t, a)
+	f.trade("BTC", "2024-05-01T10:00:30Z", 100, 1, backfillNow)
+	f.trade("ETH", "2024-05-01T10:00:40Z", 50, 1, backfillNow)
+	f.trade("BTC", "2024-05-01T10:02:10Z", 102, 1, backfillNow) // the watermark closes 10:00 and a flat 10:01
+	var b processor.Batch
+	a.DrainFinals(&b, 1)
+	expectKlines(t, b.Klines, "BTC 1m 10:00 o=100 c=100 n=1 final=true", "BTC 1m 10:01 o=100 c=100 n=0 final=true",
+		"ETH 1m 10:00 o=50 c=50 n=1 final=true", "ETH 1m 10:01 o=50 c=50 n=0 final=true")
+	if b.Position != -1 || len(b.States) != 0 {
+		t.Fatalf("a finals-only drain must not be committable: position %d, %d states", b.Position, len(b.States))
+	}
+	if a.DirtyLen() == 0 {
+		t.Fatal("the open candles are no longer dirty")
+	}
+	f.trade("BTC", "2024-05-01T10:02:20Z", 104, 1, backfillNow)
+	a.Drain(&b, 2)
+	// BTC's open candle once, with both trades; ETH's is flat, so only
+	// its state changed.
+	expectKlines(t, b.Klines, "BTC 1m 10:02 o=102 c=104 n=2 final=false")
+	if b.Position != 4 || len(b.States) != 2 {
+		t.Fatalf("position %d, %d states; want 4 and both symbols", b.Position, len(b.States))
+	}
+	if a.DrainFinals(&b, 3); len(b.Klines) != 0 || a.DirtyLen() != 0 {
+		t.Fatalf("after a full drain: %v, %d dirty", describe(b.Klines), a.DirtyLen())
+	}
+}

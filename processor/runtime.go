@@ -205,7 +205,7 @@ func run(ctx context.Context, cfg Config, opts ...RunOption) error {
 	// flushes again, finding nothing) and leaves the group.
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.DeliveryTimeout)
 	defer cancel()
-	r.flush(shutdownCtx, cl, nil)
+	r.flush(shutdownCtx, cl, nil, true)
 	cl.Close()
 	r.stopAll()
 	r.log.Info("member stopped")
@@ -464,7 +464,7 @@ func (r *runtime) flushLoop(ctx context.Context) {
 		// A flush runs to its end under its own deadline: cancelling it
 		// half-way would fail deliveries that were about to succeed.
 		fctx, cancel := context.WithTimeout(context.Background(), r.cfg.DeliveryTimeout)
-		r.flush(fctx, r.cl, nil)
+		r.flush(fctx, r.cl, nil, false)
 		cancel()
 	}
 }
@@ -483,8 +483,9 @@ type drained struct {
 
 // flush drains the given shards (all when only is nil), delivers their
 // klines and dead letters, then their state records, and commits each
-// shard's position once all of its records are acknowledged.
-func (r *runtime) flush(ctx context.Context, cl *kgo.Client, only []int32) {
+// shard's position once all of its records are acknowledged. all asks for
+// full drains even of shards that are catching up (see shard.drain).
+func (r *runtime) flush(ctx context.Context, cl *kgo.Client, only []int32, all bool) {
 	r.flushMu.Lock()
 	defer r.flushMu.Unlock()
 	flushStart := r.clock()
@@ -512,7 +513,7 @@ func (r *runtime) flush(ctx context.Context, cl *kgo.Client, only []int32) {
 	for _, s := range targets {
 		reply := make(chan drained, 1)
 		select {
-		case s.in <- shardMsg{drain: reply}:
+		case s.in <- shardMsg{drain: reply, all: all}:
 		case <-s.done:
 			continue
 		}
@@ -603,18 +604,20 @@ func (r *runtime) produceAll(ctx context.Context, cl *kgo.Client, results []drai
 		if failed[d.partition] != nil {
 			continue
 		}
+		// One promise per shard, not a closure per record.
+		promise := func(_ *kgo.Record, err error) {
+			defer wg.Done()
+			if err != nil {
+				mu.Lock()
+				if failed[d.partition] == nil {
+					failed[d.partition] = err
+				}
+				mu.Unlock()
+			}
+		}
 		for _, rec := range pick(d) {
 			wg.Add(1)
-			cl.Produce(ctx, rec, func(_ *kgo.Record, err error) {
-				defer wg.Done()
-				if err != nil {
-					mu.Lock()
-					if failed[d.partition] == nil {
-						failed[d.partition] = err
-					}
-					mu.Unlock()
-				}
-			})
+			cl.Produce(ctx, rec, promise)
 		}
 	}
 	wg.Wait()
@@ -667,7 +670,7 @@ func (r *runtime) onRevoked(ctx context.Context, cl *kgo.Client, revoked map[str
 		return
 	}
 	r.stats.Rebalances.Add(1)
-	r.flush(ctx, cl, ps)
+	r.flush(ctx, cl, ps, true)
 	r.drop(ps)
 	r.log.Info("partitions revoked", "partitions", ps)
 }
@@ -864,15 +867,23 @@ type shard struct {
 	dec   schema.TradeDecoder
 	trade schema.Trade
 	batch Batch
-	dlq   []*kgo.Record
-	hw    int64
-	last  int64
+	// Reused by drain for the klines it hands the flusher; see drain.
+	slab []kgo.Record
+	ptrs []*kgo.Record
+	buf  []byte
+	dlq  []*kgo.Record
+	hw   int64
+	last int64
+
+	foldedSinceDrain int64     // records handled since the last drain
+	fullDrainAt      time.Time // the last drain that delivered everything
 }
 
 type shardMsg struct {
 	recs  []*kgo.Record
 	hw    int64
 	drain chan<- drained
+	all   bool // with drain: a full drain, even while catching up
 }
 
 func (r *runtime) newShard(p int32, agg *Aggregator) *shard {
@@ -882,6 +893,9 @@ func (r *runtime) newShard(p int32, agg *Aggregator) *shard {
 		committed: -1,
 		dec:       schema.TradeDecoder{Format: r.cfg.InputFormat, Validate: schema.ValidateConfig{MaxSkew: r.cfg.MaxSkew}},
 		last:      agg.Position(),
+		// A shard catching up from its start may hold back its open
+		// candles for a first catchUpHold.
+		fullDrainAt: r.clock(),
 	}
 }
 
@@ -893,7 +907,7 @@ func (s *shard) run() {
 			return
 		case m := <-s.in:
 			if m.drain != nil {
-				m.drain <- s.drain()
+				m.drain <- s.drain(m.all)
 				continue
 			}
 			s.fold(m.recs, m.hw)
@@ -927,6 +941,7 @@ func (s *shard) fold(recs []*kgo.Record, hw int64) {
 		}
 	}
 	s.hw = hw
+	s.foldedSinceDrain += int64(len(recs))
 }
 
 func (s *shard) deadLetter(rec *kgo.Record, reason schema.Reason, err error) {
@@ -941,19 +956,44 @@ func (s *shard) deadLetter(rec *kgo.Record, reason schema.Reason, err error) {
 		Key: rec.Key, Value: rec.Value, Headers: headers})
 }
 
-func (s *shard) drain() drained {
-	now := s.r.clock().UnixMilli()
-	s.agg.AdvanceClock(now, s.last+1 >= s.hw)
+// catchUpHold bounds how long a shard that is catching up may flush only
+// its final candles (see drain) before it delivers its open candles and
+// state and commits again.
+const catchUpHold = 5 * time.Second
+
+// drain hands the flusher what changed. A shard that is catching up (more
+// records wait to be read than it folded since its last drain) only
+// delivers the candles that became final, for up to catchUpHold: during a
+// replay the intermediate updates of open candles are superseded within
+// moments, and not producing them makes the replay faster. Such a flush
+// commits nothing; the next full one, at the latest when caught up or when
+// catchUpHold ends, delivers the open candles and state and commits. all
+// forces a full drain (revoke, shutdown).
+func (s *shard) drain(all bool) drained {
+	now := s.r.clock()
+	nowMs := now.UnixMilli()
+	lag := max(0, s.hw-(s.last+1))
+	s.agg.AdvanceClock(nowMs, lag == 0)
 	dirty := s.agg.DirtyLen()
-	s.agg.Drain(&s.batch, now)
-	d := drained{partition: s.partition, position: s.batch.Position, dirty: dirty, lag: max(0, s.hw-(s.last+1))}
+	if !all && lag > s.foldedSinceDrain && now.Sub(s.fullDrainAt) < catchUpHold {
+		s.agg.DrainFinals(&s.batch, nowMs)
+		dirty = len(s.batch.Klines)
+	} else {
+		s.agg.Drain(&s.batch, nowMs)
+		s.fullDrainAt = now
+	}
+	s.foldedSinceDrain = 0
+	d := drained{partition: s.partition, position: s.batch.Position, dirty: dirty, lag: lag}
 	p := partition.Target(s.partition)
-	d.first = make([]*kgo.Record, 0, len(s.batch.Klines)+len(s.dlq))
-	// One slab of records and one buffer of keys and values per flush, not
-	// three allocations per record: at replay speed the garbage collector
-	// was a tenth of the CPU.
-	slab := make([]kgo.Record, len(s.batch.Klines))
-	buf := make([]byte, 0, len(s.batch.Klines)*176)
+	// One slab of records and one buffer of keys and values, reused by
+	// every drain: the flusher is done with the previous drain's records
+	// (all acknowledged or failed) before it asks for the next. At replay
+	// speed, a fresh slab per flush made the garbage collector a tenth of
+	// the CPU.
+	n := len(s.batch.Klines)
+	s.slab = slices.Grow(s.slab[:0], n)[:n]
+	s.ptrs = slices.Grow(s.ptrs[:0], n+len(s.dlq))[:0]
+	buf := s.buf[:0]
 	for i := range s.batch.Klines {
 		k := &s.batch.Klines[i]
 		start := len(buf)
@@ -961,12 +1001,14 @@ func (s *shard) drain() drained {
 		mid := len(buf)
 		buf = s.r.klineEnc.Append(buf, k)
 		// If append moved buf, the earlier records keep the old array,
-		// which stays valid: nothing writes to it again.
-		slab[i] = kgo.Record{Topic: s.r.cfg.KlinesTopic, Partition: p,
+		// which stays valid until this drain's records are all delivered.
+		s.slab[i] = kgo.Record{Topic: s.r.cfg.KlinesTopic, Partition: p,
 			Key: buf[start:mid:mid], Value: buf[mid:len(buf):len(buf)]}
-		d.first = append(d.first, &slab[i])
+		s.ptrs = append(s.ptrs, &s.slab[i])
 	}
-	d.first = append(d.first, s.dlq...)
+	s.buf = buf
+	s.ptrs = append(s.ptrs, s.dlq...)
+	d.first = s.ptrs
 	s.dlq = nil
 	for i := range s.batch.States {
 		st := &s.batch.States[i]
