@@ -131,6 +131,20 @@ type candle struct {
 	version                       int64 // of the last record emitted for this candle
 }
 
+// accum is the trades of one symbol folded since its coarser periods were
+// last brought up to date (see Aggregator.propagate): a candle started
+// empty, plus whether any of its trades closes (moves a candle's close).
+// firstID < 0: empty.
+type accum struct {
+	open, high, low, close        float64
+	volume, quoteVolume           float64
+	takerVolume, takerQuoteVolume float64
+	tradeCount                    int64
+	firstID, lastID               int64
+	openTradeTime                 int64
+	closes                        bool
+}
+
 // Aggregator is the engine of one shard: the candles of every (symbol,
 // period) of one trades partition in flat arrays, slot index =
 // symbol*len(periods)+period, and a sparse set of the slots changed since
@@ -150,6 +164,7 @@ type Aggregator struct {
 	restoredOffset []int64 // per symbol: trades at or below are already folded
 
 	candles      []candle // per slot
+	acc          []accum  // per symbol, when lazy is not empty
 	dirtyFlags   []bool   // per slot
 	dirtyIndices []int32  // the slots whose flag is set, in the order they were set
 	finals       []schema.Kline
@@ -160,6 +175,15 @@ type Aggregator struct {
 	// the watermark needs to look at period p only once it reaches it.
 	minNext    []int64
 	minNextAll int64
+
+	// A trade updates the finest period (index 0) and direct ones at once;
+	// the lazy periods, whose every boundary is one of the finest period's,
+	// get the symbol's accum merged in when the finest candle rolls, when
+	// they roll, and before they are emitted or snapshotted. A trade then
+	// writes two candles instead of one per period.
+	direct []int // 0, and the periods not nested in it
+	lazy   []int
+	all    []int
 
 	watermark         int64 // W: candles with nextOpen <= W are final
 	maxTradeTime      int64
@@ -199,6 +223,15 @@ func NewAggregator(cfg EngineConfig, opts ...Option) (*Aggregator, error) {
 	for i, p := range a.periods {
 		a.periodNames = append(a.periodNames, p.String())
 		a.minNext[i] = math.MaxInt64
+		a.all = append(a.all, i)
+		if i > 0 && nests(p, a.periods[0]) {
+			a.lazy = append(a.lazy, i)
+		} else {
+			a.direct = append(a.direct, i)
+		}
+	}
+	if len(a.lazy) > 0 {
+		a.acc = make([]accum, 0, cfg.SymbolsHint)
 	}
 	return a, nil
 }
@@ -236,8 +269,15 @@ func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
 		if t.AggID <= a.lastAggID[sym] {
 			return Duplicate
 		}
+		// A lazy period's candle opens no later than the finest one's, so
+		// the direct periods decide, once the finest has started (it may
+		// not have, if it was added since the state was written).
 		base := int(sym) * a.nP
-		for i := range a.candles[base : base+a.nP] {
+		check := a.direct
+		if a.candles[base].nextOpen == 0 {
+			check = a.all
+		}
+		for _, i := range check {
 			if t.Time < a.candles[base+i].openTime {
 				return Late
 			}
@@ -277,16 +317,21 @@ func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
 	count := t.LastID - t.FirstID + 1
 	base := int(sym) * a.nP
 	cs := a.candles[base : base+a.nP]
-	flags := a.dirtyFlags[base : base+a.nP]
-	for i := range cs {
-		c := &cs[i]
-		if t.Time >= c.nextOpen {
-			if c.nextOpen == 0 {
-				a.startSlot(c, a.periods[i], t.Time)
-			} else {
-				a.roll(base+i, t.Time)
-			}
+	if t.Time >= cs[0].nextOpen {
+		// The finest candle ends (or starts): every period may roll.
+		if a.lazy != nil && a.acc[sym].firstID >= 0 {
+			a.propagate(sym)
 		}
+		for i := range cs {
+			a.rollTo(base+i, t.Time)
+		}
+	} else {
+		for _, i := range a.direct[1:] {
+			a.rollTo(base+i, t.Time)
+		}
+	}
+	for _, i := range a.direct {
+		c := &cs[i]
 		if c.firstID < 0 {
 			c.open, c.high, c.low, c.close = price, price, price, price
 			c.firstID, c.lastID, c.openTradeTime = t.FirstID, t.LastID, t.Time
@@ -309,11 +354,109 @@ func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
 		c.takerVolume += takerQty
 		c.takerQuoteVolume += takerQuote
 		c.tradeCount += count
+	}
+	if a.lazy != nil {
+		ac := &a.acc[sym]
+		if ac.firstID < 0 {
+			ac.open, ac.high, ac.low, ac.close = price, price, price, price
+			ac.firstID, ac.lastID, ac.openTradeTime = t.FirstID, t.LastID, t.Time
+		} else {
+			if price > ac.high {
+				ac.high = price
+			}
+			if price < ac.low {
+				ac.low = price
+			}
+			if t.Time < ac.openTradeTime {
+				ac.open, ac.firstID, ac.openTradeTime = price, t.FirstID, t.Time
+			}
+			if closes {
+				ac.close, ac.lastID = price, t.LastID
+			}
+		}
+		ac.closes = ac.closes || closes
+		ac.volume += qty
+		ac.quoteVolume += quote
+		ac.takerVolume += takerQty
+		ac.takerQuoteVolume += takerQuote
+		ac.tradeCount += count
+	}
+	flags := a.dirtyFlags[base : base+a.nP]
+	for i := range flags {
 		if !flags[i] {
 			a.markDirty(base + i)
 		}
 	}
 	return Folded
+}
+
+// rollTo starts slot idx, or rolls it, when t lies past its candle.
+func (a *Aggregator) rollTo(idx int, t int64) {
+	c := &a.candles[idx]
+	if t < c.nextOpen {
+		return
+	}
+	if c.nextOpen == 0 {
+		a.startSlot(c, a.periods[idx%a.nP], t)
+	} else {
+		a.roll(idx, t)
+	}
+}
+
+// propagate merges sym's accum into its lazy periods' candles and empties
+// it. The result equals folding the accum's trades into them one by one
+// (sums aside, which add in another order).
+func (a *Aggregator) propagate(sym int32) {
+	ac := &a.acc[sym]
+	if ac.firstID < 0 {
+		return
+	}
+	base := int(sym) * a.nP
+	for _, i := range a.lazy {
+		c := &a.candles[base+i]
+		if c.nextOpen == 0 {
+			// Added since the state was written: it starts with the
+			// symbol's first trade since, which the accum holds.
+			a.startSlot(c, a.periods[i], ac.openTradeTime)
+		}
+		if c.firstID < 0 {
+			c.open, c.high, c.low, c.close = ac.open, ac.high, ac.low, ac.close
+			c.firstID, c.lastID, c.openTradeTime = ac.firstID, ac.lastID, ac.openTradeTime
+		} else {
+			c.high = max(c.high, ac.high)
+			c.low = min(c.low, ac.low)
+			if ac.openTradeTime < c.openTradeTime {
+				c.open, c.firstID, c.openTradeTime = ac.open, ac.firstID, ac.openTradeTime
+			}
+			if ac.closes {
+				c.close, c.lastID = ac.close, ac.lastID
+			}
+		}
+		c.volume += ac.volume
+		c.quoteVolume += ac.quoteVolume
+		c.takerVolume += ac.takerVolume
+		c.takerQuoteVolume += ac.takerQuoteVolume
+		c.tradeCount += ac.tradeCount
+	}
+	*ac = accum{firstID: -1}
+}
+
+// nests reports whether every boundary of p is one of fine's.
+func nests(p, fine Period) bool {
+	fl := periodLengths[fine]
+	switch {
+	case fine == Period1M || fine == Period1w && p == Period1M:
+		return false
+	case p == Period1M:
+		return msDay%fl == 0 // months start at midnight
+	}
+	offset := func(q Period) int64 {
+		if q == Period1w {
+			return msMondayOffset
+		}
+		return 0
+	}
+	return periodLengths[p]%fl == 0 && (offset(p)-offset(fine))%fl == 0
 }
 
 // lateForNewSymbol: a new symbol has no slots yet, so its trade is late when
@@ -333,6 +476,9 @@ func (a *Aggregator) addSymbol(name []byte) int32 {
 	a.lastTradeTime = append(a.lastTradeTime, math.MinInt64)
 	a.restoredOffset = append(a.restoredOffset, -1)
 	a.symMark = append(a.symMark, false)
+	if a.lazy != nil {
+		a.acc = append(a.acc, accum{firstID: -1})
+	}
 	for range a.nP {
 		a.candles = append(a.candles, candle{openTime: math.MinInt64, firstID: -1, lastID: -1})
 		a.dirtyFlags = append(a.dirtyFlags, false)
@@ -364,6 +510,9 @@ func (a *Aggregator) periodIndex(p Period) int {
 func (a *Aggregator) roll(idx int, until int64) {
 	c := &a.candles[idx]
 	sym, pi := int32(idx/a.nP), idx%a.nP
+	if a.lazy != nil {
+		a.propagate(sym) // the accum's trades belong to the candles now ending
+	}
 	p := a.periods[pi]
 	for c.nextOpen <= until {
 		a.finals = append(a.finals, a.kline(sym, pi, c, true))
@@ -483,6 +632,9 @@ func (a *Aggregator) Drain(b *Batch, nowMs int64) {
 		if !a.symMark[sym] {
 			a.symMark[sym] = true
 			a.dirtySyms = append(a.dirtySyms, sym)
+			if a.lazy != nil {
+				a.propagate(sym) // before any of its candles is snapshotted
+			}
 		}
 		c := &a.candles[idx]
 		if c.firstID < 0 {

@@ -36,17 +36,20 @@ func (a *Aggregator) drainFullScan(b *Batch, nowMs int64) {
 // emitOpen is Drain's work for one slot.
 func (a *Aggregator) emitOpen(b *Batch, idx int, vnow int64) {
 	a.dirtyFlags[idx] = false
+	sym := int32(idx / a.nP)
+	if !a.symMark[sym] {
+		a.symMark[sym] = true
+		a.dirtySyms = append(a.dirtySyms, sym)
+		if a.lazy != nil {
+			a.propagate(sym)
+		}
+	}
 	c := &a.candles[idx]
 	if c.firstID < 0 {
 		return
 	}
 	c.version = max(c.version+1, vnow)
-	sym := int32(idx / a.nP)
 	b.Klines = append(b.Klines, a.kline(sym, idx-int(sym)*a.nP, c, false))
-	if !a.symMark[sym] {
-		a.symMark[sym] = true
-		a.dirtySyms = append(a.dirtySyms, sym)
-	}
 }
 
 const benchSlots = 1_000_000
