@@ -10,7 +10,10 @@
 // dirtyFlags []bool plus dirtyIndices []int32 — records the slots changed
 // since the last Drain, so a drain costs what changed, not what exists, and
 // an empty drain costs nothing. Candles that end are queued as final records
-// until the next Drain.
+// until the next Drain. A trade writes the finest period's candle and a
+// per-symbol accumulator that is merged into the coarser periods' candles
+// (every boundary of theirs is one of the finest's) when they roll or are
+// drained; periods that do not nest in the finest are updated per trade.
 //
 // # Rules (DESIGN.md §2, Binance is the reference)
 //
@@ -33,6 +36,10 @@
 //     increasing per candle, and above anything emitted before a restart.
 //
 // # State
+//
+// DrainFinals is the flush of a shard that is catching up: only the candles
+// that became final, no state, nothing to commit; open candles wait for the
+// next Drain.
 //
 // Drain also returns one schema.SymbolState per changed symbol: its candles,
 // highest aggregate id, and the trades offset it reflects. Restore rebuilds
