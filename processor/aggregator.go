@@ -121,14 +121,73 @@ func (o Outcome) Reason() schema.Reason {
 // while open. nextOpen == 0 marks a slot not started yet (a period added
 // since the state was written); it starts at the symbol's next trade.
 type candle struct {
-	openTime, nextOpen            int64
+	openTime, nextOpen int64
+	trades
+	version int64 // of the last record emitted for this candle
+}
+
+// trades is what a candle, or an accum, knows of its trades. firstID < 0:
+// none yet.
+type trades struct {
 	open, high, low, close        float64
 	volume, quoteVolume           float64
 	takerVolume, takerQuoteVolume float64
 	tradeCount                    int64
 	firstID, lastID               int64
 	openTradeTime                 int64 // trade time of the open trade
-	version                       int64 // of the last record emitted for this candle
+}
+
+// add folds one trade in. quote and the taker sums are precomputed by Fold
+// (the same for every period); closes says the trade is its symbol's latest
+// so far, which moves the close.
+func (s *trades) add(t *schema.Trade, quote, takerQty, takerQuote float64, count int64, closes bool) {
+	price := t.Price
+	if s.firstID < 0 {
+		s.open, s.high, s.low, s.close = price, price, price, price
+		s.firstID, s.lastID, s.openTradeTime = t.FirstID, t.LastID, t.Time
+	} else {
+		if price > s.high {
+			s.high = price
+		}
+		if price < s.low {
+			s.low = price
+		}
+		if t.Time < s.openTradeTime {
+			s.open, s.firstID, s.openTradeTime = price, t.FirstID, t.Time
+		}
+		if closes {
+			s.close, s.lastID = price, t.LastID
+		}
+	}
+	s.volume += t.Quantity
+	s.quoteVolume += quote
+	s.takerVolume += takerQty
+	s.takerQuoteVolume += takerQuote
+	s.tradeCount += count
+}
+
+// merge folds in o, whose trades all came after s's; oCloses says one of
+// them closed. The result is what adding o's trades one by one gives (sums
+// aside, which add in another order).
+func (s *trades) merge(o *trades, oCloses bool) {
+	if s.firstID < 0 {
+		s.open, s.high, s.low, s.close = o.open, o.high, o.low, o.close
+		s.firstID, s.lastID, s.openTradeTime = o.firstID, o.lastID, o.openTradeTime
+	} else {
+		s.high = max(s.high, o.high)
+		s.low = min(s.low, o.low)
+		if o.openTradeTime < s.openTradeTime {
+			s.open, s.firstID, s.openTradeTime = o.open, o.firstID, o.openTradeTime
+		}
+		if oCloses {
+			s.close, s.lastID = o.close, o.lastID
+		}
+	}
+	s.volume += o.volume
+	s.quoteVolume += o.quoteVolume
+	s.takerVolume += o.takerVolume
+	s.takerQuoteVolume += o.takerQuoteVolume
+	s.tradeCount += o.tradeCount
 }
 
 // accum is the trades of one symbol folded since its coarser periods were
@@ -136,13 +195,8 @@ type candle struct {
 // empty, plus whether any of its trades closes (moves a candle's close).
 // firstID < 0: empty.
 type accum struct {
-	open, high, low, close        float64
-	volume, quoteVolume           float64
-	takerVolume, takerQuoteVolume float64
-	tradeCount                    int64
-	firstID, lastID               int64
-	openTradeTime                 int64
-	closes                        bool
+	trades
+	closes bool
 }
 
 // Aggregator is the engine of one shard: the candles of every (symbol,
@@ -307,12 +361,11 @@ func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
 		a.lastTradeTime[sym] = t.Time
 	}
 
-	price, qty := t.Price, t.Quantity
-	quote := price * qty
+	quote := t.Price * t.Quantity
 	// Branch-free taker sums: adding +0 leaves a sum unchanged.
 	var takerQty, takerQuote float64
 	if !t.BuyerMaker {
-		takerQty, takerQuote = qty, quote
+		takerQty, takerQuote = t.Quantity, quote
 	}
 	count := t.LastID - t.FirstID + 1
 	base := int(sym) * a.nP
@@ -331,55 +384,12 @@ func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
 		}
 	}
 	for _, i := range a.direct {
-		c := &cs[i]
-		if c.firstID < 0 {
-			c.open, c.high, c.low, c.close = price, price, price, price
-			c.firstID, c.lastID, c.openTradeTime = t.FirstID, t.LastID, t.Time
-		} else {
-			if price > c.high {
-				c.high = price
-			}
-			if price < c.low {
-				c.low = price
-			}
-			if t.Time < c.openTradeTime {
-				c.open, c.firstID, c.openTradeTime = price, t.FirstID, t.Time
-			}
-			if closes {
-				c.close, c.lastID = price, t.LastID
-			}
-		}
-		c.volume += qty
-		c.quoteVolume += quote
-		c.takerVolume += takerQty
-		c.takerQuoteVolume += takerQuote
-		c.tradeCount += count
+		cs[i].add(t, quote, takerQty, takerQuote, count, closes)
 	}
 	if a.lazy != nil {
 		ac := &a.acc[sym]
-		if ac.firstID < 0 {
-			ac.open, ac.high, ac.low, ac.close = price, price, price, price
-			ac.firstID, ac.lastID, ac.openTradeTime = t.FirstID, t.LastID, t.Time
-		} else {
-			if price > ac.high {
-				ac.high = price
-			}
-			if price < ac.low {
-				ac.low = price
-			}
-			if t.Time < ac.openTradeTime {
-				ac.open, ac.firstID, ac.openTradeTime = price, t.FirstID, t.Time
-			}
-			if closes {
-				ac.close, ac.lastID = price, t.LastID
-			}
-		}
+		ac.add(t, quote, takerQty, takerQuote, count, closes)
 		ac.closes = ac.closes || closes
-		ac.volume += qty
-		ac.quoteVolume += quote
-		ac.takerVolume += takerQty
-		ac.takerQuoteVolume += takerQuote
-		ac.tradeCount += count
 	}
 	flags := a.dirtyFlags[base : base+a.nP]
 	for i := range flags {
@@ -419,26 +429,9 @@ func (a *Aggregator) propagate(sym int32) {
 			// symbol's first trade since, which the accum holds.
 			a.startSlot(c, a.periods[i], ac.openTradeTime)
 		}
-		if c.firstID < 0 {
-			c.open, c.high, c.low, c.close = ac.open, ac.high, ac.low, ac.close
-			c.firstID, c.lastID, c.openTradeTime = ac.firstID, ac.lastID, ac.openTradeTime
-		} else {
-			c.high = max(c.high, ac.high)
-			c.low = min(c.low, ac.low)
-			if ac.openTradeTime < c.openTradeTime {
-				c.open, c.firstID, c.openTradeTime = ac.open, ac.firstID, ac.openTradeTime
-			}
-			if ac.closes {
-				c.close, c.lastID = ac.close, ac.lastID
-			}
-		}
-		c.volume += ac.volume
-		c.quoteVolume += ac.quoteVolume
-		c.takerVolume += ac.takerVolume
-		c.takerQuoteVolume += ac.takerQuoteVolume
-		c.tradeCount += ac.tradeCount
+		c.merge(&ac.trades, ac.closes)
 	}
-	*ac = accum{firstID: -1}
+	*ac = accum{trades: trades{firstID: -1}}
 }
 
 // nests reports whether every boundary of p is one of fine's.
@@ -477,10 +470,10 @@ func (a *Aggregator) addSymbol(name []byte) int32 {
 	a.restoredOffset = append(a.restoredOffset, -1)
 	a.symMark = append(a.symMark, false)
 	if a.lazy != nil {
-		a.acc = append(a.acc, accum{firstID: -1})
+		a.acc = append(a.acc, accum{trades: trades{firstID: -1}})
 	}
 	for range a.nP {
-		a.candles = append(a.candles, candle{openTime: math.MinInt64, firstID: -1, lastID: -1})
+		a.candles = append(a.candles, candle{openTime: math.MinInt64, trades: trades{firstID: -1, lastID: -1}})
 		a.dirtyFlags = append(a.dirtyFlags, false)
 	}
 	return sym
@@ -489,7 +482,7 @@ func (a *Aggregator) addSymbol(name []byte) int32 {
 // startSlot opens the slot's first candle at the one containing t.
 func (a *Aggregator) startSlot(c *candle, p Period, t int64) {
 	open := p.Open(t)
-	*c = candle{openTime: open, nextOpen: p.Next(open), firstID: -1, lastID: -1}
+	*c = candle{openTime: open, nextOpen: p.Next(open), trades: trades{firstID: -1, lastID: -1}}
 	pi := a.periodIndex(p)
 	a.minNext[pi] = min(a.minNext[pi], c.nextOpen)
 	a.minNextAll = min(a.minNextAll, c.nextOpen)
@@ -517,11 +510,10 @@ func (a *Aggregator) roll(idx int, until int64) {
 	for c.nextOpen <= until {
 		a.finals = append(a.finals, a.kline(sym, pi, c, true))
 		prevClose, next := c.close, c.nextOpen
-		*c = candle{
-			openTime: next, nextOpen: p.Next(next),
+		*c = candle{openTime: next, nextOpen: p.Next(next), trades: trades{
 			open: prevClose, high: prevClose, low: prevClose, close: prevClose,
 			firstID: -1, lastID: -1,
-		}
+		}}
 	}
 	a.markDirty(idx)
 }
@@ -749,7 +741,7 @@ func (a *Aggregator) Restore(states []schema.SymbolState, nowMs int64) error {
 		a.restoredOffset[sym] = st.SourceOffset
 		base := int(sym) * a.nP
 		for j := range a.nP {
-			a.candles[base+j] = candle{openTime: math.MinInt64, firstID: -1, lastID: -1}
+			a.candles[base+j] = candle{openTime: math.MinInt64, trades: trades{firstID: -1, lastID: -1}}
 		}
 		for _, cs := range st.Candles {
 			pi := a.periodIndexByName(cs.Period)
@@ -758,14 +750,13 @@ func (a *Aggregator) Restore(states []schema.SymbolState, nowMs int64) error {
 			}
 			p := a.periods[pi]
 			c := &a.candles[base+pi]
-			*c = candle{
-				openTime: cs.OpenTime, nextOpen: p.Next(cs.OpenTime),
+			*c = candle{openTime: cs.OpenTime, nextOpen: p.Next(cs.OpenTime), version: cs.Version, trades: trades{
 				open: cs.Open, high: cs.High, low: cs.Low, close: cs.Close,
 				volume: cs.Volume, quoteVolume: cs.QuoteVolume,
 				takerVolume: cs.TakerBuyVolume, takerQuoteVolume: cs.TakerBuyQuoteVolume,
 				tradeCount: cs.TradeCount, firstID: cs.FirstTradeID, lastID: cs.LastTradeID,
-				openTradeTime: cs.OpenTradeTime, version: cs.Version,
-			}
+				openTradeTime: cs.OpenTradeTime,
+			}}
 			a.minNext[pi] = min(a.minNext[pi], c.nextOpen)
 			a.minNextAll = min(a.minNextAll, c.nextOpen)
 		}
