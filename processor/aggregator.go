@@ -371,10 +371,8 @@ func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
 	base := int(sym) * a.nP
 	cs := a.candles[base : base+a.nP]
 	if t.Time >= cs[0].nextOpen {
-		// The finest candle ends (or starts): every period may roll.
-		if a.lazy != nil && a.acc[sym].firstID >= 0 {
-			a.propagate(sym)
-		}
+		// The finest candle ends (or starts): every period may roll. The
+		// finest rolls first, and roll propagates the accum before it.
 		for i := range cs {
 			a.rollTo(base+i, t.Time)
 		}

@@ -30,19 +30,18 @@ import (
 // testPKI is a private CA with a server certificate for 127.0.0.1 and a
 // client certificate, written as PEM files.
 type testPKI struct {
-	dir                  string
-	ca, cert, key        string // client side files
-	server               tls.Certificate
-	pool                 *x509.CertPool
-	clientCA             *x509.CertPool
-	caCert               *x509.Certificate
-	caKey                *ecdsa.PrivateKey
-	serialNumberSequence int64
+	dir           string
+	ca, cert, key string // client side files
+	server        tls.Certificate
+	pool          *x509.CertPool
+	caCert        *x509.Certificate
+	caKey         *ecdsa.PrivateKey
+	serial        int64 // of the last certificate issued; the CA's is 1
 }
 
 func newTestPKI(t *testing.T) *testPKI {
 	t.Helper()
-	p := &testPKI{dir: t.TempDir()}
+	p := &testPKI{dir: t.TempDir(), serial: 1}
 	var err error
 	if p.caKey, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
 		t.Fatal(err)
@@ -79,9 +78,9 @@ func (p *testPKI) issue(t *testing.T, name string, usage x509.ExtKeyUsage) tls.C
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.serialNumberSequence++
+	p.serial++
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(p.serialNumberSequence + 1), Subject: pkix.Name{CommonName: name},
+		SerialNumber: big.NewInt(p.serial), Subject: pkix.Name{CommonName: name},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
 		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"},

@@ -129,12 +129,7 @@ func TestDemoRuns(t *testing.T) {
 	var stdout syncBuffer
 	var stderr bytes.Buffer
 	done := make(chan int, 1)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	listen := ln.Addr().String()
-	ln.Close()
+	listen := freeAddr(t)
 	go func() {
 		done <- run(ctx, []string{"demo", "--symbols", "20", "--rate", "500", "--listen", listen}, &stdout, &stderr)
 	}()
@@ -248,12 +243,7 @@ func TestMetricsAndHealth(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cluster.Close()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := freeAddr(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan int, 1)
 	go func() {
@@ -379,4 +369,15 @@ func TestGenCSVAndSynthetic(t *testing.T) {
 		!strings.Contains(stderr.String(), "pass --symbol") {
 		t.Fatalf("file without a symbol: %d %s", code, stderr.String())
 	}
+}
+
+// freeAddr is a loopback address with a port nothing listens on now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
