@@ -19,7 +19,7 @@ vet:
 
 # Engine and codec benchmarks; compare runs with benchstat.
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./schema ./processor
+	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./schema ./processor/engine
 
 fuzz:
 	$(GO) test ./schema -run '^$$' -fuzz '^FuzzDecodeBinanceJSON$$' -fuzztime 3m

@@ -8,6 +8,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -21,7 +22,7 @@ type Config struct {
 	StateTopic  string
 	DLQTopic    string
 
-	Engine EngineConfig
+	Engine engine.Config
 
 	InputFormat schema.InputFormat
 	// MaxSkew bounds how far past the wall clock a trade time may lie.
@@ -59,7 +60,7 @@ func DefaultConfig() Config {
 		KlinesTopic:       "klines",
 		StateTopic:        "klines-state",
 		DLQTopic:          "trades-dlq",
-		Engine:            DefaultEngineConfig(),
+		Engine:            engine.DefaultConfig(),
 		InputFormat:       schema.InputBinanceJSON,
 		MaxSkew:           schema.DefaultMaxSkew,
 		FlushInterval:     250 * time.Millisecond,

@@ -19,6 +19,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sr"
 
 	"github.com/klagg/klagg/partition"
+	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -112,7 +113,7 @@ type Stats struct {
 	Assigned     atomic.Int64 // partitions currently owned
 }
 
-const numOutcomes = int(Late) + 1
+const numOutcomes = int(engine.Late) + 1
 
 // ErrTopicMissing is returned by Run when the trades topic does not exist.
 var ErrTopicMissing = errors.New("trades topic does not exist")
@@ -828,7 +829,7 @@ func (r *runtime) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*s
 	var out []*shard
 	now := r.clock().UnixMilli()
 	for _, p := range ps {
-		agg, err := NewAggregator(r.cfg.Engine, WithLogger(r.log))
+		agg, err := engine.NewAggregator(r.cfg.Engine, engine.WithLogger(r.log))
 		if err != nil {
 			return nil, err
 		}
@@ -856,7 +857,7 @@ func (r *runtime) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*s
 // shard is one assigned trades partition: its goroutine owns agg.
 type shard struct {
 	partition int32
-	agg       *Aggregator
+	agg       *engine.Aggregator
 	r         *runtime
 	in        chan shardMsg
 	quit      chan struct{}
@@ -866,7 +867,7 @@ type shard struct {
 
 	dec   schema.TradeDecoder
 	trade schema.Trade
-	batch Batch
+	batch engine.Batch
 	// Reused by drain for the klines it hands the flusher; see drain.
 	slab []kgo.Record
 	ptrs []*kgo.Record
@@ -886,7 +887,7 @@ type shardMsg struct {
 	all   bool // with drain: a full drain, even while catching up
 }
 
-func (r *runtime) newShard(p int32, agg *Aggregator) *shard {
+func (r *runtime) newShard(p int32, agg *engine.Aggregator) *shard {
 	return &shard{
 		partition: p, agg: agg, r: r,
 		in: make(chan shardMsg, 8), quit: make(chan struct{}), done: make(chan struct{}),

@@ -7,6 +7,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -29,7 +30,7 @@ func TestShardCatchUpFlush(t *testing.T) {
 	}
 	r := &runtime{cfg: cfg, log: slog.New(slog.DiscardHandler), clock: clock, stats: &Stats{}, obs: nopObserver{},
 		klineEnc: enc, stateCodec: codec}
-	agg, err := NewAggregator(cfg.Engine)
+	agg, err := engine.NewAggregator(cfg.Engine)
 	if err != nil {
 		t.Fatal(err)
 	}

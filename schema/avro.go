@@ -9,7 +9,6 @@ import (
 
 	"github.com/hamba/avro/v2"
 	"github.com/hamba/avro/v2/soe"
-	"github.com/twmb/franz-go/pkg/sr"
 )
 
 // The schemas, embedded so the binary needs no files.
@@ -61,12 +60,10 @@ func Prefix(f Framing, s avro.Schema, schemaID int) ([]byte, error) {
 		}
 		return h, nil
 	case FramingConfluent:
-		var h sr.ConfluentHeader
-		b, err := h.AppendEncode(nil, schemaID, nil)
-		if err != nil {
-			return nil, fmt.Errorf("schema: confluent header: %w", err)
+		if schemaID < 0 || schemaID > math.MaxUint32 {
+			return nil, fmt.Errorf("schema: confluent header: schema id %d out of range", schemaID)
 		}
-		return b, nil
+		return binary.BigEndian.AppendUint32([]byte{0}, uint32(schemaID)), nil
 	default:
 		return nil, fmt.Errorf("schema: framing %d: %w", f, ErrUnknownFraming)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/twmb/franz-go/plugin/kprom"
 
 	"github.com/klagg/klagg/processor"
+	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -40,8 +41,8 @@ func newMetrics(stats *processor.Stats) *metrics {
 	}
 	for _, o := range []struct {
 		result  string
-		outcome processor.Outcome
-	}{{"folded", processor.Folded}, {"replayed", processor.Replayed}, {"duplicate", processor.Duplicate}, {"late", processor.Late}} {
+		outcome engine.Outcome
+	}{{"folded", engine.Folded}, {"replayed", engine.Replayed}, {"duplicate", engine.Duplicate}, {"late", engine.Late}} {
 		counter("klagg_trades_total", "Trades handled, by result; refused ones go to the dead-letter topic.",
 			prometheus.Labels{"result": o.result}, stats.Trades[o.outcome].Load)
 	}

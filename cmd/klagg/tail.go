@@ -14,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/klagg/klagg/processor"
+	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -46,7 +47,7 @@ single-object encoding.`)
 	}
 	var errs []error
 	if *period != "" {
-		if _, err := processor.ParsePeriod(*period); err != nil {
+		if _, err := engine.ParsePeriod(*period); err != nil {
 			errs = append(errs, fmt.Errorf("--period: %w", err))
 		}
 	}

@@ -10,7 +10,7 @@ import (
 	"math"
 	"time"
 
-	"github.com/klagg/klagg/processor"
+	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -30,7 +30,7 @@ type symbolState struct {
 
 // Reference is the model of one shard (one trades partition).
 type Reference struct {
-	periods               []processor.Period
+	periods               []engine.Period
 	grace, liveWindow     int64
 	W                     int64 // the watermark
 	acceptedAt, acceptedT int64
@@ -39,24 +39,24 @@ type Reference struct {
 }
 
 // New returns an empty shard model.
-func New(periods []processor.Period, grace, live time.Duration) *Reference {
+func New(periods []engine.Period, grace, live time.Duration) *Reference {
 	return &Reference{periods: periods, grace: grace.Milliseconds(), liveWindow: live.Milliseconds(),
 		W: math.MinInt64, symbols: map[string]*symbolState{}}
 }
 
 // Trade applies one trade read at wall clock now and returns its outcome.
-func (r *Reference) Trade(t Trade, now int64) processor.Outcome {
+func (r *Reference) Trade(t Trade, now int64) engine.Outcome {
 	s := r.symbols[t.Symbol]
 	bound := r.W
 	if s != nil {
 		if t.AggID <= s.lastAgg {
-			return processor.Duplicate
+			return engine.Duplicate
 		}
 		bound = max(bound, s.maxT)
 	}
 	for _, p := range r.periods {
 		if p.Next(p.Open(t.Time)) <= bound {
-			return processor.Late
+			return engine.Late
 		}
 	}
 	if s == nil {
@@ -69,7 +69,7 @@ func (r *Reference) Trade(t Trade, now int64) processor.Outcome {
 	r.W = max(r.W, t.Time-r.grace)
 	r.acceptedAt, r.acceptedT = now, t.Time
 	r.live = now-t.Time <= r.liveWindow
-	return processor.Folded
+	return engine.Folded
 }
 
 // Clock is a wall-clock tick: caughtUp as the runtime reports it.

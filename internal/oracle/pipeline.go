@@ -12,7 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/klagg/klagg/processor"
+	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -109,7 +109,7 @@ func Produce(ctx context.Context, cl *kgo.Client, topic string, recs []Record) e
 // Expected runs one Reference per partition over recs (a backfill: the wall
 // clock never moves the watermark) and returns the final candles and the
 // number of records each refusal class should send to the dead-letter topic.
-func Expected(recs []Record, periods []processor.Period, grace time.Duration) (final map[Key]schema.Kline, refused int) {
+func Expected(recs []Record, periods []engine.Period, grace time.Duration) (final map[Key]schema.Kline, refused int) {
 	refs := map[int32]*Reference{}
 	now := time.Now().UnixMilli()
 	for _, r := range recs {
@@ -122,7 +122,7 @@ func Expected(recs []Record, periods []processor.Period, grace time.Duration) (f
 			refused++
 			continue
 		}
-		if ref.Trade(r.Trade, now) != processor.Folded {
+		if ref.Trade(r.Trade, now) != engine.Folded {
 			refused++
 		}
 	}

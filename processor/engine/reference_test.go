@@ -1,4 +1,4 @@
-package processor_test
+package engine_test
 
 import (
 	"fmt"
@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/klagg/klagg/internal/oracle"
-	"github.com/klagg/klagg/processor"
+	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -135,7 +135,7 @@ func newEmitted(t *testing.T) *emitted {
 		versions: map[oracle.Key]int64{}, states: map[string]schema.SymbolState{}}
 }
 
-func (e *emitted) take(b *processor.Batch) {
+func (e *emitted) take(b *engine.Batch) {
 	e.t.Helper()
 	for _, k := range b.Klines {
 		e.records++
@@ -239,26 +239,26 @@ func TestEngineMatchesReference(t *testing.T) {
 func runReference(t *testing.T, spec streamSpec) {
 	rng := rand.New(rand.NewPCG(spec.seed, 99))
 	evs := genStream(spec)
-	cfg := processor.DefaultEngineConfig()
-	cfg.Periods = processor.AllPeriods()
+	cfg := engine.DefaultConfig()
+	cfg.Periods = engine.AllPeriods()
 	if !spec.shortGaps {
 		// 1s across gaps of days makes millions of flat candles.
 		cfg.Periods = cfg.Periods[1:]
 	}
 	if spec.periods != "" {
-		ps, err := processor.ParsePeriods(spec.periods)
+		ps, err := engine.ParsePeriods(spec.periods)
 		if err != nil {
 			t.Fatal(err)
 		}
 		cfg.Periods = ps
 	}
 	ref := oracle.New(cfg.Periods, cfg.Grace, cfg.LiveWindow)
-	eng, err := processor.NewAggregator(cfg)
+	eng, err := engine.NewAggregator(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := newEmitted(t)
-	var batch processor.Batch
+	var batch engine.Batch
 	wall := ms("2026-11-27T00:00:00Z") // drives versions only
 	drain := func() {
 		wall += int64(rng.IntN(3))
@@ -276,7 +276,7 @@ func runReference(t *testing.T, spec streamSpec) {
 			for _, st := range out.states {
 				states = append(states, st)
 			}
-			eng, err = processor.NewAggregator(cfg)
+			eng, err = engine.NewAggregator(cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -289,7 +289,7 @@ func runReference(t *testing.T, spec streamSpec) {
 			for j := max(back, 0); j < i; j++ {
 				if evs[j].isTrade {
 					tr := toTrade(evs[j].trade)
-					if o := eng.Fold(&tr, int64(j), evs[j].now); o == processor.Folded {
+					if o := eng.Fold(&tr, int64(j), evs[j].now); o == engine.Folded {
 						t.Fatalf("replayed offset %d folded again", j)
 					}
 				} else {
@@ -321,9 +321,9 @@ func runReference(t *testing.T, spec streamSpec) {
 	final, open := ref.Candles()
 	compareCandles(t, "final", out.final, final)
 	compareCandles(t, "open", out.open, open)
-	if counts[processor.Duplicate] == 0 || counts[processor.Late] == 0 || len(final) == 0 {
+	if counts[engine.Duplicate] == 0 || counts[engine.Late] == 0 || len(final) == 0 {
 		t.Fatalf("stream exercised too little: outcomes %v, %d final candles", counts, len(final))
 	}
 	t.Logf("%d events: folded %d, duplicate %d, late %d; %d final candles, %d records",
-		len(evs), counts[processor.Folded], counts[processor.Duplicate], counts[processor.Late], len(final), out.records)
+		len(evs), counts[engine.Folded], counts[engine.Duplicate], counts[engine.Late], len(final), out.records)
 }

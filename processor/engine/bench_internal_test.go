@@ -1,4 +1,4 @@
-package processor
+package engine
 
 import (
 	"fmt"
@@ -57,7 +57,7 @@ const benchSlots = 1_000_000
 // benchShard returns a shard of 1,000,000 slots (66,667 symbols × 15
 // periods), every candle open, nothing dirty.
 func benchShard(tb testing.TB) (*Aggregator, []schema.Trade) {
-	cfg := DefaultEngineConfig()
+	cfg := DefaultConfig()
 	nSym := benchSlots / len(cfg.Periods)
 	cfg.SymbolsHint = nSym
 	a, err := NewAggregator(cfg)

@@ -1,4 +1,4 @@
-package processor
+package engine
 
 import (
 	"context"
@@ -16,9 +16,9 @@ import (
 // clean to dirty at this level, and nothing per trade above it.
 const LevelTrace = slog.Level(-8)
 
-// EngineConfig configures an Aggregator. The zero value is not valid; start
-// from DefaultEngineConfig.
-type EngineConfig struct {
+// Config configures an Aggregator. The zero value is not valid; start
+// from DefaultConfig.
+type Config struct {
 	// Periods are the candle periods, in canonical order (ParsePeriods).
 	Periods []Period
 	// Grace is how far the watermark trails the greatest accepted trade
@@ -31,43 +31,43 @@ type EngineConfig struct {
 	SymbolsHint int
 }
 
-// DefaultEngineConfig returns DESIGN.md's defaults.
-func DefaultEngineConfig() EngineConfig {
+// DefaultConfig returns DESIGN.md's defaults.
+func DefaultConfig() Config {
 	periods, err := ParsePeriods(DefaultPeriods)
 	if err != nil {
 		panic(err) // a constant: covered by every test
 	}
-	return EngineConfig{Periods: periods, Grace: time.Second, LiveWindow: time.Minute, SymbolsHint: 256}
+	return Config{Periods: periods, Grace: time.Second, LiveWindow: time.Minute, SymbolsHint: 256}
 }
 
 // Validate reports every problem of c at once.
-func (c EngineConfig) Validate() error {
+func (c Config) Validate() error {
 	var errs []error
 	if len(c.Periods) == 0 {
-		errs = append(errs, errors.New("processor: no periods"))
+		errs = append(errs, errors.New("engine: no periods"))
 	}
 	var seen [numPeriods]bool
 	for i, p := range c.Periods {
 		switch {
 		case p >= numPeriods:
-			errs = append(errs, fmt.Errorf("processor: period %d: %w", p, ErrUnknownPeriod))
+			errs = append(errs, fmt.Errorf("engine: period %d: %w", p, ErrUnknownPeriod))
 		case seen[p]:
-			errs = append(errs, fmt.Errorf("processor: period %s listed twice", p))
+			errs = append(errs, fmt.Errorf("engine: period %s listed twice", p))
 		case i > 0 && p < c.Periods[i-1]:
-			errs = append(errs, fmt.Errorf("processor: periods not in canonical order at %s", p))
+			errs = append(errs, fmt.Errorf("engine: periods not in canonical order at %s", p))
 		}
 		if p < numPeriods {
 			seen[p] = true
 		}
 	}
 	if c.Grace < 0 {
-		errs = append(errs, fmt.Errorf("processor: grace %s is negative", c.Grace))
+		errs = append(errs, fmt.Errorf("engine: grace %s is negative", c.Grace))
 	}
 	if c.LiveWindow <= 0 {
-		errs = append(errs, fmt.Errorf("processor: live window %s must be positive", c.LiveWindow))
+		errs = append(errs, fmt.Errorf("engine: live window %s must be positive", c.LiveWindow))
 	}
 	if c.SymbolsHint < 0 {
-		errs = append(errs, fmt.Errorf("processor: symbols hint %d is negative", c.SymbolsHint))
+		errs = append(errs, fmt.Errorf("engine: symbols hint %d is negative", c.SymbolsHint))
 	}
 	return errors.Join(errs...)
 }
@@ -248,7 +248,7 @@ type Aggregator struct {
 }
 
 // NewAggregator returns an empty shard engine.
-func NewAggregator(cfg EngineConfig, opts ...Option) (*Aggregator, error) {
+func NewAggregator(cfg Config, opts ...Option) (*Aggregator, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -721,7 +721,7 @@ const maxClockSkew = time.Hour
 // ErrBadState, and changes nothing, if any record is unusable.
 func (a *Aggregator) Restore(states []schema.SymbolState, nowMs int64) error {
 	if a.symbols.Len() > 0 || a.position >= 0 {
-		return fmt.Errorf("processor: restore: %w: shard already in use", ErrBadState)
+		return fmt.Errorf("engine: restore: %w: shard already in use", ErrBadState)
 	}
 	for i := range states {
 		if err := a.checkState(&states[i], nowMs+maxClockSkew.Milliseconds()); err != nil {
@@ -787,7 +787,7 @@ func (a *Aggregator) periodIndexByName(name string) int {
 // alignment, and that each candle's trades lie inside it.
 func (a *Aggregator) checkState(st *schema.SymbolState, latest int64) error {
 	bad := func(format string, args ...any) error {
-		return fmt.Errorf("processor: restore %q: %w: %s", st.Symbol, ErrBadState, fmt.Sprintf(format, args...))
+		return fmt.Errorf("engine: restore %q: %w: %s", st.Symbol, ErrBadState, fmt.Sprintf(format, args...))
 	}
 	if r := schema.ValidSymbol([]byte(st.Symbol)); r != schema.ReasonNone {
 		return bad("symbol: %s", r)

@@ -1,4 +1,4 @@
-package processor
+package engine
 
 import (
 	"errors"
@@ -75,7 +75,7 @@ func ParsePeriod(s string) (Period, error) {
 			return Period(i), nil
 		}
 	}
-	return 0, fmt.Errorf("processor: period %q: %w (want one of %s)", s, ErrUnknownPeriod, strings.Join(periodNames[:], " "))
+	return 0, fmt.Errorf("engine: period %q: %w (want one of %s)", s, ErrUnknownPeriod, strings.Join(periodNames[:], " "))
 }
 
 // ParsePeriods parses a comma-separated list and returns it in canonical
@@ -91,7 +91,7 @@ func ParsePeriods(list string) ([]Period, error) {
 			continue
 		}
 		if seen[p] {
-			errs = append(errs, fmt.Errorf("processor: period %q listed twice", name))
+			errs = append(errs, fmt.Errorf("engine: period %q listed twice", name))
 		}
 		seen[p] = true
 	}

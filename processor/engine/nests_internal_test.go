@@ -1,4 +1,4 @@
-package processor
+package engine
 
 import (
 	"math/rand/v2"

@@ -1,11 +1,11 @@
-package processor_test
+package engine_test
 
 import (
 	"os"
 	"path/filepath"
 	"testing"
 
-	"github.com/klagg/klagg/processor"
+	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -17,11 +17,11 @@ func FuzzRestore(f *testing.F) {
 		f.Add(b)
 	}
 	{
-		a := newAgg(f, processor.DefaultPeriods)
+		a := newAgg(f, engine.DefaultPeriods)
 		fd := feed(f, a)
 		fd.trade("BTCUSDT", "2024-05-01T10:00:10Z", 5, 1, backfillNow)
 		fd.trade("BTCUSDT", "2024-05-01T10:07:10Z", 6, 2, backfillNow)
-		var b processor.Batch
+		var b engine.Batch
 		a.Drain(&b, 1)
 		codec, _ := schema.NewStateCodec()
 		v, err := codec.Encode(&b.States[0])
@@ -39,19 +39,19 @@ func FuzzRestore(f *testing.F) {
 		if err := codec.Decode(value, &st); err != nil {
 			return
 		}
-		a := newAgg(t, processor.DefaultPeriods)
+		a := newAgg(t, engine.DefaultPeriods)
 		if err := a.Restore([]schema.SymbolState{st}, backfillNow); err != nil {
 			return
 		}
 		tr := schema.Trade{Symbol: []byte(st.Symbol), AggID: st.LastAggID + 1, Price: 1, Quantity: 1,
 			FirstID: 1, LastID: 1, Time: max(st.LastTradeTime, st.Watermark) + 90_000}
 		a.Fold(&tr, st.SourceOffset+1, backfillNow)
-		var b processor.Batch
+		var b engine.Batch
 		a.Drain(&b, backfillNow)
 		if len(b.States) != 1 {
 			t.Fatalf("%d state records after one symbol's trade", len(b.States))
 		}
-		if err := newAgg(t, processor.DefaultPeriods).Restore(b.States, backfillNow); err != nil {
+		if err := newAgg(t, engine.DefaultPeriods).Restore(b.States, backfillNow); err != nil {
 			t.Fatalf("the engine's own state does not restore: %v", err)
 		}
 	})

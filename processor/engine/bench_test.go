@@ -1,11 +1,11 @@
-package processor_test
+package engine_test
 
 import (
 	"fmt"
 	"runtime"
 	"testing"
 
-	"github.com/klagg/klagg/processor"
+	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -22,14 +22,14 @@ func BenchmarkAggregatorFold(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			b.ReportAllocs()
-			a := newAgg(b, processor.DefaultPeriods)
+			a := newAgg(b, engine.DefaultPeriods)
 			syms := make([][]byte, nSym)
 			for i := range syms {
 				syms[i] = fmt.Appendf(nil, "SYM%04dUSDT", i)
 			}
 			t0 := ms("2024-05-01T10:00:00Z")
 			tr := schema.Trade{Price: 100, Quantity: 0.5, FirstID: 1, LastID: 3, Time: t0}
-			var batch processor.Batch
+			var batch engine.Batch
 			var n int64
 			fold := func() {
 				n++
@@ -65,9 +65,9 @@ func BenchmarkAggregatorMemory(b *testing.B) {
 		var before, after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&before)
-		cfg := processor.DefaultEngineConfig()
+		cfg := engine.DefaultConfig()
 		cfg.SymbolsHint = 0 // let the arrays grow as in production
-		a, err := processor.NewAggregator(cfg)
+		a, err := engine.NewAggregator(cfg)
 		if err != nil {
 			b.Fatal(err)
 		}

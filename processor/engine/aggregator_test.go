@@ -1,4 +1,4 @@
-package processor_test
+package engine_test
 
 import (
 	"errors"
@@ -6,19 +6,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/klagg/klagg/processor"
+	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
 
-func newAgg(t testing.TB, periods string) *processor.Aggregator {
+func newAgg(t testing.TB, periods string) *engine.Aggregator {
 	t.Helper()
-	cfg := processor.DefaultEngineConfig()
-	ps, err := processor.ParsePeriods(periods)
+	cfg := engine.DefaultConfig()
+	ps, err := engine.ParsePeriods(periods)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg.Periods = ps
-	a, err := processor.NewAggregator(cfg)
+	a, err := engine.NewAggregator(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,17 +27,17 @@ func newAgg(t testing.TB, periods string) *processor.Aggregator {
 
 type feeder struct {
 	t      testing.TB
-	a      *processor.Aggregator
+	a      *engine.Aggregator
 	offset int64
 	agg    map[string]int64
 }
 
-func feed(t testing.TB, a *processor.Aggregator) *feeder {
+func feed(t testing.TB, a *engine.Aggregator) *feeder {
 	return &feeder{t: t, a: a, agg: map[string]int64{}}
 }
 
 // trade folds a trade of one raw trade; now is the wall clock.
-func (f *feeder) trade(sym, at string, price, qty float64, now int64) processor.Outcome {
+func (f *feeder) trade(sym, at string, price, qty float64, now int64) engine.Outcome {
 	f.agg[sym]++
 	tr := schema.Trade{Symbol: []byte(sym), AggID: f.agg[sym], Price: price, Quantity: qty,
 		FirstID: f.agg[sym] * 10, LastID: f.agg[sym] * 10, Time: ms(at)}
@@ -45,8 +45,8 @@ func (f *feeder) trade(sym, at string, price, qty float64, now int64) processor.
 	return f.a.Fold(&tr, f.offset, now)
 }
 
-func drain(a *processor.Aggregator, now int64) []schema.Kline {
-	var b processor.Batch
+func drain(a *engine.Aggregator, now int64) []schema.Kline {
+	var b engine.Batch
 	a.Drain(&b, now)
 	return b.Klines
 }
@@ -92,7 +92,7 @@ func TestLateTradeRefusedForEveryPeriod(t *testing.T) {
 	drain(a, 1)
 	// In the open 1h candle but in the final 10:05 1m candle: refused for
 	// both, so the 1h candle still equals its 1m candles.
-	if o := f.trade("BTC", "2024-05-01T10:05:30Z", 999, 1, backfillNow); o != processor.Late {
+	if o := f.trade("BTC", "2024-05-01T10:05:30Z", 999, 1, backfillNow); o != engine.Late {
 		t.Fatalf("outcome %v, want Late", o)
 	}
 	expectKlines(t, drain(a, 2))
@@ -101,13 +101,13 @@ func TestLateTradeRefusedForEveryPeriod(t *testing.T) {
 func TestDuplicateAggregateID(t *testing.T) {
 	a := newAgg(t, "1m")
 	tr := schema.Trade{Symbol: []byte("BTC"), AggID: 7, Price: 1, Quantity: 1, FirstID: 1, LastID: 1, Time: ms("2024-05-01T10:00:00Z")}
-	if o := a.Fold(&tr, 0, backfillNow); o != processor.Folded {
+	if o := a.Fold(&tr, 0, backfillNow); o != engine.Folded {
 		t.Fatal(o)
 	}
 	tr.Time += 1000
 	for _, id := range []int64{7, 6} {
 		tr.AggID = id
-		if o := a.Fold(&tr, 1, backfillNow); o != processor.Duplicate || o.Reason() != schema.ReasonDuplicate {
+		if o := a.Fold(&tr, 1, backfillNow); o != engine.Duplicate || o.Reason() != schema.ReasonDuplicate {
 			t.Fatalf("agg id %d: %v", id, o)
 		}
 	}
@@ -191,7 +191,7 @@ func TestRestoreAddsAndDropsPeriods(t *testing.T) {
 	a := newAgg(t, "1m,1h")
 	f := feed(t, a)
 	f.trade("BTC", "2024-05-01T10:00:10Z", 5, 1, backfillNow)
-	var b processor.Batch
+	var b engine.Batch
 	a.Drain(&b, 1)
 	// Restart with 1h dropped and 5m added.
 	r := newAgg(t, "1m,5m")
@@ -215,7 +215,7 @@ func TestRestoreRefusesBadState(t *testing.T) {
 	a := newAgg(t, "1m")
 	f := feed(t, a)
 	f.trade("BTC", "2024-05-01T10:00:10Z", 5, 1, backfillNow)
-	var b processor.Batch
+	var b engine.Batch
 	a.Drain(&b, 1)
 	good := b.States[0]
 	for name, mutate := range map[string]func(*schema.SymbolState){
@@ -233,7 +233,7 @@ func TestRestoreRefusesBadState(t *testing.T) {
 			st.Candles = append([]schema.CandleState(nil), good.Candles...)
 			mutate(&st)
 			r := newAgg(t, "1m")
-			if err := r.Restore([]schema.SymbolState{st}, backfillNow); !errors.Is(err, processor.ErrBadState) {
+			if err := r.Restore([]schema.SymbolState{st}, backfillNow); !errors.Is(err, engine.ErrBadState) {
 				t.Fatalf("want ErrBadState, got %v", err)
 			}
 			if r.Symbols() != 0 {
@@ -246,10 +246,10 @@ func TestRestoreRefusesBadState(t *testing.T) {
 // TestSteadyStateAllocatesNothing: once the arrays and the batch have grown,
 // folding and draining allocate nothing.
 func TestSteadyStateAllocatesNothing(t *testing.T) {
-	a := newAgg(t, processor.DefaultPeriods)
+	a := newAgg(t, engine.DefaultPeriods)
 	syms := [][]byte{[]byte("AAA"), []byte("BBB"), []byte("CCC")}
 	tr := schema.Trade{Price: 1, Quantity: 1, FirstID: 1, LastID: 1, Time: ms("2024-05-01T10:00:00Z")}
-	var b processor.Batch
+	var b engine.Batch
 	var off int64
 	step := func() {
 		for _, s := range syms {
@@ -276,7 +276,7 @@ func TestDrainFinalsHoldsOpenCandles(t *testing.T) {
 	f.trade("BTC", "2024-05-01T10:00:30Z", 100, 1, backfillNow)
 	f.trade("ETH", "2024-05-01T10:00:40Z", 50, 1, backfillNow)
 	f.trade("BTC", "2024-05-01T10:02:10Z", 102, 1, backfillNow) // the watermark closes 10:00 and a flat 10:01
-	var b processor.Batch
+	var b engine.Batch
 	a.DrainFinals(&b, 1)
 	expectKlines(t, b.Klines, "BTC 1m 10:00 o=100 c=100 n=1 final=true", "BTC 1m 10:01 o=100 c=100 n=0 final=true",
 		"ETH 1m 10:00 o=50 c=50 n=1 final=true", "ETH 1m 10:01 o=50 c=50 n=0 final=true")

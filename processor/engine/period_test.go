@@ -1,4 +1,4 @@
-package processor_test
+package engine_test
 
 import (
 	"errors"
@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/klagg/klagg/processor"
+	"github.com/klagg/klagg/processor/engine"
 )
 
 func ms(s string) int64 {
@@ -48,7 +48,7 @@ func TestPeriodAlignment(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.period+"@"+tt.at, func(t *testing.T) {
-			p, err := processor.ParsePeriod(tt.period)
+			p, err := engine.ParsePeriod(tt.period)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -71,28 +71,28 @@ func TestPeriodAgainstTimePackage(t *testing.T) {
 	for range 20000 {
 		at := lo + rng.Int64N(hi-lo)
 		tm := time.UnixMilli(at).UTC()
-		for _, p := range processor.AllPeriods() {
+		for _, p := range engine.AllPeriods() {
 			var want, wantNext time.Time
 			switch p {
-			case processor.Period1M:
+			case engine.Period1M:
 				want = time.Date(tm.Year(), tm.Month(), 1, 0, 0, 0, 0, time.UTC)
 				wantNext = want.AddDate(0, 1, 0)
-			case processor.Period1w:
+			case engine.Period1w:
 				back := (int(tm.Weekday()) + 6) % 7 // days since Monday
 				want = time.Date(tm.Year(), tm.Month(), tm.Day()-back, 0, 0, 0, 0, time.UTC)
 				wantNext = want.AddDate(0, 0, 7)
 			default:
-				d := map[processor.Period]time.Duration{
-					processor.Period1s: time.Second, processor.Period1m: time.Minute,
-					processor.Period3m: 3 * time.Minute, processor.Period5m: 5 * time.Minute,
-					processor.Period15m: 15 * time.Minute, processor.Period30m: 30 * time.Minute,
-					processor.Period1h: time.Hour, processor.Period2h: 2 * time.Hour,
-					processor.Period4h: 4 * time.Hour, processor.Period6h: 6 * time.Hour,
-					processor.Period8h: 8 * time.Hour, processor.Period12h: 12 * time.Hour,
-					processor.Period1d: 24 * time.Hour, processor.Period3d: 72 * time.Hour,
+				d := map[engine.Period]time.Duration{
+					engine.Period1s: time.Second, engine.Period1m: time.Minute,
+					engine.Period3m: 3 * time.Minute, engine.Period5m: 5 * time.Minute,
+					engine.Period15m: 15 * time.Minute, engine.Period30m: 30 * time.Minute,
+					engine.Period1h: time.Hour, engine.Period2h: 2 * time.Hour,
+					engine.Period4h: 4 * time.Hour, engine.Period6h: 6 * time.Hour,
+					engine.Period8h: 8 * time.Hour, engine.Period12h: 12 * time.Hour,
+					engine.Period1d: 24 * time.Hour, engine.Period3d: 72 * time.Hour,
 				}[p]
 				want = tm.Truncate(d) // Truncate counts from the zero time; for these lengths it equals epoch alignment
-				if p == processor.Period3d {
+				if p == engine.Period3d {
 					days := at / 86400000
 					want = time.UnixMilli(days / 3 * 3 * 86400000).UTC()
 				}
@@ -108,19 +108,19 @@ func TestPeriodAgainstTimePackage(t *testing.T) {
 }
 
 func TestParsePeriods(t *testing.T) {
-	got, err := processor.ParsePeriods("1M, 1m,1w")
+	got, err := engine.ParsePeriods("1M, 1m,1w")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 3 || got[0] != processor.Period1m || got[1] != processor.Period1w || got[2] != processor.Period1M {
+	if len(got) != 3 || got[0] != engine.Period1m || got[1] != engine.Period1w || got[2] != engine.Period1M {
 		t.Fatalf("got %v", got)
 	}
-	def, err := processor.ParsePeriods(processor.DefaultPeriods)
+	def, err := engine.ParsePeriods(engine.DefaultPeriods)
 	if err != nil || len(def) != 15 {
 		t.Fatalf("default periods: %v, %v", def, err)
 	}
-	_, err = processor.ParsePeriods("1m,7m,1m,2d")
-	if !errors.Is(err, processor.ErrUnknownPeriod) {
+	_, err = engine.ParsePeriods("1m,7m,1m,2d")
+	if !errors.Is(err, engine.ErrUnknownPeriod) {
 		t.Fatalf("want ErrUnknownPeriod, got %v", err)
 	}
 	for _, want := range []string{`"7m"`, `"2d"`, `"1m" listed twice`} {
