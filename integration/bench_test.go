@@ -231,7 +231,7 @@ func BenchmarkLive(b *testing.B) {
 			time.Sleep(50 * time.Millisecond)
 		}
 		follower, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(name+"-klines"),
-			kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(50*time.Millisecond))
+			kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(50*time.Millisecond), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
 		if err != nil {
 			b.Fatal(err)
 		}

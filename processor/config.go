@@ -49,7 +49,46 @@ type Config struct {
 	SessionTimeout time.Duration
 	// Compression of the produced batches: none, gzip, snappy, lz4 or zstd.
 	Compression string
+
+	// Guarantee is ExactlyOnce (each flush one Kafka transaction) or
+	// AtLeastOnce (offsets committed after every record is acknowledged).
+	Guarantee Guarantee
+	// InstanceID, when set, makes the member static (KIP-345): restarted
+	// with the same id it gets its partitions back without waiting for the
+	// session timeout. Under exactly-once it also makes the transactional
+	// id stable, so that a restart fences its predecessor at once.
+	InstanceID string
+	// TransactionTimeout bounds how long a transaction a member left open
+	// (it died mid-flush) holds up read_committed readers of its
+	// partitions: the next owner's restore, ClickHouse.
+	TransactionTimeout time.Duration
+	// BadState is what restore does with a state record it cannot read.
+	BadState BadStatePolicy
 }
+
+// Guarantee is the delivery guarantee of a member.
+type Guarantee string
+
+// The guarantees (--guarantee).
+const (
+	ExactlyOnce Guarantee = "exactly-once"
+	AtLeastOnce Guarantee = "at-least-once"
+)
+
+// BadStatePolicy says what restore does with an unreadable state record
+// (--bad-state).
+type BadStatePolicy string
+
+// The policies.
+const (
+	// BadStateStop stops the member with a *BadStateError naming the
+	// record; every member given that partition stops the same way until
+	// an operator acts.
+	BadStateStop BadStatePolicy = "stop"
+	// BadStateRebuild restores the rest of the shard and recomputes that
+	// symbol's state from its trades still held by the trades topic.
+	BadStateRebuild BadStatePolicy = "rebuild"
+)
 
 // DefaultConfig returns DESIGN.md §4's defaults.
 func DefaultConfig() Config {
@@ -69,6 +108,12 @@ func DefaultConfig() Config {
 		ReplicationFactor: -1,
 		SessionTimeout:    45 * time.Second,
 		Compression:       "snappy", // franz-go's default
+		Guarantee:         ExactlyOnce,
+		// Well below the session timeout, as franz-go advises; a
+		// killed member's open transaction stalls its partitions' readers
+		// this long.
+		TransactionTimeout: 10 * time.Second,
+		BadState:           BadStateStop,
 	}
 }
 
@@ -114,6 +159,22 @@ func (c Config) Validate() error {
 	}
 	if _, err := compressionCodec(c.Compression); err != nil {
 		errs = append(errs, err)
+	}
+	switch c.Guarantee {
+	case ExactlyOnce, AtLeastOnce:
+	default:
+		errs = append(errs, fmt.Errorf("processor: guarantee %q: want %s or %s", c.Guarantee, ExactlyOnce, AtLeastOnce))
+	}
+	if c.Guarantee == ExactlyOnce && (c.TransactionTimeout < time.Second || c.TransactionTimeout > 15*time.Minute) {
+		errs = append(errs, fmt.Errorf("processor: transaction timeout %s: want 1s to 15m (the broker's default maximum)", c.TransactionTimeout))
+	}
+	switch c.BadState {
+	case BadStateStop, BadStateRebuild:
+	default:
+		errs = append(errs, fmt.Errorf("processor: %w %q: want %s or %s", ErrBadStatePolicy, c.BadState, BadStateStop, BadStateRebuild))
+	}
+	if strings.ContainsAny(c.InstanceID, " \t\n") {
+		errs = append(errs, fmt.Errorf("processor: instance id %q contains white space", c.InstanceID))
 	}
 	if c.ReplicationFactor == 0 || c.ReplicationFactor < -1 {
 		errs = append(errs, fmt.Errorf("processor: replication factor %d: want -1 (broker default) or at least 1", c.ReplicationFactor))

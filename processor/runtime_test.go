@@ -49,6 +49,12 @@ func handled(s *processor.Stats) int64 {
 // three partitions of trades with duplicates and bad records mixed in; the
 // final candles on the klines topic must equal the oracle's.
 func TestRunKfake(t *testing.T) {
+	for _, g := range []processor.Guarantee{processor.ExactlyOnce, processor.AtLeastOnce} {
+		t.Run(string(g), func(t *testing.T) { testRunKfake(t, g) })
+	}
+}
+
+func testRunKfake(t *testing.T, g processor.Guarantee) {
 	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "trades"))
 	if err != nil {
 		t.Fatal(err)
@@ -71,6 +77,7 @@ func TestRunKfake(t *testing.T) {
 
 	cfg := processor.DefaultConfig()
 	cfg.Brokers = brokers
+	cfg.Guarantee = g
 	cfg.FlushInterval = 50 * time.Millisecond
 	stats := [2]*processor.Stats{{}, {}}
 	var members [2]context.CancelFunc
@@ -137,6 +144,12 @@ func TestRunRefusesMismatchedTopics(t *testing.T) {
 // shard must not commit past them; it restarts from its last commit, and
 // once the broker accepts again the candles are complete and exact.
 func TestDeliveryFailureRestartsShard(t *testing.T) {
+	for _, g := range []processor.Guarantee{processor.ExactlyOnce, processor.AtLeastOnce} {
+		t.Run(string(g), func(t *testing.T) { testDeliveryFailureRestartsShard(t, g) })
+	}
+}
+
+func testDeliveryFailureRestartsShard(t *testing.T, g processor.Guarantee) {
 	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
 	if err != nil {
 		t.Fatal(err)
@@ -182,6 +195,7 @@ func TestDeliveryFailureRestartsShard(t *testing.T) {
 
 	cfg := processor.DefaultConfig()
 	cfg.Brokers = brokers
+	cfg.Guarantee = g
 	cfg.FlushInterval = 50 * time.Millisecond
 	stats := &processor.Stats{}
 	mctx, stop := context.WithCancel(ctx)

@@ -153,7 +153,7 @@ figures until interrupted or --duration ends.`)
 
 	view := newKlineView()
 	tail, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(cfg.KlinesTopic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
 	if err != nil {
 		fmt.Fprintf(stderr, "klagg demo: %v\n", err)
 		return 1

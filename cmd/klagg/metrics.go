@@ -60,7 +60,11 @@ func newMetrics(stats *processor.Stats) *metrics {
 	counter("klagg_commits_total", "Successful offset commits.", nil, stats.Commits.Load)
 	counter("klagg_rebalances_total", "Partition assignments, revocations and losses seen.", nil, stats.Rebalances.Load)
 	counter("klagg_restores_total", "Shards restored from the state topic.", nil, stats.Restores.Load)
-	counter("klagg_shard_restarts_total", "Shards restarted from their last commit after a failed delivery.", nil, stats.Restarts.Load)
+	counter("klagg_shard_restarts_total", "Shards rebuilt from the last commit: after a failed delivery, or an aborted transaction.", nil, stats.Restarts.Load)
+	counter("klagg_transactions_aborted_total", "Flush transactions aborted (exactly-once): a rebalance, a lost membership or a failed delivery.", nil, stats.Aborts.Load)
+	counter("klagg_flushes_skipped_total", "At-least-once flushes not made: the member could not prove it was still in the group.", nil, stats.FlushesSkipped.Load)
+	counter("klagg_state_records_stale_total", "State records passed over at restore: they reflect fewer trades than one already read.", nil, stats.StaleStates.Load)
+	counter("klagg_state_records_rebuilt_total", "Unreadable state records whose symbol was rebuilt from the retained trades.", nil, stats.RebuiltStates.Load)
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "klagg_partitions_assigned", Help: "Trades partitions this member owns."},
 		func() float64 { return float64(stats.Assigned.Load()) }))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "klagg_last_commit_timestamp_seconds", Help: "When offsets were last committed."},

@@ -70,7 +70,8 @@ single-object encoding.`)
 		start = kgo.NewOffset().AtStart()
 	}
 	cl, err := kgo.NewClient(append(conn.kgo, kgo.SeedBrokers(strings.Split(*brokers, ",")...), kgo.ConsumeTopics(*topic),
-		kgo.ConsumeResetOffset(start))...)
+		// Only what klagg committed: records of an aborted flush never show.
+		kgo.ConsumeResetOffset(start), kgo.FetchIsolationLevel(kgo.ReadCommitted()))...)
 	if err != nil {
 		fmt.Fprintf(stderr, "klagg tail: %v\n", err)
 		return 1

@@ -144,8 +144,10 @@ type Emitted struct {
 	Problems []string // version regressions, finals that disagree
 }
 
-// ReadTopic calls fn with every record of topic, from the start to the end
-// it has when ReadTopic is called.
+// ReadTopic calls fn with every committed record of topic, from the start
+// to the end it has when ReadTopic is called, as a downstream consumer
+// would see them (read_committed): records of aborted transactions never
+// reach fn, and the transaction markers are read but not passed on.
 func ReadTopic(ctx context.Context, brokers []string, topic string, fn func(*kgo.Record), opts ...kgo.Opt) error {
 	adm, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, opts...)...)
 	if err != nil {
@@ -163,7 +165,9 @@ func ReadTopic(ctx context.Context, brokers []string, topic string, fn func(*kgo
 		}
 	})
 	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())}, opts...)...)
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		// The last record below the end offset may be a marker.
+		kgo.KeepControlRecords()}, opts...)...)
 	if err != nil {
 		return err
 	}
@@ -182,7 +186,9 @@ func ReadTopic(ctx context.Context, brokers []string, topic string, fn func(*kgo
 			if end, ok := want[r.Partition]; ok && r.Offset+1 >= end {
 				delete(want, r.Partition)
 			}
-			fn(r)
+			if !r.Attrs.IsControl() {
+				fn(r)
+			}
 		})
 	}
 	return nil

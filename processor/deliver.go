@@ -1,0 +1,103 @@
+package processor
+
+import (
+	"context"
+	"sync"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// drained is a shard's answer to a drain: records to deliver and the trades
+// offset they reflect.
+type drained struct {
+	partition int32
+	first     []*kgo.Record // klines and dead letters
+	states    []*kgo.Record
+	position  int64
+	dirty     int
+	lag       int64 // records of the partition not yet read
+	shard     *shard
+	// err is the first delivery failure of these records. Written by
+	// produce promises under produceAll's mutex, read after they all fired.
+	err error
+}
+
+// drainShards asks each of targets to drain, on its own goroutine, and
+// collects the answers. A drain request travels behind the records
+// dispatched before it, so each answer reflects all of them.
+func (r *runtime) drainShards(targets []*shard, all bool) []drained {
+	var results []drained
+	for _, s := range targets {
+		reply := make(chan drained, 1)
+		select {
+		case s.in <- shardMsg{drain: reply, all: all}:
+		case <-s.done:
+			continue
+		}
+		select {
+		case d := <-reply:
+			d.shard = s
+			results = append(results, d)
+		case <-s.done:
+		}
+	}
+	return results
+}
+
+// produceAll produces pick(d) of every result that has not failed yet and
+// waits for every acknowledgement; a failure is kept in the result's err.
+func (r *runtime) produceAll(ctx context.Context, cl *kgo.Client, results []drained, pick func(*drained) [][]*kgo.Record) {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	skip := make([]bool, len(results)) // decided before any promise can write err
+	for i := range results {
+		skip[i] = results[i].err != nil
+	}
+	for i := range results {
+		if skip[i] {
+			continue
+		}
+		d := &results[i]
+		// One promise per shard, not a closure per record.
+		promise := func(_ *kgo.Record, err error) {
+			defer wg.Done()
+			if err != nil {
+				mu.Lock()
+				if d.err == nil {
+					d.err = err
+				}
+				mu.Unlock()
+			}
+		}
+		for _, recs := range pick(d) {
+			for _, rec := range recs {
+				wg.Add(1)
+				cl.Produce(ctx, rec, promise)
+			}
+		}
+	}
+	wg.Wait()
+}
+
+// countDelivered adds the records of every result that did not fail to the
+// stats, by topic.
+func (r *runtime) countDelivered(results []drained, pick func(*drained) [][]*kgo.Record) {
+	for i := range results {
+		d := &results[i]
+		if d.err != nil {
+			continue
+		}
+		for _, recs := range pick(d) {
+			for _, rec := range recs {
+				switch rec.Topic {
+				case r.cfg.KlinesTopic:
+					r.stats.Klines.Add(1)
+				case r.cfg.StateTopic:
+					r.stats.StateRecords.Add(1)
+				case r.cfg.DLQTopic:
+					r.stats.DeadLetters.Add(1)
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,296 @@
+package processor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Exactly-once: one goroutine polls, hands records to the shards, drains
+// them and ends each flush's transaction, so that what the transaction
+// commits (the offsets polled so far, see GroupTransactSession.End) is
+// exactly what the drained klines and state reflect. Rebalance callbacks
+// only queue what happened; the poll goroutine applies it between polls.
+
+// catchUpInterval is how often a member that is behind (more records wait
+// than it has read) ends a transaction: each one writes every changed
+// open candle and state record, so fewer, larger ones replay faster.
+const catchUpInterval = time.Second
+
+type groupEventKind uint8
+
+const (
+	eventAssigned groupEventKind = iota
+	eventRevoked
+	eventLost
+)
+
+type groupEvent struct {
+	kind groupEventKind
+	ps   []int32
+}
+
+func (r *runtime) queue(kind groupEventKind, m map[string][]int32) {
+	ps := m[r.cfg.TradesTopic]
+	if len(ps) == 0 {
+		return
+	}
+	r.stats.Rebalances.Add(1)
+	r.eventsMu.Lock()
+	r.events = append(r.events, groupEvent{kind: kind, ps: slices.Clone(ps)})
+	r.eventsMu.Unlock()
+}
+
+func (r *runtime) queueAssigned(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+	r.queue(eventAssigned, m)
+}
+
+func (r *runtime) queueRevoked(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+	r.queue(eventRevoked, m)
+}
+
+func (r *runtime) queueLost(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+	r.queue(eventLost, m)
+}
+
+// txnState is the poll goroutine's view of the transaction.
+type txnState struct {
+	open bool
+	// folded is set when records were handed to shards since the last
+	// commit: an abort then leaves the shards ahead of the committed state.
+	folded bool
+}
+
+func (r *runtime) transactLoop(ctx context.Context) error {
+	r.owned = map[int32]bool{}
+	var tx txnState
+	lastEnd := r.clock()
+	behind := false
+	var loopErr error
+	for {
+		if err := r.fatal.Load(); err != nil {
+			loopErr = *err
+			break
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		r.applyEvents(ctx, &tx)
+		if !tx.open {
+			if err := r.sess.Begin(); err != nil {
+				loopErr = fmt.Errorf("processor: begin transaction: %w", err)
+				break
+			}
+			tx.open = true
+		}
+		interval := r.cfg.FlushInterval
+		if behind {
+			interval = max(interval, catchUpInterval)
+		}
+		due := r.clock().Sub(lastEnd) >= interval
+		if wait := interval - r.clock().Sub(lastEnd); wait > 0 {
+			pctx, cancel := context.WithTimeout(ctx, wait)
+			fetches := r.sess.PollRecords(pctx, 10_000)
+			cancel()
+			if fetches.IsClientClosed() {
+				break
+			}
+			if err := r.fetchErrors(fetches); err != nil {
+				loopErr = err
+				break
+			}
+			// Assignments the poll waited for come before their records;
+			// an abort here rewound the fetch positions, so these records
+			// will come again and must not be folded now.
+			if !r.applyEvents(ctx, &tx) {
+				wasBehind := behind
+				behind = false
+				fetches.EachPartition(func(ftp kgo.FetchTopicPartition) {
+					if len(ftp.Records) > 0 && r.shard(ftp.Partition) != nil {
+						tx.folded = true
+					}
+					if r.dispatch(ftp) {
+						behind = true
+					}
+				})
+				// Just caught up: deliver and commit now, not at the tick.
+				due = due || (wasBehind && !behind && fetches.NumRecords() > 0) || r.clock().Sub(lastEnd) >= interval
+			}
+		}
+		if due && tx.open {
+			r.commitTxn(&tx)
+			lastEnd = r.clock()
+		}
+		r.sess.AllowRebalance()
+	}
+	if tx.open {
+		if loopErr == nil {
+			// SIGTERM: what was folded is delivered and committed.
+			r.commitTxn(&tx)
+		} else {
+			ectx, cancel := context.WithTimeout(context.Background(), r.cfg.DeliveryTimeout)
+			_, _ = r.sess.End(ectx, kgo.TryAbort)
+			cancel()
+		}
+	}
+	return loopErr
+}
+
+// applyEvents applies the queued rebalance events and reports whether it
+// aborted the open transaction. A revoke or loss aborts: the session would
+// abort the transaction at its end anyway (GroupTransactSession aborts
+// after any revoke since Begin, kept partitions included), so it ends now,
+// and every shard that folded records since the last commit is rebuilt
+// from the committed state, because the rewound records come again.
+func (r *runtime) applyEvents(ctx context.Context, tx *txnState) (aborted bool) {
+	r.eventsMu.Lock()
+	evs := r.events
+	r.events = nil
+	r.eventsMu.Unlock()
+	if len(evs) == 0 {
+		return false
+	}
+	var gone, added []int32
+	for _, ev := range evs {
+		for _, p := range ev.ps {
+			switch ev.kind {
+			case eventAssigned:
+				r.owned[p] = true
+				added = append(added, p)
+			case eventRevoked, eventLost:
+				delete(r.owned, p)
+				gone = append(gone, p)
+				added = slices.DeleteFunc(added, func(q int32) bool { return q == p })
+			}
+		}
+	}
+	if len(gone) > 0 {
+		r.drop(gone)
+		r.log.Info("partitions revoked", "partitions", gone)
+		if tx.open {
+			r.endTxn(kgo.TryAbort, tx)
+			aborted = true
+		}
+	}
+	if aborted && tx.folded {
+		r.rebuild(ctx)
+		tx.folded = false
+		return true
+	}
+	if len(added) > 0 {
+		start := r.clock()
+		shards, err := r.restore(ctx, r.cl, added)
+		if err != nil {
+			r.fail(err)
+			return aborted
+		}
+		r.addShards(shards)
+		r.log.Info("partitions assigned", "partitions", added, "restore", r.clock().Sub(start).Round(time.Millisecond))
+	}
+	return aborted
+}
+
+// rebuild replaces every shard by one restored from the committed state.
+func (r *runtime) rebuild(ctx context.Context) {
+	r.stopAll()
+	ps := make([]int32, 0, len(r.owned))
+	for p := range r.owned {
+		ps = append(ps, p)
+	}
+	slices.Sort(ps)
+	if len(ps) == 0 {
+		return
+	}
+	shards, err := r.restore(ctx, r.cl, ps)
+	if err != nil {
+		r.fail(err)
+		return
+	}
+	r.addShards(shards)
+	r.stats.Restarts.Add(int64(len(shards)))
+	r.log.Info("shards rebuilt from the committed state", "partitions", ps)
+}
+
+// commitTxn drains every shard into the open transaction and ends it with
+// a commit; when it aborts instead, the shards are rebuilt.
+func (r *runtime) commitTxn(tx *txnState) {
+	start := r.clock()
+	defer func() { r.stats.LastFlush.Store(r.clock().UnixMilli()) }()
+	results := r.drainShards(r.allShards(), true)
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.DeliveryTimeout)
+	defer cancel()
+	dirty := 0
+	for i := range results {
+		dirty += results[i].dirty
+		r.stats.DirtyFlushed.Add(int64(results[i].dirty))
+		r.obs.Lag(results[i].partition, results[i].lag)
+	}
+	if len(results) > 0 {
+		r.stats.Flushes.Add(1)
+	}
+	r.produceAll(ctx, r.cl, results, func(d *drained) [][]*kgo.Record { return [][]*kgo.Record{d.first, d.states} })
+	how := kgo.TryCommit
+	for i := range results {
+		if err := results[i].err; err != nil {
+			r.log.Error("delivery failed; aborting the transaction", "partition", results[i].partition, "err", err)
+			how = kgo.TryAbort
+		}
+	}
+	r.obs.Flushed(r.clock().Sub(start), dirty)
+	commitStart := r.clock()
+	if r.endTxn(how, tx) {
+		r.countDelivered(results, func(d *drained) [][]*kgo.Record { return [][]*kgo.Record{d.first, d.states} })
+		r.stats.Commits.Add(1)
+		r.stats.LastCommit.Store(r.clock().UnixMilli())
+		r.obs.Committed(r.clock().Sub(commitStart))
+		tx.folded = false
+		return
+	}
+	// The drains changed the shards (finals, versions, dirty sets) and the
+	// transaction that carried those changes is gone.
+	if len(results) > 0 || tx.folded {
+		r.rebuild(context.Background())
+	}
+	tx.folded = false
+}
+
+// endTxn ends the open transaction and reports whether it committed. An
+// error from End that fences this member (another process took its
+// transactional id) ends the member; any other leaves the transaction
+// aborted, the fetch positions rewound, and the member going on.
+func (r *runtime) endTxn(how kgo.TransactionEndTry, tx *txnState) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.DeliveryTimeout)
+	defer cancel()
+	committed, err := r.sess.End(ctx, how)
+	tx.open = false
+	switch {
+	case errors.Is(err, kerr.ProducerFenced), errors.Is(err, kerr.InvalidProducerEpoch),
+		errors.Is(err, kerr.TransactionalIDAuthorizationFailed), errors.Is(err, kerr.FencedInstanceID):
+		r.fail(fmt.Errorf("processor: transactional id %q was fenced: %w (is another process running with the same --instance-id?)", r.txnID, err))
+		return false
+	case err != nil:
+		r.log.Error("transaction failed; rebuilding from the last commit", "err", err)
+	case !committed && how == kgo.TryCommit:
+		r.log.Warn("transaction aborted: the group rebalanced or this member lost its place; rebuilding from the last commit")
+	}
+	if !committed {
+		r.stats.Aborts.Add(1)
+	}
+	return committed && err == nil
+}
+
+func (r *runtime) allShards() []*shard {
+	r.shardsMu.Lock()
+	defer r.shardsMu.Unlock()
+	out := make([]*shard, 0, len(r.shards))
+	for _, s := range r.shards {
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(a, b *shard) int { return int(a.partition - b.partition) })
+	return out
+}

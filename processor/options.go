@@ -1,0 +1,110 @@
+package processor
+
+import (
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sr"
+
+	"github.com/klagg/klagg/processor/engine"
+)
+
+// Dead-letter record headers.
+const (
+	HeaderReason = "klagg.reason" // schema.Reason.String()
+	HeaderError  = "klagg.error"  // the decoder's message, when there is one
+	HeaderSource = "klagg.source" // topic/partition/offset of the refused record
+)
+
+// RunOption injects a dependency into Run.
+type RunOption func(*runOptions)
+
+type runOptions struct {
+	log        *slog.Logger
+	clock      func() time.Time
+	kgoOpts    []kgo.Opt
+	memberOpts []kgo.Opt
+	srOpts     []sr.ClientOpt
+	stats      *Stats
+	observer   Observer
+}
+
+// WithRunLogger sets Run's logger; the default discards.
+func WithRunLogger(l *slog.Logger) RunOption { return func(o *runOptions) { o.log = l } }
+
+// WithClock replaces the wall clock (tests).
+func WithClock(now func() time.Time) RunOption { return func(o *runOptions) { o.clock = now } }
+
+// WithKgoOpts adds options to every Kafka client Run makes (TLS, SASL,
+// dialers, metrics hooks).
+func WithKgoOpts(opts ...kgo.Opt) RunOption {
+	return func(o *runOptions) { o.kgoOpts = append(o.kgoOpts, opts...) }
+}
+
+// WithMemberKgoOpts adds options to the group member's own client only,
+// such as metrics hooks that must not be registered twice.
+func WithMemberKgoOpts(opts ...kgo.Opt) RunOption {
+	return func(o *runOptions) { o.memberOpts = append(o.memberOpts, opts...) }
+}
+
+// WithRegistryOpts adds options to the schema registry client (basic
+// auth, TLS).
+func WithRegistryOpts(opts ...sr.ClientOpt) RunOption {
+	return func(o *runOptions) { o.srOpts = append(o.srOpts, opts...) }
+}
+
+// Observer receives the runtime's timings and per-partition lag, for
+// metrics. Its methods are called from the flusher and the rebalance
+// callbacks, never per trade, and must not block.
+type Observer interface {
+	Flushed(took time.Duration, dirty int)
+	Committed(took time.Duration)
+	Restored(took time.Duration, partitions int)
+	// Lag is the records of partition p not yet read, at a flush; Forget
+	// says p is no longer owned.
+	Lag(p int32, records int64)
+	Forget(p int32)
+}
+
+// WithObserver sets the Observer; the default ignores everything.
+func WithObserver(obs Observer) RunOption { return func(o *runOptions) { o.observer = obs } }
+
+type nopObserver struct{}
+
+func (nopObserver) Flushed(time.Duration, int)  {}
+func (nopObserver) Committed(time.Duration)     {}
+func (nopObserver) Restored(time.Duration, int) {}
+func (nopObserver) Lag(int32, int64)            {}
+func (nopObserver) Forget(int32)                {}
+
+// WithStats makes Run count into s, which the caller may read at any time.
+func WithStats(s *Stats) RunOption { return func(o *runOptions) { o.stats = s } }
+
+// Stats are the runtime's counters. All fields are safe to read concurrently.
+type Stats struct {
+	Trades       [numOutcomes]atomic.Int64 // by Outcome
+	Invalid      [32]atomic.Int64          // by schema.Reason of decode/validation refusals
+	Klines       atomic.Int64
+	StateRecords atomic.Int64
+	DeadLetters  atomic.Int64
+	Flushes      atomic.Int64
+	DirtyFlushed atomic.Int64 // dirty candles drained, summed over flushes
+	Commits      atomic.Int64
+	Rebalances   atomic.Int64
+	Restores     atomic.Int64
+	RestoreNanos atomic.Int64 // duration of the last restore
+	Restarts     atomic.Int64 // shards restarted after a failed delivery, or rebuilt after an abort
+	Aborts       atomic.Int64 // transactions aborted (exactly-once)
+	// FlushesSkipped counts at-least-once flushes not made because the
+	// member could not prove it was still in the group.
+	FlushesSkipped atomic.Int64
+	StaleStates    atomic.Int64 // state records passed over at restore: an older source offset than one already read
+	RebuiltStates  atomic.Int64 // unreadable state records whose symbol was rebuilt from the trades
+	LastCommit     atomic.Int64 // Unix ms of the last successful commit
+	LastFlush      atomic.Int64 // Unix ms when the last flush cycle ended, whatever it found
+	Assigned       atomic.Int64 // partitions currently owned
+}
+
+const numOutcomes = int(engine.Late) + 1

@@ -1,0 +1,93 @@
+package processor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+
+	"github.com/klagg/klagg/partition"
+)
+
+// ErrTopicMissing is returned by Run when the trades topic does not exist.
+var ErrTopicMissing = errors.New("trades topic does not exist")
+
+// ensureTopics checks the trades topic and creates the others with its
+// partition count; a count that differs is an error naming both.
+func (r *runtime) ensureTopics(ctx context.Context, adm *kadm.Client) (int32, error) {
+	c := r.cfg
+	details, err := adm.ListTopics(ctx, c.TradesTopic, c.KlinesTopic, c.StateTopic, c.DLQTopic)
+	if err != nil {
+		return 0, fmt.Errorf("processor: list topics on %v: %w (are the brokers reachable?)", c.Brokers, err)
+	}
+	trades, ok := details[c.TradesTopic]
+	if !ok || errors.Is(trades.Err, kerr.UnknownTopicOrPartition) {
+		return 0, fmt.Errorf("processor: %w: %q (create it, keyed by symbol, or point --trades-topic at yours)", ErrTopicMissing, c.TradesTopic)
+	}
+	if trades.Err != nil {
+		return 0, fmt.Errorf("processor: describe %q: %w", c.TradesTopic, trades.Err)
+	}
+	n := int32(len(trades.Partitions))
+	counts := map[string]int32{}
+	for _, spec := range []struct {
+		topic   string
+		configs map[string]*string
+	}{
+		{c.KlinesTopic, nil},
+		{c.StateTopic, map[string]*string{"cleanup.policy": kadm.StringPtr("compact")}},
+		{c.DLQTopic, nil},
+	} {
+		if d, ok := details[spec.topic]; ok && d.Err == nil {
+			counts[spec.topic] = int32(len(d.Partitions)) // 0 while another member creates it
+			continue
+		}
+		resp, err := adm.CreateTopic(ctx, n, c.ReplicationFactor, spec.configs, spec.topic)
+		if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+			return 0, fmt.Errorf("processor: create topic %q: %w", spec.topic, err)
+		}
+		if err == nil {
+			r.log.Info("created topic", "topic", spec.topic, "partitions", n, "compacted", spec.configs != nil)
+			counts[spec.topic] = resp.NumPartitions
+			if resp.NumPartitions <= 0 {
+				counts[spec.topic] = n
+			}
+			continue
+		}
+		counts[spec.topic] = 0 // created concurrently by another member: described below
+	}
+	// A topic another member has just created may be listed before its
+	// partitions are: wait for the metadata to settle before comparing.
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		var pending []string
+		for topic, got := range counts {
+			if got == 0 {
+				pending = append(pending, topic)
+			}
+		}
+		if len(pending) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("processor: topics %v still show no partitions after 15s", pending)
+		}
+		d, err := adm.ListTopics(ctx, pending...)
+		if err != nil {
+			// Transient until the deadline: the broker may be restarting.
+			r.log.Warn("describe topics", "topics", pending, "err", err)
+		}
+		for _, topic := range pending {
+			counts[topic] = int32(len(d[topic].Partitions))
+		}
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := partition.CheckPartitionCounts(c.TradesTopic, n, counts); err != nil {
+		return 0, fmt.Errorf("processor: %w", err)
+	}
+	return n, nil
+}
