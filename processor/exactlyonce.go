@@ -83,7 +83,10 @@ func (r *runtime) transactLoop(ctx context.Context) error {
 		r.applyEvents(ctx, &tx)
 		if !tx.open {
 			if err := r.sess.Begin(); err != nil {
-				loopErr = fmt.Errorf("processor: begin transaction: %w", err)
+				// The producer cannot go on (the broker timed out a
+				// transaction this member left open while frozen, and
+				// fenced its epoch): Run starts a fresh session.
+				loopErr = &producerError{err: err}
 				break
 			}
 			tx.open = true
@@ -171,7 +174,7 @@ func (r *runtime) applyEvents(ctx context.Context, tx *txnState) (aborted bool) 
 	}
 	if len(gone) > 0 {
 		r.drop(gone)
-		r.log.Info("partitions revoked", "partitions", gone)
+		r.log.Info("partitions revoked or lost; the open transaction is aborted", "partitions", gone)
 		if tx.open {
 			r.endTxn(kgo.TryAbort, tx)
 			aborted = true
@@ -269,11 +272,11 @@ func (r *runtime) endTxn(how kgo.TransactionEndTry, tx *txnState) bool {
 	committed, err := r.sess.End(ctx, how)
 	tx.open = false
 	switch {
-	case errors.Is(err, kerr.ProducerFenced), errors.Is(err, kerr.InvalidProducerEpoch),
-		errors.Is(err, kerr.TransactionalIDAuthorizationFailed), errors.Is(err, kerr.FencedInstanceID):
-		r.fail(fmt.Errorf("processor: transactional id %q was fenced: %w (is another process running with the same --instance-id?)", r.txnID, err))
+	case errors.Is(err, kerr.FencedInstanceID), errors.Is(err, kerr.TransactionalIDAuthorizationFailed):
+		r.fail(fmt.Errorf("processor: transactional id %q: %w (is another process running with the same --instance-id?)", r.txnID, err))
 		return false
 	case err != nil:
+		// A fenced or timed-out producer shows at the next Begin.
 		r.log.Error("transaction failed; rebuilding from the last commit", "err", err)
 	case !committed && how == kgo.TryCommit:
 		r.log.Warn("transaction aborted: the group rebalanced or this member lost its place; rebuilding from the last commit")
@@ -283,6 +286,14 @@ func (r *runtime) endTxn(how kgo.TransactionEndTry, tx *txnState) bool {
 	}
 	return committed && err == nil
 }
+
+// producerError is a transactional producer that cannot begin again.
+type producerError struct{ err error }
+
+func (e *producerError) Error() string {
+	return "processor: transactional producer: " + e.err.Error()
+}
+func (e *producerError) Unwrap() error { return e.err }
 
 func (r *runtime) allShards() []*shard {
 	r.shardsMu.Lock()

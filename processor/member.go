@@ -72,6 +72,11 @@ func run(ctx context.Context, cfg Config, opts ...RunOption) error {
 	if err != nil {
 		return err
 	}
+	r.writer = r.txnID
+	if r.writer == "" {
+		host, _ := os.Hostname()
+		r.writer = fmt.Sprintf("%s/%s/%s/%d", cfg.Group, cfg.InstanceID, host, os.Getpid())
+	}
 	r.log.Info("member starting", "group", cfg.Group, "trades", cfg.TradesTopic, "partitions", partitions,
 		"periods", len(cfg.Engine.Periods), "flush_interval", cfg.FlushInterval, "guarantee", cfg.Guarantee,
 		"instance_id", cfg.InstanceID, "transactional_id", r.txnID)
@@ -86,16 +91,7 @@ func run(ctx context.Context, cfg Config, opts ...RunOption) error {
 				return err
 			}
 		}
-		sess, err := kgo.NewGroupTransactSession(memberOpts...)
-		if err != nil {
-			return fmt.Errorf("processor: kafka client: %w", err)
-		}
-		r.sess, r.cl = sess, sess.Client()
-		loopErr := r.transactLoop(ctx)
-		sess.Close()
-		r.stopAll()
-		r.log.Info("member stopped")
-		return loopErr
+		return r.transactSessions(ctx, memberOpts)
 	}
 
 	cl, err := kgo.NewClient(memberOpts...)
@@ -123,6 +119,40 @@ func run(ctx context.Context, cfg Config, opts ...RunOption) error {
 	r.stopAll()
 	r.log.Info("member stopped")
 	return pollErr
+}
+
+// transactSessions runs exactly-once sessions until ctx ends or one fails
+// for good. A session whose producer was fenced (the broker aborted a
+// transaction this member left open past the transaction timeout, say
+// while frozen) ends; a new one rejoins the group with the same
+// transactional id. With an instance id, three such ends within ten
+// minutes mean another process holds the id, and Run stops.
+func (r *runtime) transactSessions(ctx context.Context, memberOpts []kgo.Opt) error {
+	var recent []time.Time
+	for {
+		r.eventsMu.Lock()
+		r.events = nil // the previous session's; its callbacks are done
+		r.eventsMu.Unlock()
+		sess, err := kgo.NewGroupTransactSession(memberOpts...)
+		if err != nil {
+			return fmt.Errorf("processor: kafka client: %w", err)
+		}
+		r.sess, r.cl = sess, sess.Client()
+		loopErr := r.transactLoop(ctx)
+		sess.Close()
+		r.stopAll()
+		var pe *producerError
+		if !errors.As(loopErr, &pe) || ctx.Err() != nil {
+			r.log.Info("member stopped")
+			return loopErr
+		}
+		now := r.clock()
+		recent = append(slices.DeleteFunc(recent, func(t time.Time) bool { return now.Sub(t) > 10*time.Minute }), now)
+		if r.cfg.InstanceID != "" && len(recent) >= 3 {
+			return fmt.Errorf("%w (fenced %d times in 10 minutes: is another process running with --instance-id %q?)", loopErr, len(recent), r.cfg.InstanceID)
+		}
+		r.log.Warn("transactional producer fenced; rejoining with a fresh session", "err", pe.err)
+	}
 }
 
 // memberOpts are the group member's client options for cfg's guarantee.
@@ -232,6 +262,9 @@ type runtime struct {
 	srOpt []sr.ClientOpt
 	cl    *kgo.Client
 	txnID string
+	// writer names this member in the state records it writes, so that an
+	// operator can tell whose record won.
+	writer string
 
 	klineEnc   *schema.KlineEncoder
 	stateCodec *schema.StateCodec

@@ -107,6 +107,9 @@ func (r *runtime) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*s
 				}
 				var st schema.SymbolState
 				if err := r.stateCodec.Decode(rec.Value, &st); err != nil {
+					// It may hold more trades than any record before it:
+					// those older ones cannot stand in for it.
+					delete(m, key)
 					bad[rec.Partition][key] = &BadStateError{Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Symbol: key, Err: err}
 					return
 				}

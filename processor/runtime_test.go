@@ -253,7 +253,78 @@ func TestRunStopsOnCorruptState(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	err = processor.Run(ctx, cfg)
-	if err == nil || !strings.Contains(err.Error(), "klines-state/0@0") || !errors.Is(err, schema.ErrUnknownFraming) {
+	var bad *processor.BadStateError
+	if !errors.As(err, &bad) || bad.Offset != 0 || bad.Symbol != "BTCUSDT" || !strings.Contains(err.Error(), "klines-state/0@0") ||
+		!strings.Contains(err.Error(), "--bad-state rebuild") || !errors.Is(err, schema.ErrUnknownFraming) {
 		t.Fatalf("got %v", err)
 	}
+}
+
+// TestBadStateRebuild: with --bad-state rebuild, a member given a
+// partition whose state topic holds an unreadable record for one symbol
+// rebuilds that symbol from the trades still on the trades topic, and the
+// candles come out exact.
+func TestBadStateRebuild(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	brokers := cluster.ListenAddrs()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	recs := oracle.Market(oracle.MarketSpec{Seed: 9, Symbols: 8, Trades: 6_000, Partitions: 1,
+		Start: time.Date(2024, 12, 31, 23, 40, 0, 0, time.UTC), StepMs: 300})
+	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	adm := kadm.NewClient(prod)
+	cfg := processor.DefaultConfig()
+	cfg.Brokers = brokers
+	cfg.FlushInterval = 50 * time.Millisecond
+	runUntilCommitted := func(cfg processor.Config, stats *processor.Stats) {
+		mctx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- processor.Run(mctx, cfg, processor.WithStats(stats)) }()
+		waitFor(t, time.Minute, "offsets committed to the end", func() bool {
+			select {
+			case err := <-done:
+				t.Fatalf("member stopped: %v", err)
+			default:
+			}
+			ok, err := oracle.Committed(ctx, adm, cfg.Group, cfg.TradesTopic)
+			return err == nil && ok
+		})
+		stop()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	half := len(recs) / 2
+	if err := oracle.Produce(ctx, prod, "trades", recs[:half]); err != nil {
+		t.Fatal(err)
+	}
+	runUntilCommitted(cfg, &processor.Stats{})
+
+	// The busiest symbol's state is now one bad byte (a disk, a tool).
+	victim := recs[0].Trade.Symbol
+	if err := prod.ProduceSync(ctx, &kgo.Record{Topic: cfg.StateTopic, Partition: 0, Key: []byte(victim), Value: []byte{0xC3, 0x01, 1}}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	if err := oracle.Produce(ctx, prod, "trades", recs[half:]); err != nil {
+		t.Fatal(err)
+	}
+	cfg.BadState = processor.BadStateRebuild
+	stats := &processor.Stats{}
+	runUntilCommitted(cfg, stats)
+	if n := stats.RebuiltStates.Load(); n != 1 {
+		t.Fatalf("%d symbols rebuilt, want 1", n)
+	}
+	want, _ := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
+	if _, problem := oracle.Check(ctx, brokers, cfg.KlinesTopic, want); problem != "" {
+		t.Fatal(problem)
+	}
+	t.Logf("%s rebuilt from %d trades records; %d final candles exact", victim, half, len(want))
 }

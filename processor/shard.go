@@ -176,6 +176,7 @@ func (s *shard) drain(all bool) drained {
 	s.dlq = nil
 	for i := range s.batch.States {
 		st := &s.batch.States[i]
+		st.Writer, st.WrittenAt = s.r.writer, nowMs
 		v, err := s.r.stateCodec.Encode(st)
 		if err != nil {
 			// Our own struct: cannot fail unless the schema and the struct

@@ -19,6 +19,10 @@ var (
 	TradeSchemaText string
 	//go:embed state.avsc
 	StateSchemaText string
+	// Older state schemas that earlier klagg versions wrote; restore
+	// resolves their records into the current one.
+	//go:embed state.v1.avsc
+	stateSchemaV1Text string
 )
 
 // Parsed schemas. They are compiled into the binary, so failing to parse
@@ -67,6 +71,19 @@ func Prefix(f Framing, s avro.Schema, schemaID int) ([]byte, error) {
 	default:
 		return nil, fmt.Errorf("schema: framing %d: %w", f, ErrUnknownFraming)
 	}
+}
+
+// UnframeSingleObject strips the single-object framing of value and returns
+// the writer schema's fingerprint, whatever the schema.
+func UnframeSingleObject(value []byte) (fingerprint [8]byte, body []byte, err error) {
+	switch {
+	case len(value) < 2 || value[0] != 0xC3 || value[1] != 0x01:
+		return fingerprint, nil, ErrUnknownFraming
+	case len(value) < 10:
+		return fingerprint, nil, ErrShortValue
+	}
+	copy(fingerprint[:], value[2:10])
+	return fingerprint, value[10:], nil
 }
 
 // Unframe strips the framing of value. For FramingSingleObject it checks the

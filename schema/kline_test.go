@@ -153,6 +153,7 @@ func TestStateRoundTrip(t *testing.T) {
 				TradeCount: 3, FirstTradeID: 10, LastTradeID: 12, OpenTradeTime: 1699999990000, Version: 5},
 			{Period: "1h", OpenTime: 1699999200000, Open: 2, High: 2, Low: 2, Close: 2, TradeCount: 0, FirstTradeID: -1, LastTradeID: -1},
 		},
+		Writer: "klagg-klagg-klagg-0", WrittenAt: 1700000001200,
 	}
 	b, err := codec.Encode(&st)
 	if err != nil {
@@ -163,8 +164,35 @@ func TestStateRoundTrip(t *testing.T) {
 	if err := codec.Decode(b, &back); err != nil {
 		t.Fatal(err)
 	}
-	if back.Symbol != st.Symbol || len(back.Candles) != 2 || back.Candles[0] != st.Candles[0] || back.SourceOffset != 4321 {
+	if back.Symbol != st.Symbol || len(back.Candles) != 2 || back.Candles[0] != st.Candles[0] || back.SourceOffset != 4321 ||
+		back.Writer != st.Writer || back.WrittenAt != st.WrittenAt {
 		t.Fatalf("round trip: %+v", back)
+	}
+
+	// testdata/state.v1.bin is the same state as klagg wrote it before
+	// state schema 2 (no writer, no written_at): it still restores.
+	v1, err := os.ReadFile(filepath.Join("testdata", "state.v1.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(v1[2:10]) == string(b[2:10]) {
+		t.Fatal("the v1 record carries the current schema's fingerprint: the test proves nothing")
+	}
+	var old schema.SymbolState
+	if err := codec.Decode(v1, &old); err != nil {
+		t.Fatalf("a state record of schema 1: %v", err)
+	}
+	want := st
+	want.Writer, want.WrittenAt = "", 0
+	if old.Symbol != want.Symbol || len(old.Candles) != 2 || old.Candles[0] != want.Candles[0] || old.Candles[1] != want.Candles[1] ||
+		old.SourceOffset != want.SourceOffset || old.Watermark != want.Watermark || old.Writer != "" || old.WrittenAt != 0 {
+		t.Fatalf("schema 1 record resolved to %+v", old)
+	}
+	// A fingerprint of no schema this binary embeds: a newer klagg's.
+	future := append([]byte(nil), b...)
+	future[2] ^= 0xff
+	if err := codec.Decode(future, &old); !errors.Is(err, schema.ErrUnknownStateSchema) {
+		t.Fatalf("unknown writer schema: %v", err)
 	}
 
 	bad := []struct {

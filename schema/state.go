@@ -6,6 +6,7 @@ import (
 	"math"
 
 	"github.com/hamba/avro/v2"
+	"github.com/hamba/avro/v2/soe"
 )
 
 // SymbolState is one symbol's engine state in one shard: the value of the
@@ -22,6 +23,9 @@ type SymbolState struct {
 	AcceptedAt        int64         `avro:"accepted_at"`
 	AcceptedTradeTime int64         `avro:"accepted_trade_time"`
 	Candles           []CandleState `avro:"candles"`
+	// Since state schema 2; empty and 0 in records resolved from schema 1.
+	Writer    string `avro:"writer"`
+	WrittenAt int64  `avro:"written_at"`
 }
 
 // CandleState is the open candle of one period of a symbol.
@@ -56,10 +60,19 @@ var stateAPI = avro.Config{
 // breaks the state's invariants.
 var ErrInvalidState = errors.New("invalid state record")
 
-// StateCodec frames state records with single-object encoding, so a value
-// written under another schema is refused by its fingerprint.
+// ErrUnknownStateSchema is wrapped by Decode for a record whose writer
+// schema (its single-object fingerprint) is none this binary knows: written
+// by a newer klagg, or not a state record.
+var ErrUnknownStateSchema = errors.New("state record written with an unknown schema")
+
+// StateCodec writes state records with the current state schema in
+// single-object encoding, whose fingerprint names the writer schema, and
+// reads records of the current schema and of every older one embedded in
+// the binary, resolving them into the current one (new fields take their
+// defaults).
 type StateCodec struct {
-	prefix []byte
+	prefix  []byte
+	readers map[[8]byte]avro.Schema // writer fingerprint -> schema to decode with
 }
 
 // NewStateCodec returns the state record codec.
@@ -68,8 +81,31 @@ func NewStateCodec() (*StateCodec, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &StateCodec{prefix: p}, nil
+	c := &StateCodec{prefix: p, readers: map[[8]byte]avro.Schema{}}
+	var fp [8]byte
+	copy(fp[:], p[2:10])
+	c.readers[fp] = StateSchema
+	for _, text := range []string{stateSchemaV1Text} {
+		old, err := avro.Parse(text)
+		if err != nil {
+			return nil, fmt.Errorf("schema: older state schema: %w", err)
+		}
+		resolved, err := avro.NewSchemaCompatibility().Resolve(StateSchema, old)
+		if err != nil {
+			return nil, fmt.Errorf("schema: resolve an older state schema into the current one: %w", err)
+		}
+		h, err := soe.BuildHeader(old)
+		if err != nil {
+			return nil, fmt.Errorf("schema: single-object header: %w", err)
+		}
+		copy(fp[:], h[2:10])
+		c.readers[fp] = resolved
+	}
+	return c, nil
 }
+
+// Schemas is how many state schemas the codec reads.
+func (c *StateCodec) Schemas() int { return len(c.readers) }
 
 // Encode returns the framed record of st.
 func (c *StateCodec) Encode(st *SymbolState) ([]byte, error) {
@@ -86,12 +122,16 @@ func (c *StateCodec) Encode(st *SymbolState) ([]byte, error) {
 // names and alignment are the engine's to check. Errors wrap
 // ErrInvalidState, or the framing or Avro error.
 func (c *StateCodec) Decode(value []byte, st *SymbolState) error {
-	_, _, body, err := Unframe(value, StateSchema)
+	fp, body, err := UnframeSingleObject(value)
 	if err != nil {
 		return fmt.Errorf("schema: decode state: %w", err)
 	}
+	reader, ok := c.readers[fp]
+	if !ok {
+		return fmt.Errorf("schema: decode state: %w (fingerprint %x)", ErrUnknownStateSchema, fp)
+	}
 	*st = SymbolState{}
-	if err := stateAPI.Unmarshal(StateSchema, body, st); err != nil {
+	if err := stateAPI.Unmarshal(reader, body, st); err != nil {
 		return fmt.Errorf("schema: decode state: %w", err)
 	}
 	if err := st.validate(); err != nil {

@@ -255,6 +255,22 @@ func TestComposeWiring(t *testing.T) {
 	if !mounted {
 		t.Errorf("clickhouse does not run deploy/clickhouse's SQL at start: %+v", ch.Volumes)
 	}
+	// Its Kafka engine reads committed klines only: klagg's aborted
+	// transactions must not reach the table.
+	configured := false
+	for _, v := range ch.Volumes {
+		if v.Source == filepath.Join(p.WorkingDir, "deploy", "clickhouse-config", "kafka.xml") &&
+			strings.HasPrefix(v.Target, "/etc/clickhouse-server/config.d/") {
+			xml, err := os.ReadFile(v.Source)
+			if err != nil {
+				t.Fatal(err)
+			}
+			configured = strings.Contains(string(xml), "<isolation_level>read_committed</isolation_level>")
+		}
+	}
+	if !configured {
+		t.Errorf("clickhouse's Kafka engine is not set to read_committed by deploy/clickhouse-config/kafka.xml: %+v", ch.Volumes)
+	}
 	queue := readSQL(t, "02-klines-queue.sql")
 	set := sqlSettings(queue)
 	for k, want := range map[string]string{

@@ -139,9 +139,13 @@ func Expected(recs []Record, periods []engine.Period, grace time.Duration) (fina
 // Emitted is what a klines topic holds, folded the way ReplacingMergeTree
 // would: the newest version per candle.
 type Emitted struct {
-	Final    map[Key]schema.Kline
-	Records  int
-	Problems []string // version regressions, finals that disagree
+	Final   map[Key]schema.Kline // candles whose newest version is final
+	Records int
+	// Problems: a version not above one read before it for the same
+	// candle (Regressions counts those), two finals that disagree, a
+	// candle whose newest version is not final after a final one.
+	Problems    []string
+	Regressions int
 }
 
 // ReadTopic calls fn with every committed record of topic, from the start
@@ -197,7 +201,8 @@ func ReadTopic(ctx context.Context, brokers []string, topic string, fn func(*kgo
 // ReadKlines reads a klines topic from the start to its current end.
 func ReadKlines(ctx context.Context, brokers []string, topic string, opts ...kgo.Opt) (*Emitted, error) {
 	e := &Emitted{Final: map[Key]schema.Kline{}}
-	versions := map[Key]int64{}
+	newest := map[Key]schema.Kline{}
+	finals := map[Key]schema.Kline{}
 	err := ReadTopic(ctx, brokers, topic, func(r *kgo.Record) {
 		var k schema.Kline
 		if err := schema.DecodeKline(r.Value, &k); err != nil {
@@ -206,21 +211,32 @@ func ReadKlines(ctx context.Context, brokers []string, topic string, opts ...kgo
 		}
 		e.Records++
 		key := KeyOf(&k)
-		if v, ok := versions[key]; ok && k.Version <= v {
-			e.Problems = append(e.Problems, fmt.Sprintf("%v: version %d after %d", key, k.Version, v))
+		prev, seen := newest[key]
+		if seen && k.Version <= prev.Version {
+			e.Regressions++
+			e.Problems = append(e.Problems, fmt.Sprintf("%v: version %d after %d", key, k.Version, prev.Version))
 		}
-		versions[key] = max(versions[key], k.Version)
+		if !seen || k.Version > prev.Version {
+			newest[key] = k
+		}
 		if !k.IsFinal {
 			return
 		}
-		k.Version = 0
-		if prev, ok := e.Final[key]; ok && !Equal(prev, k) {
-			e.Problems = append(e.Problems, fmt.Sprintf("%v: final twice, differently:\n%+v\n%+v", key, prev, k))
+		if f, ok := finals[key]; ok && !Equal(f, k) {
+			e.Problems = append(e.Problems, fmt.Sprintf("%v: final twice, differently:\n%+v\n%+v", key, f, k))
 		}
-		e.Final[key] = k
+		finals[key] = k
 	}, opts...)
 	if err != nil {
 		return nil, err
+	}
+	for key, k := range newest {
+		if k.IsFinal {
+			k.Version = 0
+			e.Final[key] = k
+		} else if _, ok := finals[key]; ok {
+			e.Problems = append(e.Problems, fmt.Sprintf("%v: newest version %d is not final, after a final record", key, k.Version))
+		}
 	}
 	return e, nil
 }
