@@ -87,20 +87,10 @@ func BenchmarkReplay(b *testing.B) {
 		}
 	})
 	var group string
-	b.Run("klagg", func(b *testing.B) {
-		for b.Loop() {
-			group = fmt.Sprintf("bench-%d", time.Now().UnixNano())
-			cfg := benchConfig(topic, group)
-			if c := os.Getenv("KLAGG_BENCH_COMPRESSION"); c != "" {
-				cfg.Compression = c // compare codecs: none, lz4, ...
-			}
-			createOutputs(b, cfg) // a deployment's one-time step, not replay time
-			stats, took := runUntilCommitted(b, cfg)
-			b.ReportMetric(float64(replayTrades)/took.Seconds(), "trades/s")
-			b.ReportMetric(took.Seconds()*1000, "replay-ms")
-			b.ReportMetric(float64(stats.Klines.Load())/float64(replayTrades), "klines/trade")
-		}
-	})
+	for _, g := range []processor.Guarantee{processor.ExactlyOnce, processor.AtLeastOnce} {
+		b.Run("klagg/"+string(g), func(b *testing.B) { replayKlagg(b, topic, g, &group) })
+	}
+
 	// The state the last klagg run left: a new member of the same group
 	// restores the partition's 2,000 symbols × 15 periods.
 	b.Run("restore", func(b *testing.B) {
@@ -188,12 +178,35 @@ func runUntilCommitted(b *testing.B, cfg processor.Config) (*processor.Stats, ti
 	}
 }
 
+// replayKlagg is one klagg member replaying topic under guarantee g.
+func replayKlagg(b *testing.B, topic string, g processor.Guarantee, group *string) {
+	for b.Loop() {
+		*group = fmt.Sprintf("bench-%d", time.Now().UnixNano())
+		cfg := benchConfig(topic, *group)
+		cfg.Guarantee = g
+		if c := os.Getenv("KLAGG_BENCH_COMPRESSION"); c != "" {
+			cfg.Compression = c // compare codecs: none, lz4, ...
+		}
+		createOutputs(b, cfg) // a deployment's one-time step, not replay time
+		stats, took := runUntilCommitted(b, cfg)
+		b.ReportMetric(float64(replayTrades)/took.Seconds(), "trades/s")
+		b.ReportMetric(took.Seconds()*1000, "replay-ms")
+		b.ReportMetric(float64(stats.Klines.Load())/float64(replayTrades), "klines/trade")
+	}
+}
+
 // BenchmarkLive produces 20,000 trades/s of 2,000 symbols, stamped with the
 // wall clock, to a member running as its own process, and measures for each
 // trade the time from its produce to the first kline record on the klines
 // topic that reflects it (seen by a consumer), and the member's peak
-// resident memory.
+// resident memory; under each guarantee, side by side.
 func BenchmarkLive(b *testing.B) {
+	for _, g := range []processor.Guarantee{processor.ExactlyOnce, processor.AtLeastOnce} {
+		b.Run(string(g), func(b *testing.B) { live(b, g) })
+	}
+}
+
+func live(b *testing.B, g processor.Guarantee) {
 	if brokers == nil {
 		b.Skip("KLAGG_TEST_BROKERS is unset")
 	}
@@ -216,7 +229,7 @@ func BenchmarkLive(b *testing.B) {
 		}
 		member := exec.Command(benchBinary(b), "run", "--brokers", strings.Join(brokers, ","), "--group", name,
 			"--trades-topic", name+"-trades", "--klines-topic", name+"-klines", "--state-topic", name+"-state",
-			"--dlq-topic", name+"-dlq", "--metrics-addr", "", "--log-format", "text")
+			"--dlq-topic", name+"-dlq", "--metrics-addr", "", "--log-format", "text", "--guarantee", string(g))
 		var memberLog lockedBuffer
 		member.Stdout, member.Stderr = &memberLog, &memberLog
 		if err := member.Start(); err != nil {

@@ -1,49 +1,34 @@
-// Package processor is klagg's engine, which folds trades into candles for
-// every symbol of a shard and every configured period at once, and its
-// Kafka runtime (Run), which makes one member of a consumer group out of it.
+// Package processor is klagg's Kafka runtime: Run makes one member of a
+// consumer group out of the candle engine (package engine).
 //
 // # Model
 //
-// A shard (one trades partition) is an Aggregator, owned by one goroutine.
-// Its candles live in flat arrays indexed slot = symbol*len(periods)+period;
-// each slot holds the open candle of one (symbol, period). A sparse set —
-// dirtyFlags []bool plus dirtyIndices []int32 — records the slots changed
-// since the last Drain, so a drain costs what changed, not what exists, and
-// an empty drain costs nothing. Candles that end are queued as final records
-// until the next Drain. A trade writes the finest period's candle and a
-// per-symbol accumulator that is merged into the coarser periods' candles
-// (every boundary of theirs is one of the finest's) when they roll or are
-// drained; periods that do not nest in the finest are updated per trade.
+// Each trades partition the member owns is a shard: one goroutine owns its
+// engine.Aggregator, folds the records the poll goroutine hands it, and
+// answers drain requests on a one-shot channel. A flush drains every shard
+// (the changed candles, the final ones, one state record per changed
+// symbol) and delivers them to partition p of the klines, dead-letter and
+// compacted state topics; the trades offsets are committed only with them.
+// A shard given to this member is restored from the state topic first.
 //
-// # Rules (DESIGN.md §2, Binance is the reference)
+// # Guarantees
 //
-//   - A trade is bucketed by its trade time into each period's candle
-//     (Period.Open; 1w opens Monday 00:00 UTC, 1M is the calendar month).
-//   - A trade whose aggregate id is not above its symbol's highest is a
-//     Duplicate; a trade whose candle has ended for any period is Late and
-//     is refused for all of them. Neither changes anything.
-//   - open/close are the earliest/latest trade by (trade time, aggregate
-//     id); first_trade_id is the open trade's first raw id, last_trade_id the
-//     close trade's last.
-//   - A symbol's trade in a later candle finalizes its slot's candle, and any
-//     skipped periods become flat final candles at the previous close.
-//   - The watermark W = greatest accepted trade time − grace finalizes every
-//     candle whose close_time < W; the slot moves on to a flat candle that is
-//     never emitted while open. A live, caught-up shard with no trade for the
-//     grace lets W follow the wall clock (AdvanceClock); replayed history
-//     never does.
-//   - version = max(previous + 1, wall clock in µs at the drain): strictly
-//     increasing per candle, and above anything emitted before a restart.
+// Under ExactlyOnce (the default) a flush is one Kafka transaction
+// (kgo.GroupTransactSession): the klines, dead letters, state records and
+// the offsets they reflect become visible to read_committed readers
+// together, or not at all. The goroutine that polls also drains and ends
+// the transaction, so the offsets committed are exactly those the drained
+// state reflects. A rebalance, a member expelled while frozen, or a failed
+// delivery aborts the transaction, and the shards are rebuilt from the
+// committed state.
 //
-// # State
+// Under AtLeastOnce a flusher goroutine drains on its own clock, proves the
+// member is still in the group with a heartbeat, delivers klines and dead
+// letters, then state, and commits what was acknowledged. A crash replays
+// from the last commit; state records carry the offset they reflect, so no
+// trade is counted twice, but some klines are published twice (with a
+// higher version).
 //
-// DrainFinals is the flush of a shard that is catching up: only the candles
-// that became final, no state, nothing to commit; open candles wait for the
-// next Drain.
-//
-// Drain also returns one schema.SymbolState per changed symbol: its candles,
-// highest aggregate id, and the trades offset it reflects. Restore rebuilds
-// a shard from the newest record of each symbol; after it, Fold reports
-// trades at or below a symbol's offset as Replayed and skips them, so a
-// replay after a crash never counts a trade twice.
+// DESIGN.md in the repository lists the goroutines, who owns what, and how
+// a flush, a revoke, a loss and a shutdown map onto transactions.
 package processor
