@@ -126,15 +126,17 @@ func (r *runtime) transactLoop(ctx context.Context) error {
 			}
 		}
 		if due && tx.open {
-			r.commitTxn(&tx)
+			r.commitTxn(ctx, r.cfg.DeliveryTimeout, &tx)
 			lastEnd = r.clock()
 		}
 		r.sess.AllowRebalance()
 	}
 	if tx.open {
 		if loopErr == nil {
-			// SIGTERM: what was folded is delivered and committed.
-			r.commitTxn(&tx)
+			// SIGTERM: what was folded is delivered and committed, within
+			// a bound: a member the group no longer counts in cannot
+			// commit, and waiting for it would only delay the exit.
+			r.commitTxn(ctx, min(r.cfg.DeliveryTimeout, shutdownBound), &tx)
 		} else {
 			ectx, cancel := context.WithTimeout(context.Background(), r.cfg.DeliveryTimeout)
 			_, _ = r.sess.End(ectx, kgo.TryAbort)
@@ -176,7 +178,9 @@ func (r *runtime) applyEvents(ctx context.Context, tx *txnState) (aborted bool) 
 		r.drop(gone)
 		r.log.Info("partitions revoked or lost; the open transaction is aborted", "partitions", gone)
 		if tx.open {
-			r.endTxn(kgo.TryAbort, tx)
+			ectx, cancel := context.WithTimeout(context.Background(), r.cfg.DeliveryTimeout)
+			r.endTxn(ectx, kgo.TryAbort, tx)
+			cancel()
 			aborted = true
 		}
 	}
@@ -219,13 +223,17 @@ func (r *runtime) rebuild(ctx context.Context) {
 	r.log.Info("shards rebuilt from the committed state", "partitions", ps)
 }
 
+// shutdownBound bounds the last transaction of a member told to stop.
+const shutdownBound = 30 * time.Second
+
 // commitTxn drains every shard into the open transaction and ends it with
-// a commit; when it aborts instead, the shards are rebuilt.
-func (r *runtime) commitTxn(tx *txnState) {
+// a commit, within timeout; when it aborts instead, the shards are rebuilt
+// (unless ctx, the member's, is done).
+func (r *runtime) commitTxn(ctx context.Context, timeout time.Duration, tx *txnState) {
 	start := r.clock()
 	defer func() { r.stats.LastFlush.Store(r.clock().UnixMilli()) }()
 	results := r.drainShards(r.allShards(), true)
-	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.DeliveryTimeout)
+	ectx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	dirty := 0
 	for i := range results {
@@ -236,7 +244,7 @@ func (r *runtime) commitTxn(tx *txnState) {
 	if len(results) > 0 {
 		r.stats.Flushes.Add(1)
 	}
-	r.produceAll(ctx, r.cl, results, func(d *drained) [][]*kgo.Record { return [][]*kgo.Record{d.first, d.states} })
+	r.produceAll(ectx, r.cl, results, func(d *drained) [][]*kgo.Record { return [][]*kgo.Record{d.first, d.states} })
 	how := kgo.TryCommit
 	for i := range results {
 		if err := results[i].err; err != nil {
@@ -246,7 +254,7 @@ func (r *runtime) commitTxn(tx *txnState) {
 	}
 	r.obs.Flushed(r.clock().Sub(start), dirty)
 	commitStart := r.clock()
-	if r.endTxn(how, tx) {
+	if r.endTxn(ectx, how, tx) {
 		r.countDelivered(results, func(d *drained) [][]*kgo.Record { return [][]*kgo.Record{d.first, d.states} })
 		r.stats.Commits.Add(1)
 		r.stats.LastCommit.Store(r.clock().UnixMilli())
@@ -256,8 +264,8 @@ func (r *runtime) commitTxn(tx *txnState) {
 	}
 	// The drains changed the shards (finals, versions, dirty sets) and the
 	// transaction that carried those changes is gone.
-	if len(results) > 0 || tx.folded {
-		r.rebuild(context.Background())
+	if (len(results) > 0 || tx.folded) && ctx.Err() == nil {
+		r.rebuild(ctx)
 	}
 	tx.folded = false
 }
@@ -266,9 +274,7 @@ func (r *runtime) commitTxn(tx *txnState) {
 // error from End that fences this member (another process took its
 // transactional id) ends the member; any other leaves the transaction
 // aborted, the fetch positions rewound, and the member going on.
-func (r *runtime) endTxn(how kgo.TransactionEndTry, tx *txnState) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.DeliveryTimeout)
-	defer cancel()
+func (r *runtime) endTxn(ctx context.Context, how kgo.TransactionEndTry, tx *txnState) bool {
 	committed, err := r.sess.End(ctx, how)
 	tx.open = false
 	switch {
