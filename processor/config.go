@@ -165,7 +165,7 @@ func (c Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("processor: guarantee %q: want %s or %s", c.Guarantee, ExactlyOnce, AtLeastOnce))
 	}
-	if c.Guarantee == ExactlyOnce && (c.TransactionTimeout < time.Second || c.TransactionTimeout > 15*time.Minute) {
+	if c.Guarantee != AtLeastOnce && (c.TransactionTimeout < time.Second || c.TransactionTimeout > 15*time.Minute) {
 		errs = append(errs, fmt.Errorf("processor: transaction timeout %s: want 1s to 15m (the broker's default maximum)", c.TransactionTimeout))
 	}
 	switch c.BadState {
