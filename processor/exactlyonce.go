@@ -254,6 +254,14 @@ func (r *runtime) commitTxn(ctx context.Context, timeout time.Duration, tx *txnS
 	}
 	r.obs.Flushed(r.clock().Sub(start), dirty)
 	commitStart := r.clock()
+	// End waits for a heartbeat of the current group session. When that
+	// session has ended (a broker restart, an expulsion), the group can
+	// only move on through the revoke or lost callback, which
+	// BlockRebalanceOnPoll holds until AllowRebalance: without this, End
+	// and the callback would wait for each other until End's deadline.
+	// Nothing is polled before End, and the callbacks only queue events;
+	// a revoke or loss now makes End abort, as it should.
+	r.sess.AllowRebalance()
 	if r.endTxn(ectx, how, tx) {
 		r.countDelivered(results, func(d *drained) [][]*kgo.Record { return [][]*kgo.Record{d.first, d.states} })
 		r.stats.Commits.Add(1)
