@@ -73,6 +73,7 @@ type bed struct {
 	members    map[string]*member
 	produced   []oracle.Record
 	extra      []string // more flags for every member
+	progress   int64    // the sum of committed trades offsets at the last waitProgress
 }
 
 type member struct {
@@ -186,6 +187,32 @@ func (b *bed) waitMembers(n int) {
 			b.t.Fatalf("group %s never reached %d stable members", b.name, n)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitProgress waits until the group's committed trades offsets have moved
+// since the last call: the members are in the stream and have committed
+// (under exactly-once, a transaction with state records).
+func (b *bed) waitProgress() {
+	b.t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		sum := int64(0)
+		if commits, err := b.adm.FetchOffsets(b.ctx, b.name); err == nil {
+			commits.Each(func(o kadm.OffsetResponse) {
+				if o.Topic == b.topic("trades") && o.Err == nil {
+					sum += o.At
+				}
+			})
+		}
+		if sum > b.progress {
+			b.progress = sum
+			return
+		}
+		if time.Now().After(deadline) {
+			b.t.Fatalf("group %s committed nothing new within a minute", b.name)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -329,12 +356,12 @@ func TestKillNine(t *testing.T) {
 	b.start("b")
 	b.waitMembers(2)
 	b.produce(recs[:q])
-	time.Sleep(300 * time.Millisecond) // let the members get into the stream
+	b.waitProgress() // the members have committed state a restart can restore
 	b.kill("a")
 	b.produce(recs[q : 2*q])
 	b.start("a")
 	b.produce(recs[2*q : 3*q])
-	time.Sleep(300 * time.Millisecond)
+	b.waitProgress()
 	b.kill("b")
 	b.start("b")
 	b.produce(recs[3*q:])
