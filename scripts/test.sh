@@ -26,6 +26,19 @@ fi
 export KLAGG_TEST_PYTHON=$venv/bin/python
 "$KLAGG_TEST_PYTHON" -c 'import chdb; print("chdb", chdb.__version__, "- ClickHouse", chdb.query("SELECT version()", "TSV").data().strip())'
 
+echo "== chromium (Debian's package) for the chart page test"
+if ! command -v chromium >/dev/null; then
+	sudo=""
+	[ "$(id -u)" = 0 ] || sudo=sudo
+	$sudo apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
+export KLAGG_TEST_CHROMIUM
+KLAGG_TEST_CHROMIUM=$(command -v chromium)
+chromium --version
+# Screenshots and other files for a person to look at.
+export KLAGG_TEST_ARTIFACTS=$repo/.cache/test-artifacts
+
 echo "== Apache Kafka broker"
 kafka_dir=$(mktemp -d "${TMPDIR:-/tmp}/klagg-kafka.XXXXXX")
 cleanup() {

@@ -24,6 +24,7 @@ import (
 
 	"github.com/klagg/klagg/processor"
 	"github.com/klagg/klagg/schema"
+	"github.com/klagg/klagg/serve"
 )
 
 // cmdDemo runs the whole pipeline in one process: franz-go's in-process
@@ -42,6 +43,7 @@ figures until interrupted or --duration ends.`)
 	rate := fs.Int("rate", 3000, "trades per second")
 	members := fs.Int("members", 3, "klagg members in the group")
 	partitions := fs.Int("partitions", 6, "partitions of the trades topic")
+	httpAddr := fs.String("http", "127.0.0.1:8080", "address of the live chart page and the klines API (klagg serve on the demo's topic; empty: none)")
 	listen := fs.String("listen", "", "serve the embedded broker on this HOST:PORT and the schema registry on PORT+1, for klagg tail and other tools (default: random loopback ports)")
 	var logs logFlags
 	logs.register(fs)
@@ -150,6 +152,23 @@ figures until interrupted or --duration ends.`)
 	}
 	defer prod.Close()
 	go synthetic(&producer{ctx: ctx, cl: prod, enc: schema.AppendBinanceJSON}, *symbols, *rate, 100*365*24*time.Hour, uint64(time.Now().UnixNano()), true) // until ctx ends
+
+	if *httpAddr != "" {
+		scfg := serve.DefaultConfig()
+		scfg.Brokers, scfg.KlinesTopic, scfg.HTTP = brokers, cfg.KlinesTopic, *httpAddr
+		srv, err := newServer(scfg, log, nil)
+		if err != nil {
+			fmt.Fprintf(stderr, "klagg demo: chart page: %v (choose another --http, or --http \"\")\n", err)
+			return 1
+		}
+		// First, so that it is the line to find.
+		fmt.Fprintf(stdout, "klagg demo: live chart on http://%s/ · klines API on http://%s/api/v3/klines\n", srv.Addr(), srv.Addr())
+		go func() {
+			if err := srv.Run(ctx); err != nil {
+				log.Error("chart page", "err", err)
+			}
+		}()
+	}
 
 	view := newKlineView()
 	tail, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(cfg.KlinesTopic),

@@ -39,6 +39,7 @@ Usage:
                         synthetic market and three members; no setup needed
   klagg gen   [flags]   produce trades: a synthetic market, or Binance aggTrades CSV files
   klagg tail  [flags]   decode and print the klines topic
+  klagg serve [flags]   Binance-compatible klines API, update stream and live chart page
   klagg help            this text
 
 Every flag also reads KLAGG_<FLAG> from the environment (--flush-interval is
@@ -61,6 +62,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return cmdGen(ctx, args[1:], stdout, stderr)
 	case "tail":
 		return cmdTail(ctx, args[1:], stdout, stderr)
+	case "serve":
+		return cmdServe(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -134,7 +134,7 @@ func TestDemoRuns(t *testing.T) {
 	done := make(chan int, 1)
 	listen := freeAddr(t)
 	go func() {
-		done <- run(ctx, []string{"demo", "--symbols", "20", "--rate", "500", "--listen", listen}, &stdout, &stderr)
+		done <- run(ctx, []string{"demo", "--symbols", "20", "--rate", "500", "--listen", listen, "--http", "127.0.0.1:0"}, &stdout, &stderr)
 	}()
 	for !strings.Contains(stdout.String(), "S000USDT") && ctx.Err() == nil {
 		time.Sleep(100 * time.Millisecond)

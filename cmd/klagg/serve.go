@@ -1,0 +1,106 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/klagg/klagg/serve"
+)
+
+// cmdServe reads the klines topic and serves Binance's klines API, a stream
+// of updates and the chart page.
+func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("klagg serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	describe(fs, "klagg serve [flags]", `Reads the klines topic (committed records only, both framings) and serves
+the newest candles of every symbol and period: GET /api/v3/klines as
+Binance's endpoint (same parameters, limits, arrays and error codes),
+GET /api/v1/stream?symbol=&interval= (Server-Sent Events of each update, as
+Binance's websocket kline events), a live chart page on /, and /metrics,
+/healthz, /readyz.`)
+	def := serve.DefaultConfig()
+	cfg := def
+	brokers := fs.String("brokers", strings.Join(def.Brokers, ","), "Kafka bootstrap brokers, comma-separated")
+	fs.StringVar(&cfg.KlinesTopic, "klines-topic", def.KlinesTopic, "topic to read")
+	fs.StringVar(&cfg.HTTP, "http", def.HTTP, "address of the API, the stream and the chart page")
+	fs.IntVar(&cfg.Keep, "keep", def.Keep, "candles kept per (symbol, period), the newest")
+	var logs logFlags
+	logs.register(fs)
+	var cf connFlags
+	cf.register(fs)
+	if err := parse(fs, args, os.Getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "klagg serve: %v\n", err)
+		return 2
+	}
+	cfg.Brokers = nil
+	for _, b := range strings.Split(*brokers, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			cfg.Brokers = append(cfg.Brokers, b)
+		}
+	}
+	conn, err := cf.resolve(os.Getenv)
+	log, lerr := logs.logger(stderr)
+	if err := errors.Join(err, lerr, cfg.Validate()); err != nil {
+		fmt.Fprintf(stderr, "klagg serve: %v\n", err)
+		return 2
+	}
+	cl, err := kgo.NewClient(append(conn.kgo, kgo.SeedBrokers(cfg.Brokers...))...)
+	if err != nil {
+		fmt.Fprintf(stderr, "klagg serve: %v\n", err)
+		return 1
+	}
+	err = reach(ctx, cl, *brokers)
+	cl.Close()
+	if err != nil {
+		fmt.Fprintf(stderr, "klagg serve: %v\n", err)
+		return 1
+	}
+	srv, err := newServer(cfg, log, conn.kgo)
+	if err != nil {
+		fmt.Fprintf(stderr, "klagg serve: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "klagg serve: chart on http://%s/, klines API on http://%s/api/v3/klines\n", srv.Addr(), srv.Addr())
+	if err := srv.Run(ctx); err != nil {
+		log.Error("klagg serve stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// newServer is a serve.Server with the process's metrics and health
+// endpoints mounted beside the API.
+func newServer(cfg serve.Config, log *slog.Logger, kgoOpts []kgo.Opt) (*serve.Server, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var srv *serve.Server
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "klagg_serve_records_total", Help: "Kline records read from the klines topic."},
+		func() float64 { return float64(srv.Records()) }))
+	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	srv, err := serve.New(cfg, serve.WithLogger(log), serve.WithKgoOpts(kgoOpts...),
+		serve.WithHandler("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{})),
+		serve.WithHandler("GET /healthz", ok),
+		serve.WithHandler("GET /readyz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			if !srv.Ready() {
+				http.Error(w, "not ready: the klines topic is not read yet", http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(w, "ok")
+		})))
+	return srv, err
+}

@@ -1,0 +1,262 @@
+package serve
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/klagg/klagg/processor/engine"
+	"github.com/klagg/klagg/schema"
+)
+
+// Binance's error codes for GET /api/v3/klines, from its API documentation.
+const (
+	codeMandatoryParam  = -1102 // a mandatory parameter was not sent, was empty or malformed
+	codeIllegalChars    = -1100 // illegal characters in a parameter
+	codeBadInterval     = -1120 // invalid interval
+	codeBadSymbol       = -1121 // invalid symbol
+	codeStartAfterEnd   = -1023 // start time is greater than end time
+	codeParamOutOfRange = -1130 // invalid data sent for a parameter
+)
+
+const (
+	defaultLimit = 500
+	maxLimit     = 1000
+)
+
+type apiError struct {
+	Code int    `json:"code"`
+	Msg  string `json:"msg"`
+}
+
+func writeError(w http.ResponseWriter, status, code int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(apiError{Code: code, Msg: msg})
+}
+
+// parseQuery reads Binance's klines parameters; on a bad one it writes
+// Binance's error and returns false.
+func parseQuery(w http.ResponseWriter, r *http.Request) (query, bool) {
+	v := r.URL.Query()
+	q := query{start: -1, end: -1, limit: defaultLimit}
+	for _, name := range []string{"symbol", "interval"} {
+		if v.Get(name) == "" {
+			writeError(w, http.StatusBadRequest, codeMandatoryParam,
+				fmt.Sprintf("Mandatory parameter '%s' was not sent, was empty/null, or malformed.", name))
+			return q, false
+		}
+	}
+	q.symbol = v.Get("symbol")
+	p, err := engine.ParsePeriod(v.Get("interval"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, codeBadInterval, "Invalid interval.")
+		return q, false
+	}
+	q.period = p
+	for _, f := range []struct {
+		name string
+		dst  *int64
+	}{{"startTime", &q.start}, {"endTime", &q.end}} {
+		s := v.Get(f.name)
+		if s == "" {
+			continue
+		}
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n < 0 {
+			writeError(w, http.StatusBadRequest, codeIllegalChars,
+				fmt.Sprintf("Illegal characters found in parameter '%s'; legal range is '^[0-9]{1,20}$'.", f.name))
+			return q, false
+		}
+		*f.dst = n
+	}
+	if s := v.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, codeIllegalChars,
+				"Illegal characters found in parameter 'limit'; legal range is '^[0-9]{1,20}$'.")
+			return q, false
+		}
+		if n < 1 || n > maxLimit {
+			writeError(w, http.StatusBadRequest, codeParamOutOfRange, "Invalid data sent for a parameter.")
+			return q, false
+		}
+		q.limit = n
+	}
+	if q.start >= 0 && q.end >= 0 && q.start > q.end {
+		writeError(w, http.StatusBadRequest, codeStartAfterEnd, "Start time is greater than end time.")
+		return q, false
+	}
+	// Binance takes candles whose open time lies in [startTime, endTime]
+	// and lets a startTime inside a candle select it too.
+	if q.start >= 0 {
+		q.start = p.Open(q.start)
+	}
+	return q, true
+}
+
+// handleKlines is Binance's GET /api/v3/klines: the same parameters,
+// limits, errors and 12-field arrays, prices and volumes as decimal strings.
+func (s *Server) handleKlines(w http.ResponseWriter, r *http.Request) {
+	q, ok := parseQuery(w, r)
+	if !ok {
+		return
+	}
+	a, err := s.ask(r.Context(), q)
+	if err != nil {
+		return
+	}
+	if !a.known {
+		writeError(w, http.StatusBadRequest, codeBadSymbol, "Invalid symbol.")
+		return
+	}
+	buf := make([]byte, 0, 160*len(a.klines)+2)
+	buf = append(buf, '[')
+	for i := range a.klines {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = AppendBinanceKline(buf, &a.klines[i])
+	}
+	buf = append(buf, ']')
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(buf)
+}
+
+// AppendBinanceKline appends k as Binance's klines array: open time, open,
+// high, low, close, volume, close time, quote volume, trades, taker buy
+// volume, taker buy quote volume, and an unused "0".
+func AppendBinanceKline(b []byte, k *schema.Kline) []byte {
+	b = append(b, '[')
+	b = strconv.AppendInt(b, k.OpenTime, 10)
+	for _, f := range [...]float64{k.Open, k.High, k.Low, k.Close, k.Volume} {
+		b = appendDecimal(append(b, ','), f)
+	}
+	b = strconv.AppendInt(append(b, ','), k.CloseTime, 10)
+	b = appendDecimal(append(b, ','), k.QuoteVolume)
+	b = strconv.AppendInt(append(b, ','), k.TradeCount, 10)
+	b = appendDecimal(append(b, ','), k.TakerBuyVolume)
+	b = appendDecimal(append(b, ','), k.TakerBuyQuoteVolume)
+	return append(b, `,"0"]`...)
+}
+
+// appendDecimal writes f as Binance does: a quoted decimal with eight
+// places.
+func appendDecimal(b []byte, f float64) []byte {
+	b = append(b, '"')
+	b = strconv.AppendFloat(b, f, 'f', 8, 64)
+	return append(b, '"')
+}
+
+// streamEvent is one candle update on the stream, shaped like Binance's
+// websocket kline event so that its clients can read it.
+type streamEvent struct {
+	Event  string      `json:"e"`
+	Time   int64       `json:"E"`
+	Symbol string      `json:"s"`
+	K      streamKline `json:"k"`
+}
+
+type streamKline struct {
+	OpenTime    int64  `json:"t"`
+	CloseTime   int64  `json:"T"`
+	Symbol      string `json:"s"`
+	Interval    string `json:"i"`
+	FirstID     int64  `json:"f"`
+	LastID      int64  `json:"L"`
+	Open        string `json:"o"`
+	Close       string `json:"c"`
+	High        string `json:"h"`
+	Low         string `json:"l"`
+	Volume      string `json:"v"`
+	Trades      int64  `json:"n"`
+	Final       bool   `json:"x"`
+	QuoteVolume string `json:"q"`
+	TakerVolume string `json:"V"`
+	TakerQuote  string `json:"Q"`
+	Version     int64  `json:"version"` // klagg's: newer replaces older
+}
+
+func event(k *schema.Kline, now time.Time) streamEvent {
+	d := func(f float64) string { return strconv.FormatFloat(f, 'f', 8, 64) }
+	return streamEvent{Event: "kline", Time: now.UnixMilli(), Symbol: k.Symbol, K: streamKline{
+		OpenTime: k.OpenTime, CloseTime: k.CloseTime, Symbol: k.Symbol, Interval: k.Period,
+		FirstID: k.FirstTradeID, LastID: k.LastTradeID,
+		Open: d(k.Open), Close: d(k.Close), High: d(k.High), Low: d(k.Low), Volume: d(k.Volume),
+		Trades: k.TradeCount, Final: k.IsFinal, QuoteVolume: d(k.QuoteVolume),
+		TakerVolume: d(k.TakerBuyVolume), TakerQuote: d(k.TakerBuyQuoteVolume), Version: k.Version,
+	}}
+}
+
+// handleStream sends Server-Sent Events: each update of the candles of one
+// symbol and interval, as it arrives, as Binance's websocket kline event.
+func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
+	v := r.URL.Query()
+	symbol, interval := v.Get("symbol"), v.Get("interval")
+	if symbol == "" || interval == "" {
+		writeError(w, http.StatusBadRequest, codeMandatoryParam, "Mandatory parameter 'symbol' or 'interval' was not sent, was empty/null, or malformed.")
+		return
+	}
+	if _, err := engine.ParsePeriod(interval); err != nil {
+		writeError(w, http.StatusBadRequest, codeBadInterval, "Invalid interval.")
+		return
+	}
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
+		return
+	}
+	ch := make(chan schema.Kline, 256)
+	ctx := r.Context()
+	select {
+	case s.subs <- subscription{symbol: symbol, period: interval, ch: ch}:
+	case <-ctx.Done():
+		return
+	}
+	defer func() {
+		select {
+		case s.unsubs <- ch:
+		case <-ctx.Done():
+		}
+	}()
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write([]byte(": connected\n\n"))
+	flusher.Flush()
+	keepAlive := time.NewTicker(15 * time.Second)
+	defer keepAlive.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-keepAlive.C:
+			_, _ = w.Write([]byte(": keep-alive\n\n"))
+			flusher.Flush()
+		case k, open := <-ch:
+			if !open {
+				return // too slow, or the server stops
+			}
+			b, err := json.Marshal(event(&k, time.Now()))
+			if err != nil {
+				return
+			}
+			if _, err := fmt.Fprintf(w, "data: %s\n\n", b); err != nil {
+				return
+			}
+			flusher.Flush()
+		}
+	}
+}
+
+// handleSymbols lists the symbols held, for the page's picker.
+func (s *Server) handleSymbols(w http.ResponseWriter, r *http.Request) {
+	a, err := s.ask(r.Context(), query{})
+	if err != nil {
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(a.symbols)
+}

@@ -1,0 +1,312 @@
+package serve_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/klagg/klagg/internal/oracle"
+	"github.com/klagg/klagg/processor"
+	"github.com/klagg/klagg/schema"
+	"github.com/klagg/klagg/serve"
+)
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// pipeline runs one klagg member over recs on kfake until every offset is
+// committed, then a Server over its klines topic until it has read them
+// all. It returns the server's address and the member's config.
+func pipeline(t *testing.T, ctx context.Context, recs []oracle.Record, keep int) (string, processor.Config, *kgo.Client) {
+	t.Helper()
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "trades"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	brokers := cluster.ListenAddrs()
+	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(prod.Close)
+	if err := oracle.Produce(ctx, prod, "trades", recs); err != nil {
+		t.Fatal(err)
+	}
+	cfg := processor.DefaultConfig()
+	cfg.Brokers = brokers
+	cfg.FlushInterval = 50 * time.Millisecond
+	mctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- processor.Run(mctx, cfg) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	adm := kadm.NewClient(prod)
+	waitFor(t, time.Minute, "offsets committed", func() bool {
+		ok, err := oracle.Committed(ctx, adm, cfg.Group, cfg.TradesTopic)
+		return err == nil && ok
+	})
+	got, err := oracle.ReadKlines(ctx, brokers, cfg.KlinesTopic)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	scfg := serve.DefaultConfig()
+	scfg.Brokers, scfg.HTTP, scfg.Keep = brokers, "127.0.0.1:0", keep
+	srv, err := serve.New(scfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, sstop := context.WithCancel(ctx)
+	sdone := make(chan error, 1)
+	go func() { sdone <- srv.Run(sctx) }()
+	t.Cleanup(func() {
+		sstop()
+		if err := <-sdone; err != nil {
+			t.Error(err)
+		}
+	})
+	waitFor(t, time.Minute, "the server to read the klines topic", func() bool { return srv.Records() >= int64(got.Records) })
+	return "http://" + srv.Addr(), cfg, prod
+}
+
+func get(t *testing.T, u string) (int, []byte) {
+	t.Helper()
+	resp, err := http.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, b
+}
+
+// binance decodes /api/v3/klines' arrays back into candles.
+func binance(t *testing.T, symbol, period string, body []byte) []schema.Kline {
+	t.Helper()
+	var rows [][]any
+	if err := json.Unmarshal(body, &rows); err != nil {
+		t.Fatalf("%s: %v", body, err)
+	}
+	num := func(v any) float64 {
+		s, ok := v.(string)
+		if !ok {
+			t.Fatalf("%v is not a decimal string", v)
+		}
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	out := make([]schema.Kline, 0, len(rows))
+	for _, r := range rows {
+		if len(r) != 12 || r[11] != "0" {
+			t.Fatalf("row %v: want Binance's 12 fields", r)
+		}
+		out = append(out, schema.Kline{Symbol: symbol, Period: period, OpenTime: int64(r[0].(float64)),
+			Open: num(r[1]), High: num(r[2]), Low: num(r[3]), Close: num(r[4]), Volume: num(r[5]),
+			CloseTime: int64(r[6].(float64)), QuoteVolume: num(r[7]), TradeCount: int64(r[8].(float64)),
+			TakerBuyVolume: num(r[9]), TakerBuyQuoteVolume: num(r[10])})
+	}
+	return out
+}
+
+// same compares what Binance's array carries: no ids, no final flag, and
+// decimals of eight places.
+func same(a, b schema.Kline) bool {
+	near := func(x, y float64) bool {
+		return x == y || (x-y < 5e-9 && y-x < 5e-9) || (x-y)/y < 1e-9 && (y-x)/y < 1e-9
+	}
+	return a.OpenTime == b.OpenTime && a.CloseTime == b.CloseTime && a.TradeCount == b.TradeCount &&
+		near(a.Open, b.Open) && near(a.High, b.High) && near(a.Low, b.Low) && near(a.Close, b.Close) &&
+		near(a.Volume, b.Volume) && near(a.QuoteVolume, b.QuoteVolume) &&
+		near(a.TakerBuyVolume, b.TakerBuyVolume) && near(a.TakerBuyQuoteVolume, b.TakerBuyQuoteVolume)
+}
+
+// TestKlinesAPI: after a replay, /api/v3/klines answers for several symbols,
+// intervals and ranges exactly what the oracle computed, in Binance's
+// layout and order, and the window rules (limit, startTime, endTime) are
+// Binance's.
+func TestKlinesAPI(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	recs := oracle.Market(oracle.MarketSpec{Seed: 11, Symbols: 6, Trades: 8_000, Partitions: 2,
+		Start: time.Date(2024, 3, 31, 22, 30, 0, 0, time.UTC), StepMs: 900})
+	base, cfg, _ := pipeline(t, ctx, recs, 1000)
+	want, _ := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
+	series := map[[2]string][]schema.Kline{}
+	for k, v := range want {
+		series[[2]string{k.Symbol, k.Period}] = append(series[[2]string{k.Symbol, k.Period}], v)
+	}
+	checked := 0
+	for _, sym := range []string{"SYM000USDT", "SYM001USDT", "SYM004USDT"} {
+		for _, period := range []string{"1m", "5m", "15m", "1h"} {
+			finals := series[[2]string{sym, period}]
+			sort.Slice(finals, func(i, j int) bool { return finals[i].OpenTime < finals[j].OpenTime })
+			if len(finals) < 2 {
+				t.Fatalf("%s %s: only %d final candles in the oracle; the test would prove little", sym, period, len(finals))
+			}
+			first, last := finals[0].OpenTime, finals[len(finals)-1].OpenTime
+			for _, tc := range []struct {
+				name   string
+				params url.Values
+				want   []schema.Kline
+			}{
+				{"range", url.Values{"startTime": {fmt.Sprint(first)}, "endTime": {fmt.Sprint(last)}}, finals},
+				{"from start, limit 2", url.Values{"startTime": {fmt.Sprint(first + 1)}, "limit": {"2"}}, finals[:2]},
+				{"to end, limit 1", url.Values{"endTime": {fmt.Sprint(last)}, "limit": {"1"}}, finals[len(finals)-1:]},
+			} {
+				tc.params.Set("symbol", sym)
+				tc.params.Set("interval", period)
+				code, body := get(t, base+"/api/v3/klines?"+tc.params.Encode())
+				if code != http.StatusOK {
+					t.Fatalf("%s %s %s: %d %s", sym, period, tc.name, code, body)
+				}
+				got := binance(t, sym, period, body)
+				if len(got) != len(tc.want) {
+					t.Fatalf("%s %s %s: %d candles, want %d", sym, period, tc.name, len(got), len(tc.want))
+				}
+				for i := range got {
+					if !same(got[i], tc.want[i]) {
+						t.Fatalf("%s %s %s: candle %d\n got  %+v\n want %+v", sym, period, tc.name, i, got[i], tc.want[i])
+					}
+				}
+				checked += len(got)
+			}
+			// No range: the newest candles, the open one included, up to
+			// the default limit of 500.
+			code, body := get(t, base+"/api/v3/klines?"+url.Values{"symbol": {sym}, "interval": {period}}.Encode())
+			if code != http.StatusOK {
+				t.Fatalf("%d %s", code, body)
+			}
+			got := binance(t, sym, period, body)
+			if len(got) == 0 || len(got) > 500 || got[len(got)-1].OpenTime < last {
+				t.Fatalf("%s %s newest: %d candles ending at %d; the last final opens at %d", sym, period, len(got), got[len(got)-1].OpenTime, last)
+			}
+		}
+	}
+	t.Logf("%d candles from /api/v3/klines equal to the oracle's", checked)
+}
+
+// TestKlinesAPIErrors: Binance's error codes and messages for what its
+// endpoint refuses.
+func TestKlinesAPIErrors(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	recs := oracle.Market(oracle.MarketSpec{Seed: 12, Symbols: 2, Trades: 500, Partitions: 2,
+		Start: time.Date(2024, 5, 1, 0, 0, 0, 0, time.UTC), StepMs: 500})
+	base, _, _ := pipeline(t, ctx, recs, 10)
+	for _, tc := range []struct {
+		query string
+		code  int
+		msg   string
+	}{
+		{"interval=1m", -1102, "Mandatory parameter 'symbol'"},
+		{"symbol=SYM000USDT", -1102, "Mandatory parameter 'interval'"},
+		{"symbol=NOPE&interval=1m", -1121, "Invalid symbol."},
+		{"symbol=SYM000USDT&interval=2m", -1120, "Invalid interval."},
+		{"symbol=SYM000USDT&interval=1m&limit=0", -1130, "Invalid data sent for a parameter."},
+		{"symbol=SYM000USDT&interval=1m&limit=1001", -1130, "Invalid data sent for a parameter."},
+		{"symbol=SYM000USDT&interval=1m&limit=x", -1100, "parameter 'limit'"},
+		{"symbol=SYM000USDT&interval=1m&startTime=abc", -1100, "parameter 'startTime'"},
+		{"symbol=SYM000USDT&interval=1m&startTime=20&endTime=10", -1023, "Start time is greater than end time."},
+	} {
+		code, body := get(t, base+"/api/v3/klines?"+tc.query)
+		var e struct {
+			Code int    `json:"code"`
+			Msg  string `json:"msg"`
+		}
+		if err := json.Unmarshal(body, &e); err != nil || code != http.StatusBadRequest || e.Code != tc.code || !strings.Contains(e.Msg, tc.msg) {
+			t.Errorf("%s: %d %s; want 400 with code %d and %q", tc.query, code, body, tc.code, tc.msg)
+		}
+	}
+	// Keep bounds what a series holds.
+	code, body := get(t, base+"/api/v3/klines?symbol=SYM000USDT&interval=1m&limit=1000")
+	if code != http.StatusOK || len(binance(t, "SYM000USDT", "1m", body)) > 10 {
+		t.Fatalf("keep 10: %d %s", code, body)
+	}
+}
+
+// TestStream: a stream subscriber gets each update of its symbol and
+// interval as it arrives, as Binance's websocket kline event.
+func TestStream(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	recs := oracle.Market(oracle.MarketSpec{Seed: 13, Symbols: 2, Trades: 2_000, Partitions: 2,
+		Start: time.Date(2024, 5, 1, 0, 0, 0, 0, time.UTC), StepMs: 500})
+	base, _, prod := pipeline(t, ctx, recs[:1000], 100)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/api/v1/stream?symbol=SYM000USDT&interval=1m", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Fatalf("content type %q", ct)
+	}
+	sent := time.Now()
+	if err := oracle.Produce(ctx, prod, "trades", recs[1000:]); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line, ok := strings.CutPrefix(sc.Text(), "data: ")
+		if !ok {
+			continue
+		}
+		// Binance's names differ by case only ("t" and "T"): each needs
+		// its own field, or encoding/json folds them together.
+		var e struct {
+			E    string `json:"e"`
+			Time int64  `json:"E"`
+			K    struct {
+				Symbol   string `json:"s"`
+				Interval string `json:"i"`
+				Open     string `json:"o"`
+				Start    int64  `json:"t"`
+				End      int64  `json:"T"`
+			} `json:"k"`
+		}
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatal(err)
+		}
+		if e.E != "kline" || e.K.Symbol != "SYM000USDT" || e.K.Interval != "1m" || e.K.Open == "" || e.K.Start == 0 || e.K.End != e.K.Start+59_999 || e.Time == 0 {
+			t.Fatalf("event %s", line)
+		}
+		t.Logf("first update %s after the trades were produced: %s", time.Since(sent).Round(time.Millisecond), line)
+		return
+	}
+	t.Fatalf("stream ended without an update: %v", sc.Err())
+}

@@ -1,0 +1,124 @@
+package serve
+
+import (
+	"slices"
+	"sort"
+
+	"github.com/klagg/klagg/processor/engine"
+	"github.com/klagg/klagg/schema"
+)
+
+// store keeps the newest keep candles of every (symbol, period) series, the
+// newest version of each winning. It is owned by one goroutine (Server.run);
+// handlers reach it over channels.
+//
+// Series live in one flat slice like the engine's slots, index =
+// symbol*numPeriods + period; each series is a slice sorted by open time,
+// capped at keep. An update almost always touches the last candle or
+// appends one, so it costs O(1); a late one is found by binary search.
+type store struct {
+	keep    int
+	np      int // periods per symbol
+	symbols map[string]int32
+	names   []string
+	series  [][]schema.Kline
+}
+
+func newStore(keep int) *store {
+	return &store{keep: keep, np: len(engine.AllPeriods()), symbols: map[string]int32{}}
+}
+
+// put records k unless a newer version of its candle is held. It reports
+// whether k changed the store.
+func (s *store) put(k *schema.Kline) bool {
+	p, err := engine.ParsePeriod(k.Period)
+	if err != nil {
+		return false
+	}
+	sym, ok := s.symbols[k.Symbol]
+	if !ok {
+		sym = int32(len(s.names))
+		s.symbols[k.Symbol] = sym
+		s.names = append(s.names, k.Symbol)
+		s.series = append(s.series, make([][]schema.Kline, s.np)...)
+	}
+	idx := int(sym)*s.np + int(p)
+	ser := s.series[idx]
+	n := len(ser)
+	switch {
+	case n > 0 && ser[n-1].OpenTime == k.OpenTime:
+		if ser[n-1].Version >= k.Version {
+			return false
+		}
+		ser[n-1] = *k
+		return true
+	case n == 0 || ser[n-1].OpenTime < k.OpenTime:
+		ser = append(ser, *k)
+	default:
+		i := sort.Search(n, func(i int) bool { return ser[i].OpenTime >= k.OpenTime })
+		if i < n && ser[i].OpenTime == k.OpenTime {
+			if ser[i].Version >= k.Version {
+				return false
+			}
+			ser[i] = *k
+			return true
+		}
+		if i == 0 && n >= s.keep {
+			return false // older than everything kept
+		}
+		ser = slices.Insert(ser, i, *k)
+	}
+	if len(ser) > s.keep {
+		// Shift rather than reslice, so the array does not creep forward
+		// and grow without bound.
+		copy(ser, ser[len(ser)-s.keep:])
+		ser = ser[:s.keep]
+	}
+	s.series[idx] = ser
+	return true
+}
+
+// query is a /api/v3/klines request, in Binance's terms.
+type query struct {
+	symbol     string
+	period     engine.Period
+	start, end int64 // open time bounds, inclusive; -1 when not given
+	limit      int
+}
+
+// klines answers q with copies of the matching candles, oldest first, and
+// whether the symbol is known. Like Binance: with a start time, the first
+// limit candles from it; otherwise the last limit candles up to the end.
+func (s *store) klines(q query) ([]schema.Kline, bool) {
+	sym, ok := s.symbols[q.symbol]
+	if !ok {
+		return nil, false
+	}
+	ser := s.series[int(sym)*s.np+int(q.period)]
+	lo := 0
+	if q.start >= 0 {
+		lo = sort.Search(len(ser), func(i int) bool { return ser[i].OpenTime >= q.start })
+	}
+	hi := len(ser)
+	if q.end >= 0 {
+		hi = sort.Search(len(ser), func(i int) bool { return ser[i].OpenTime > q.end })
+	}
+	if hi <= lo {
+		return []schema.Kline{}, true
+	}
+	if hi-lo > q.limit {
+		if q.start >= 0 {
+			hi = lo + q.limit
+		} else {
+			lo = hi - q.limit
+		}
+	}
+	return slices.Clone(ser[lo:hi]), true
+}
+
+// symbolList is the known symbols, sorted.
+func (s *store) symbolList() []string {
+	out := slices.Clone(s.names)
+	slices.Sort(out)
+	return out
+}
