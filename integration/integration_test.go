@@ -3,8 +3,10 @@ package integration_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -12,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -677,4 +680,74 @@ func TestStaticMemberRestart(t *testing.T) {
 	b.stop("a")
 	b.stop("b")
 	b.check()
+}
+
+// 9. klagg serve after a replay on the real broker: /api/v3/klines answers
+// what the oracle computed, for several symbols, intervals and ranges.
+func TestServeKlinesAPI(t *testing.T) {
+	b := newBed(t, 3)
+	recs := market(9, 30_000, 3, "2024-06-30T21:00:00Z", 400, 0, 0)
+	b.produce(recs)
+	b.start("a")
+	b.settle(3 * time.Minute)
+	b.stop("a")
+	want := b.expected()
+	addr := freeAddr(t)
+	srv := &member{cmd: exec.Command(binary, "serve", "--brokers", strings.Join(brokers, ","), "--klines-topic", b.topic("klines"),
+		"--http", addr, "--log-format", "text"), log: &lockedBuffer{}, done: make(chan struct{})}
+	srv.cmd.Stdout, srv.cmd.Stderr = srv.log, srv.log
+	if err := srv.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		srv.err = srv.cmd.Wait()
+		close(srv.done)
+	}()
+	b.members["serve"] = srv
+
+	type series struct{ symbol, period string }
+	finals := map[series][]schema.Kline{}
+	for k, v := range want {
+		finals[series{k.Symbol, k.Period}] = append(finals[series{k.Symbol, k.Period}], v)
+	}
+	checked := 0
+	for _, s := range []series{{"SYM000USDT", "1m"}, {"SYM001USDT", "5m"}, {"SYM002USDT", "1h"}, {"SYM005USDT", "30m"}} {
+		f := finals[s]
+		slices.SortFunc(f, func(x, y schema.Kline) int { return int(x.OpenTime - y.OpenTime) })
+		if len(f) < 3 {
+			t.Fatalf("%v: %d final candles in the oracle", s, len(f))
+		}
+		u := fmt.Sprintf("http://%s/api/v3/klines?symbol=%s&interval=%s&startTime=%d&endTime=%d&limit=1000",
+			addr, s.symbol, s.period, f[0].OpenTime, f[len(f)-1].OpenTime)
+		var rows [][]any
+		deadline := time.Now().Add(time.Minute)
+		for {
+			rows = nil
+			if resp, err := http.Get(u); err == nil {
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				_ = json.Unmarshal(body, &rows)
+			}
+			if len(rows) == len(f) || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if len(rows) != len(f) {
+			t.Fatalf("%v: %d candles from /api/v3/klines, the oracle has %d; serve's log:\n%s", s, len(rows), len(f), tail(srv.log.String()))
+		}
+		num := func(v any) float64 { x, _ := strconv.ParseFloat(v.(string), 64); return x }
+		near := func(x, y float64) bool { return math.Abs(x-y) <= 5e-9+1e-9*math.Abs(y) }
+		for i, r := range rows {
+			w := f[i]
+			if int64(r[0].(float64)) != w.OpenTime || int64(r[6].(float64)) != w.CloseTime || int64(r[8].(float64)) != w.TradeCount ||
+				!near(num(r[1]), w.Open) || !near(num(r[2]), w.High) || !near(num(r[3]), w.Low) || !near(num(r[4]), w.Close) ||
+				!near(num(r[5]), w.Volume) || !near(num(r[7]), w.QuoteVolume) || !near(num(r[9]), w.TakerBuyVolume) ||
+				!near(num(r[10]), w.TakerBuyQuoteVolume) || r[11] != "0" {
+				t.Fatalf("%v candle %d:\n api    %v\n oracle %+v", s, i, r, w)
+			}
+		}
+		checked += len(rows)
+	}
+	t.Logf("%d candles from klagg serve's /api/v3/klines equal to the oracle's", checked)
 }
