@@ -33,7 +33,7 @@ import (
 // candles of the busiest symbols and the live figures.
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("klagg demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(stdout) // -h is asked for: it goes to stdout; errors go to stderr
 	describe(fs, "klagg demo [flags]", `Runs everything in one process, with nothing to set up: an embedded Kafka
 broker and schema registry, a synthetic market, and klagg members in one
 group. Shows the newest 1m candles of the busiest symbols and the live

@@ -27,7 +27,7 @@ import (
 // or a replay of Binance's public aggTrades CSV files.
 func cmdGen(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("klagg gen", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(stdout) // -h is asked for: it goes to stdout; errors go to stderr
 	describe(fs, "klagg gen [flags]", `Produces trades to a topic, keyed by symbol: a synthetic market, or with
 --csv a replay of Binance's public aggTrades CSV files (rows that do not
 parse are skipped and counted). Binance JSON, or Avro with --format avro.`)

@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -40,7 +42,8 @@ Usage:
   klagg gen   [flags]   produce trades: a synthetic market, or Binance aggTrades CSV files
   klagg tail  [flags]   decode and print the klines topic
   klagg serve [flags]   Binance-compatible klines API, update stream and live chart page
-  klagg help            this text
+  klagg version         the module version, commit and Go version
+  klagg help [command]  this text, or a command's flags
 
 Every flag also reads KLAGG_<FLAG> from the environment (--flush-interval is
 KLAGG_FLUSH_INTERVAL); a flag on the command line wins.
@@ -65,12 +68,42 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "serve":
 		return cmdServe(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
+		if len(args) > 1 && args[1] != "help" {
+			return run(ctx, []string{args[1], "-h"}, stdout, stderr)
+		}
 		fmt.Fprint(stdout, usage)
+		return 0
+	case "version", "--version":
+		fmt.Fprintln(stdout, version())
 		return 0
 	default:
 		fmt.Fprintf(stderr, "klagg: unknown command %q\n\n%s", args[0], usage)
 		return 2
 	}
+}
+
+// version is the module version, the VCS commit and the Go version the
+// binary was built with, as the build recorded them.
+func version() string {
+	v, commit, modified, goVersion := "(devel)", "unknown", false, runtime.Version()
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if bi.Main.Version != "" {
+			v = bi.Main.Version
+		}
+		goVersion = bi.GoVersion
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				commit = s.Value
+			case "vcs.modified":
+				modified = s.Value == "true"
+			}
+		}
+	}
+	if modified {
+		commit += " (modified)"
+	}
+	return fmt.Sprintf("klagg %s, commit %s, %s", v, commit, goVersion)
 }
 
 // describe sets fs's -h text: what the command does, then its flags.
@@ -170,11 +203,11 @@ type runFlags struct {
 	conn        conn // resolved from connFlags by finish
 }
 
-func newRunFlags(name string, stderr io.Writer) (*flag.FlagSet, *runFlags) {
+func newRunFlags(name string, help io.Writer) (*flag.FlagSet, *runFlags) {
 	rf := &runFlags{cfg: processor.DefaultConfig()}
 	c := &rf.cfg
 	fs := flag.NewFlagSet("klagg "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(help)
 	describe(fs, "klagg run [flags]", `Runs one member of the consumer group: reads the trades topic, keeps the
 candles of the partitions it is assigned, and every --flush-interval
 publishes the changed candles to the klines topic, then the shard state,
@@ -232,7 +265,7 @@ func (rf *runFlags) finish(getenv func(string) string) error {
 }
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs, rf := newRunFlags("run", stderr)
+	fs, rf := newRunFlags("run", stdout)
 	if err := parse(fs, args, os.Getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0

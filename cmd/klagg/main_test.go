@@ -69,9 +69,25 @@ func TestHelp(t *testing.T) {
 	if code := run(t.Context(), []string{"help"}, &stdout, &stderr); code != 0 || !strings.Contains(stdout.String(), "klagg run") {
 		t.Fatalf("help: %d %q", code, stdout.String())
 	}
+	// A command's help is on stdout (klagg run -h | less), however asked.
+	for _, args := range [][]string{{"run", "-h"}, {"help", "run"}} {
+		stdout.Reset()
+		stderr.Reset()
+		if code := run(t.Context(), args, &stdout, &stderr); code != 0 || !strings.Contains(stdout.String(), "-flush-interval") ||
+			!strings.HasPrefix(stdout.String(), "Usage: klagg run") || stderr.Len() > 0 {
+			t.Fatalf("%v: %d stdout %q stderr %q", args, code, stdout.String(), stderr.String())
+		}
+	}
+	for _, cmd := range []string{"demo", "gen", "tail", "serve"} {
+		stdout.Reset()
+		if code := run(t.Context(), []string{"help", cmd}, &stdout, &stderr); code != 0 || !strings.HasPrefix(stdout.String(), "Usage: klagg "+cmd) {
+			t.Fatalf("help %s: %d %q", cmd, code, stdout.String())
+		}
+	}
 	stdout.Reset()
-	if code := run(t.Context(), []string{"run", "-h"}, &stdout, &stderr); code != 0 || !strings.Contains(stderr.String(), "-flush-interval") {
-		t.Fatalf("run -h: %d %q", code, stderr.String())
+	if code := run(t.Context(), []string{"version"}, &stdout, &stderr); code != 0 ||
+		!regexp.MustCompile(`^klagg \S+, commit \S+.*, go1\.\d+`).MatchString(stdout.String()) {
+		t.Fatalf("version: %d %q", code, stdout.String())
 	}
 }
 

@@ -23,7 +23,7 @@ import (
 // of updates and the chart page.
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("klagg serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(stdout) // -h is asked for: it goes to stdout; errors go to stderr
 	describe(fs, "klagg serve [flags]", `Reads the klines topic (committed records only, both framings) and serves
 the newest candles of every symbol and period: GET /api/v3/klines as
 Binance's endpoint (same parameters, limits, arrays and error codes),

@@ -23,7 +23,7 @@ import (
 // recognised by their first byte.
 func cmdTail(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("klagg tail", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(stdout) // -h is asked for: it goes to stdout; errors go to stderr
 	describe(fs, "klagg tail [flags]", `Reads the klines topic and prints the candles as an aligned table or JSON
 lines. Both framings are read: Confluent (with a registry) and Avro
 single-object encoding.`)
