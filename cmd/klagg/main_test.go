@@ -251,6 +251,11 @@ func TestTail(t *testing.T) {
 	if n := strings.Count(stdout.String(), "\n"); n != 4 || !strings.Contains(stderr.String(), "skipped 1 records") {
 		t.Fatalf("table of 3 candles plus header, and one skipped record; got:\n%s\n%s", stdout.String(), stderr.String())
 	}
+	for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
+		if len(line) > 100 || strings.Contains(line, "e+") || strings.Contains(line, "e-") {
+			t.Errorf("table line of %d columns, or in exponent form: %q", len(line), line)
+		}
+	}
 	if code := run(t.Context(), []string{"tail", "--period", "7m", "--format", "xml"}, &stdout, &stderr); code != 2 {
 		t.Fatalf("bad flags: exit %d", code)
 	}
@@ -399,4 +404,24 @@ func freeAddr(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+func TestDecimal(t *testing.T) {
+	for _, tc := range []struct {
+		v     float64
+		width int
+		want  string
+	}{
+		{2504, 10, "2504"},
+		{2504.09, 10, "2504.09"},
+		{2.345e-05, 10, "0.00002345"},
+		{7.6348797e+08, 12, "763487970"},
+		{13.817499999999999, 10, "13.8175"},
+		{98765.4321, 10, "98765.4321"},
+		{0, 10, "0"},
+	} {
+		if got := decimal(tc.v, tc.width); got != tc.want {
+			t.Errorf("decimal(%v, %d) = %q, want %q", tc.v, tc.width, got, tc.want)
+		}
+	}
 }

@@ -7,7 +7,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -84,8 +86,7 @@ single-object encoding.`)
 
 	enc := json.NewEncoder(stdout)
 	if *format == "table" {
-		fmt.Fprintf(stdout, "%-12s %-4s %-20s %14s %14s %14s %14s %16s %8s %-5s %s\n",
-			"symbol", "per", "open time (UTC)", "open", "high", "low", "close", "volume", "trades", "final", "version")
+		fmt.Fprintln(stdout, tableHeader)
 	}
 	printed, undecodable := 0, 0
 	for {
@@ -115,9 +116,7 @@ single-object encoding.`)
 			if *format == "json" {
 				enc.Encode(&k) //nolint:errcheck // stdout
 			} else {
-				fmt.Fprintf(stdout, "%-12s %-4s %-20s %14.8g %14.8g %14.8g %14.8g %16.8g %8d %-5v %d\n",
-					k.Symbol, k.Period, time.UnixMilli(k.OpenTime).UTC().Format("2006-01-02 15:04:05"),
-					k.Open, k.High, k.Low, k.Close, k.Volume, k.TradeCount, k.IsFinal, k.Version)
+				fmt.Fprintln(stdout, tableRow(&k))
 			}
 			printed++
 			done = *maxRecords > 0 && printed >= *maxRecords
@@ -130,4 +129,34 @@ single-object encoding.`)
 		fmt.Fprintf(stderr, "klagg tail: skipped %d records that are not klines of kline.avsc\n", undecodable)
 	}
 	return 0
+}
+
+// The table fits 100 columns; the version is in the JSON lines only.
+const (
+	tableHeader = "symbol       per open (UTC)        open       high        low      close      volume trades fin"
+	numWidth    = 10
+	volWidth    = 11
+)
+
+func tableRow(k *schema.Kline) string {
+	final := ""
+	if k.IsFinal {
+		final = "yes"
+	}
+	return fmt.Sprintf("%-12.12s %-3s %-16s %*s %*s %*s %*s %*s %6d %s", k.Symbol, k.Period,
+		time.UnixMilli(k.OpenTime).UTC().Format("2006-01-02 15:04"),
+		numWidth, decimal(k.Open, numWidth), numWidth, decimal(k.High, numWidth), numWidth, decimal(k.Low, numWidth),
+		numWidth, decimal(k.Close, numWidth), volWidth, decimal(k.Volume, volWidth), k.TradeCount, final)
+}
+
+// decimal writes v in plain decimal notation, never in exponent form, with
+// as many of up to eight decimals as its value needs and width allows.
+func decimal(v float64, width int) string {
+	intDigits := len(strconv.FormatFloat(math.Trunc(math.Abs(v)), 'f', 0, 64))
+	places := max(0, min(8, width-intDigits-1))
+	out := strconv.FormatFloat(v, 'f', places, 64)
+	if strings.Contains(out, ".") {
+		out = strings.TrimRight(strings.TrimRight(out, "0"), ".")
+	}
+	return out
 }
