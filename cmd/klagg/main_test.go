@@ -16,10 +16,12 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/klagg/klagg/processor"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -422,6 +424,54 @@ func TestDecimal(t *testing.T) {
 	} {
 		if got := decimal(tc.v, tc.width); got != tc.want {
 			t.Errorf("decimal(%v, %d) = %q, want %q", tc.v, tc.width, got, tc.want)
+		}
+	}
+}
+
+// TestTailDeadLetters: refused trades are visible with their reason,
+// source and error, as JSON lines or a table of at most 100 columns.
+func TestTailDeadLetters(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades-dlq"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	h := func(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: []byte(v)} }
+	if err := cl.ProduceSync(t.Context(),
+		&kgo.Record{Topic: "trades-dlq", Key: []byte("BTCUSDT"), Value: []byte(`{"s":"BTCUSDT","p":"NaN"}`), Headers: []kgo.RecordHeader{
+			h(processor.HeaderReason, "invalid_price"), h(processor.HeaderSource, "trades/3/1200"), h(processor.HeaderError, "price NaN: not a positive finite number")}},
+		&kgo.Record{Topic: "trades-dlq", Key: []byte("ETHUSDT"), Value: []byte(`{"s":"ETHUSDT","a":7}`), Headers: []kgo.RecordHeader{
+			h(processor.HeaderReason, "late"), h(processor.HeaderSource, "trades/1/88")}},
+	).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	if code := run(ctx, []string{"tail", "--brokers", cluster.ListenAddrs()[0], "--dead-letters", "--from-beginning", "--max", "2", "--format", "json"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], `"reason":"invalid_price"`) || !strings.Contains(lines[0], `"source":"trades/3/1200"`) ||
+		!strings.Contains(lines[0], `"error":"price NaN`) || !strings.Contains(lines[1], `"reason":"late"`) || !strings.Contains(lines[1], `"key":"ETHUSDT"`) {
+		t.Fatalf("json: %q", stdout.String())
+	}
+	stdout.Reset()
+	if code := run(ctx, []string{"tail", "--brokers", cluster.ListenAddrs()[0], "--dead-letters", "--from-beginning", "--max", "2"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	lines = strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[1], "invalid_price") || !strings.Contains(lines[2], "trades/1/88") {
+		t.Fatalf("table: %q", stdout.String())
+	}
+	for _, l := range lines {
+		if utf8.RuneCountInString(l) > 100 {
+			t.Errorf("line of %d columns: %q", utf8.RuneCountInString(l), l)
 		}
 	}
 }

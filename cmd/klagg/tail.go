@@ -38,6 +38,8 @@ single-object encoding.`)
 	fromBeginning := fs.Bool("from-beginning", false, "read the topic from its start (default: only new records)")
 	format := fs.String("format", "table", "output: table or json (one object per line)")
 	maxRecords := fs.Int("max", 0, "stop after printing this many candles (0: never)")
+	deadLetters := fs.Bool("dead-letters", false, "print the dead-letter topic instead: each refused trade with its reason, source and error")
+	dlqTopic := fs.String("dlq-topic", def.DLQTopic, "dead-letter topic, with --dead-letters")
 	var cf connFlags
 	cf.register(fs)
 	if err := parse(fs, args, os.Getenv); err != nil {
@@ -71,6 +73,9 @@ single-object encoding.`)
 	if *fromBeginning {
 		start = kgo.NewOffset().AtStart()
 	}
+	if *deadLetters {
+		*topic = *dlqTopic
+	}
 	cl, err := kgo.NewClient(append(conn.kgo, kgo.SeedBrokers(strings.Split(*brokers, ",")...), kgo.ConsumeTopics(*topic),
 		// Only what klagg committed: records of an aborted flush never show.
 		kgo.ConsumeResetOffset(start), kgo.FetchIsolationLevel(kgo.ReadCommitted()))...)
@@ -85,6 +90,9 @@ single-object encoding.`)
 	}
 
 	enc := json.NewEncoder(stdout)
+	if *deadLetters {
+		return printDeadLetters(ctx, cl, *format == "json", *maxRecords, stdout, stderr)
+	}
 	if *format == "table" {
 		fmt.Fprintln(stdout, tableHeader)
 	}
@@ -159,4 +167,64 @@ func decimal(v float64, width int) string {
 		out = strings.TrimRight(strings.TrimRight(out, "0"), ".")
 	}
 	return out
+}
+
+// deadLetter is one refused trade as klagg run wrote it to the dead-letter
+// topic: the original key and value, and headers saying why.
+type deadLetter struct {
+	Reason string `json:"reason"`
+	Source string `json:"source"` // trades topic/partition/offset
+	Key    string `json:"key"`
+	Value  string `json:"value"`
+	Error  string `json:"error,omitempty"`
+}
+
+func printDeadLetters(ctx context.Context, cl *kgo.Client, asJSON bool, maxRecords int, stdout, stderr io.Writer) int {
+	enc := json.NewEncoder(stdout)
+	if !asJSON {
+		fmt.Fprintf(stdout, "%-16s %-28s %-12s %s\n", "reason", "source (topic/partition/offset)", "key", "error or value")
+	}
+	printed := 0
+	for {
+		fetches := cl.PollFetches(ctx)
+		if ctx.Err() != nil || fetches.IsClientClosed() {
+			return 0
+		}
+		var ferr error
+		fetches.EachError(func(t string, p int32, err error) { ferr = fmt.Errorf("%s/%d: %w", t, p, err) })
+		if ferr != nil {
+			fmt.Fprintf(stderr, "klagg tail: fetch: %v\n", ferr)
+			return 1
+		}
+		for _, r := range fetches.Records() {
+			d := deadLetter{Key: string(r.Key), Value: string(r.Value)}
+			for _, h := range r.Headers {
+				switch h.Key {
+				case processor.HeaderReason:
+					d.Reason = string(h.Value)
+				case processor.HeaderSource:
+					d.Source = string(h.Value)
+				case processor.HeaderError:
+					d.Error = string(h.Value)
+				}
+			}
+			if asJSON {
+				enc.Encode(&d) //nolint:errcheck // stdout
+			} else {
+				detail := d.Error
+				if detail == "" {
+					detail = d.Value
+				}
+				line := fmt.Sprintf("%-16s %-28s %-12.12s %s", d.Reason, d.Source, d.Key, strings.ReplaceAll(detail, "\n", " "))
+				if len(line) > 100 {
+					line = line[:99] + "…"
+				}
+				fmt.Fprintln(stdout, line)
+			}
+			printed++
+			if maxRecords > 0 && printed >= maxRecords {
+				return 0
+			}
+		}
+	}
 }
