@@ -74,16 +74,16 @@ func listeners(s string) map[string]string {
 // flagNames lists the flags of a klagg command, as its -h prints them.
 func flagNames(t *testing.T, command string) map[string]bool {
 	t.Helper()
-	var stderr bytes.Buffer
-	if code := run(t.Context(), []string{command, "-h"}, io.Discard, &stderr); code != 0 {
+	var stdout bytes.Buffer
+	if code := run(t.Context(), []string{command, "-h"}, &stdout, io.Discard); code != 0 {
 		t.Fatalf("%s -h: exit %d", command, code)
 	}
 	names := map[string]bool{}
-	for _, m := range regexp.MustCompile(`(?m)^  -([a-z0-9-]+)`).FindAllStringSubmatch(stderr.String(), -1) {
+	for _, m := range regexp.MustCompile(`(?m)^  -([a-z0-9-]+)`).FindAllStringSubmatch(stdout.String(), -1) {
 		names[m[1]] = true
 	}
 	if len(names) < 5 {
-		t.Fatalf("%s -h lists %d flags: %s", command, len(names), stderr.String())
+		t.Fatalf("%s -h lists %d flags: %s", command, len(names), stdout.String())
 	}
 	return names
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sasl"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
@@ -162,14 +164,38 @@ func secret(fileFlag, file, env string, getenv func(string) string) (string, err
 	return "", fmt.Errorf("no password: set %s or %s", env, fileFlag)
 }
 
+// connectTimeout bounds how long a command waits for the brokers to answer
+// before it says so.
+const connectTimeout = 10 * time.Second
+
 // reach checks that the brokers answer, so that a wrong address, TLS
-// setting or password fails at once with a hint, instead of a produce or
-// fetch retrying forever.
+// setting or password fails within connectTimeout with a hint, instead of
+// a produce or fetch retrying forever.
 func reach(ctx context.Context, cl *kgo.Client, brokers string) error {
-	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
 	defer cancel()
 	if err := cl.Ping(ctx); err != nil {
-		return fmt.Errorf("brokers %s do not answer: %w (check --brokers and the --tls-*/--sasl-* flags)", brokers, err)
+		return fmt.Errorf("brokers %s do not answer within %s: %w (check --brokers and the --tls-*/--sasl-* flags)", brokers, connectTimeout, err)
+	}
+	return nil
+}
+
+// errNoTopic is wrapped by topicExists for a topic that does not exist.
+var errNoTopic = errors.New("does not exist")
+
+// topicExists says at once, rather than waiting for metadata forever, when
+// topic is missing.
+func topicExists(ctx context.Context, cl *kgo.Client, topic, flagName string) error {
+	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	topics, err := kadm.NewClient(cl).ListTopics(ctx, topic)
+	if err != nil {
+		return fmt.Errorf("describe topic %q: %w", topic, err)
+	}
+	if d, ok := topics[topic]; !ok || errors.Is(d.Err, kerr.UnknownTopicOrPartition) {
+		return fmt.Errorf("topic %q %w (check %s)", topic, errNoTopic, flagName)
+	} else if d.Err != nil {
+		return fmt.Errorf("describe topic %q: %w", topic, d.Err)
 	}
 	return nil
 }

@@ -211,7 +211,7 @@ func TestSecureClusterRefusals(t *testing.T) {
 		{"wrong password", append([]string{"gen", "--sasl-mechanism", "scram-sha-256", "--sasl-user", "klagg", "--duration", "100ms"}, tlsArgs...),
 			map[string]string{envSASLPassword: "wrong-password"}, 1, "check --brokers and the --tls-*/--sasl-* flags"},
 		{"wrong password, run", append([]string{"run", "--sasl-mechanism", "scram-sha-256", "--sasl-user", "klagg", "--metrics-addr", ""}, tlsArgs...),
-			map[string]string{envSASLPassword: "wrong-password"}, 1, "are the brokers reachable"},
+			map[string]string{envSASLPassword: "wrong-password"}, 1, "check --brokers and the --tls-*/--sasl-* flags"},
 		{"no client certificate", []string{"gen", "--brokers", broker, "--tls-ca", pki.ca, "--sasl-mechanism", "scram-sha-256", "--sasl-user", "klagg", "--duration", "100ms"},
 			map[string]string{envSASLPassword: "right-password"}, 1, "do not answer"},
 		{"no password", []string{"run", "--sasl-mechanism", "plain", "--sasl-user", "u"}, nil, 2, "set KLAGG_SASL_PASSWORD or --sasl-password-file"},

@@ -95,6 +95,10 @@ parse are skipped and counted). Binance JSON, or Avro with --format avro.`)
 		fmt.Fprintf(stderr, "klagg gen: %v\n", err)
 		return 1
 	}
+	if err := topicExists(ctx, cl, *topic, "--trades-topic"); err != nil {
+		fmt.Fprintf(stderr, "klagg gen: %v\n", err)
+		return 1
+	}
 	p := &producer{ctx: ctx, cl: cl, enc: enc}
 	start := time.Now()
 	if *csvFiles != "" {

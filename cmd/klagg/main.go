@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/lmittmann/tint"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/klagg/klagg/processor"
 	"github.com/klagg/klagg/processor/engine"
@@ -168,7 +169,7 @@ func parse(fs *flag.FlagSet, args []string, getenv func(string) string) error {
 		}
 		return err
 	case err != nil:
-		return fmt.Errorf("%w (see %s -h)", err, fs.Name())
+		return fmt.Errorf("%w%s (see %s -h)", err, expectedForm(fs, err), fs.Name())
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %q", fs.Args())
@@ -188,6 +189,41 @@ func parse(fs *flag.FlagSet, args []string, getenv func(string) string) error {
 		}
 	})
 	return errors.Join(errs...)
+}
+
+// expectedForm says what a flag the flag package could not parse wants.
+func expectedForm(fs *flag.FlagSet, err error) string {
+	msg := err.Error()
+	i := strings.Index(msg, " for flag -")
+	if i < 0 {
+		return ""
+	}
+	name, _, _ := strings.Cut(msg[i+len(" for flag -"):], ":")
+	f := fs.Lookup(name)
+	if f == nil {
+		return ""
+	}
+	switch fmt.Sprintf("%T", f.Value) {
+	case "*flag.durationValue":
+		return ": want a duration such as 250ms, 10s or 1m"
+	case "*flag.intValue", "*flag.int64Value", "*flag.uintValue":
+		return ": want a whole number"
+	case "*flag.boolValue":
+		return ": want true or false"
+	case "*flag.float64Value":
+		return ": want a number"
+	}
+	return ""
+}
+
+// userMessage is an error as a user reads it: the names of klagg's Go
+// packages are not theirs to know.
+func userMessage(err error) string {
+	msg := err.Error()
+	for _, pkg := range []string{"processor: ", "engine: ", "serve: ", "schema: ", "partition: "} {
+		msg = strings.ReplaceAll(msg, pkg, "")
+	}
+	return msg
 }
 
 // runFlags binds processor.Config to flags; defaults come from
@@ -274,13 +310,25 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if err := rf.finish(os.Getenv); err != nil {
-		fmt.Fprintf(stderr, "klagg run: %v\n", err)
+		fmt.Fprintf(stderr, "klagg run: %s\n", userMessage(err))
 		return 2
 	}
 	log, err := rf.logs.logger(stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "klagg run: %v\n", err)
 		return 2
+	}
+	log.Info("connecting to brokers", "brokers", strings.Join(rf.cfg.Brokers, ","))
+	if cl, err := kgo.NewClient(append(rf.conn.kgo, kgo.SeedBrokers(rf.cfg.Brokers...))...); err != nil {
+		fmt.Fprintf(stderr, "klagg run: %v\n", err)
+		return 1
+	} else {
+		err := reach(ctx, cl, strings.Join(rf.cfg.Brokers, ","))
+		cl.Close()
+		if err != nil {
+			fmt.Fprintf(stderr, "klagg run: %v\n", err)
+			return 1
+		}
 	}
 	stats := &processor.Stats{}
 	m := newMetrics(stats)

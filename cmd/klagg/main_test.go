@@ -475,3 +475,54 @@ func TestTailDeadLetters(t *testing.T) {
 		}
 	}
 }
+
+// TestSaysSoAtOnce: a missing topic is named at once, and a broker that
+// accepts connections but never answers is reported within the connect
+// bound, with its address.
+func TestSaysSoAtOnce(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	var stdout, stderr bytes.Buffer
+	start := time.Now()
+	// tail says so, then waits for klagg run to create it.
+	tctx, tcancel := context.WithTimeout(t.Context(), 3*time.Second)
+	defer tcancel()
+	if code := run(tctx, []string{"tail", "--brokers", cluster.ListenAddrs()[0], "--klines-topic", "nosuchtopic"}, &stdout, &stderr); code != 0 ||
+		!strings.Contains(stderr.String(), `topic "nosuchtopic" does not exist (check --klines-topic); waiting for it to be created`) {
+		t.Fatalf("tail of a missing topic: exit %d %q", code, stderr.String())
+	}
+	stderr.Reset()
+	if code := run(t.Context(), []string{"gen", "--brokers", cluster.ListenAddrs()[0], "--trades-topic", "nosuch", "--duration", "1s"}, &stdout, &stderr); code != 1 ||
+		!strings.Contains(stderr.String(), `topic "nosuch" does not exist (check --trades-topic)`) {
+		t.Fatalf("gen to a missing topic: exit %d %q", code, stderr.String())
+	}
+	if took := time.Since(start); took > 8*time.Second {
+		t.Errorf("a missing topic took %s to report", took)
+	}
+
+	// Accepts, never answers.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	stderr.Reset()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if code := run(ctx, []string{"tail", "--brokers", ln.Addr().String()}, &stdout, &stderr); code != 1 ||
+		!strings.Contains(stderr.String(), "brokers "+ln.Addr().String()+" do not answer within 10s") {
+		t.Fatalf("silent broker: exit %d %q", code, stderr.String())
+	}
+}

@@ -56,7 +56,7 @@ Binance's websocket kline events), a live chart page on /, and /metrics,
 	conn, err := cf.resolve(os.Getenv)
 	log, lerr := logs.logger(stderr)
 	if err := errors.Join(err, lerr, cfg.Validate()); err != nil {
-		fmt.Fprintf(stderr, "klagg serve: %v\n", err)
+		fmt.Fprintf(stderr, "klagg serve: %s\n", userMessage(err))
 		return 2
 	}
 	cl, err := kgo.NewClient(append(conn.kgo, kgo.SeedBrokers(cfg.Brokers...))...)

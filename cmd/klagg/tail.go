@@ -88,6 +88,17 @@ single-object encoding.`)
 		fmt.Fprintf(stderr, "klagg tail: %v\n", err)
 		return 1
 	}
+	flagName := "--klines-topic"
+	if *deadLetters {
+		flagName = "--dlq-topic"
+	}
+	if err := topicExists(ctx, cl, *topic, flagName); errors.Is(err, errNoTopic) {
+		// Said at once; then wait, since klagg run creates it on start.
+		fmt.Fprintf(stderr, "klagg tail: %v; waiting for it to be created\n", err)
+	} else if err != nil {
+		fmt.Fprintf(stderr, "klagg tail: %v\n", err)
+		return 1
+	}
 
 	enc := json.NewEncoder(stdout)
 	if *deadLetters {
