@@ -35,7 +35,7 @@ if ! command -v chromium >/dev/null; then
 fi
 export KLAGG_TEST_CHROMIUM
 KLAGG_TEST_CHROMIUM=$(command -v chromium)
-chromium --version
+chromium --version 2>/dev/null # its wrapper script complains on some machines
 # Screenshots and other files for a person to look at.
 export KLAGG_TEST_ARTIFACTS=$repo/.cache/test-artifacts
 

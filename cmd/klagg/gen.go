@@ -16,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sr"
 
@@ -43,6 +45,8 @@ parse are skipped and counted). Binance JSON, or Avro with --format avro.`)
 	csvFiles := fs.String("csv", "", "replay these Binance aggTrades CSV files (comma-separated) instead of a synthetic market")
 	symbol := fs.String("symbol", "", "CSV: the symbol of the files (default: from a name like BTCUSDT-aggTrades-2024-01-01.csv)")
 	speed := fs.Float64("speed", 0, "CSV: 0 as fast as possible, 1 the original pace, 10 ten times faster")
+	createTopic := fs.Bool("create-topic", false, "create --trades-topic first if it does not exist (a fresh topic for a replay)")
+	partitions := fs.Int("partitions", 6, "with --create-topic: its partition count")
 	var cf connFlags
 	cf.register(fs)
 	if err := parse(fs, args, os.Getenv); err != nil {
@@ -63,16 +67,20 @@ parse are skipped and counted). Binance JSON, or Avro with --format avro.`)
 	if *speed < 0 {
 		errs = append(errs, fmt.Errorf("--speed %g is negative", *speed))
 	}
+	if *partitions < 1 || *partitions > 10_000 {
+		errs = append(errs, fmt.Errorf("--partitions %d: want 1 to 10000", *partitions))
+	}
 	conn, err := cf.resolve(os.Getenv)
 	if err != nil {
 		errs = append(errs, err)
 	}
 	if *csvFiles != "" {
 		for _, file := range strings.Split(*csvFiles, ",") {
-			if _, err := csvSymbol(file, *symbol); err != nil {
-				errs = append(errs, err)
-			} else if _, err := os.Stat(file); err != nil {
+			// A missing file first: its name is then beside the point.
+			if _, err := os.Stat(file); err != nil {
 				errs = append(errs, fmt.Errorf("--csv: %w", err))
+			} else if _, err := csvSymbol(file, *symbol); err != nil {
+				errs = append(errs, err)
 			}
 		}
 	}
@@ -95,7 +103,20 @@ parse are skipped and counted). Binance JSON, or Avro with --format avro.`)
 		fmt.Fprintf(stderr, "klagg gen: %v\n", err)
 		return 1
 	}
-	if err := topicExists(ctx, cl, *topic, "--trades-topic"); err != nil {
+	if *createTopic {
+		cctx, cancel := context.WithTimeout(ctx, connectTimeout)
+		_, err := kadm.NewClient(cl).CreateTopic(cctx, int32(*partitions), -1, nil, *topic)
+		cancel()
+		switch {
+		case err == nil:
+			fmt.Fprintf(stdout, "created topic %q with %d partitions\n", *topic, *partitions)
+		case errors.Is(err, kerr.TopicAlreadyExists):
+		default:
+			fmt.Fprintf(stderr, "klagg gen: create topic %q: %v\n", *topic, err)
+			return 1
+		}
+	}
+	if err := topicExists(ctx, cl, *topic, "--trades-topic, or --create-topic"); err != nil {
 		fmt.Fprintf(stderr, "klagg gen: %v\n", err)
 		return 1
 	}

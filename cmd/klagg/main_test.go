@@ -391,6 +391,9 @@ func TestGenCSVAndSynthetic(t *testing.T) {
 		trades[1].Time != 1704067200123 || trades[1].BuyerMaker || trades[3].Price <= 0 {
 		t.Fatalf("trades: %+v", trades[:min(4, len(trades))])
 	}
+	if err := os.WriteFile(filepath.Join(dir, "nosymbol.csv"), []byte("1,2.5,1,1,1,1704067200000,true\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if code := run(t.Context(), []string{"gen", "--csv", filepath.Join(dir, "nosymbol.csv")}, &stdout, &stderr); code != 2 ||
 		!strings.Contains(stderr.String(), "pass --symbol") {
 		t.Fatalf("file without a symbol: %d %s", code, stderr.String())
@@ -496,8 +499,21 @@ func TestSaysSoAtOnce(t *testing.T) {
 	}
 	stderr.Reset()
 	if code := run(t.Context(), []string{"gen", "--brokers", cluster.ListenAddrs()[0], "--trades-topic", "nosuch", "--duration", "1s"}, &stdout, &stderr); code != 1 ||
-		!strings.Contains(stderr.String(), `topic "nosuch" does not exist (check --trades-topic)`) {
+		!strings.Contains(stderr.String(), `topic "nosuch" does not exist (check --trades-topic, or --create-topic)`) {
 		t.Fatalf("gen to a missing topic: exit %d %q", code, stderr.String())
+	}
+	// --create-topic makes a fresh one with --partitions.
+	stdout.Reset()
+	if code := run(t.Context(), []string{"gen", "--brokers", cluster.ListenAddrs()[0], "--trades-topic", "fresh", "--create-topic", "--partitions", "3",
+		"--symbols", "2", "--rate", "100", "--duration", "100ms"}, &stdout, &stderr); code != 0 ||
+		!strings.Contains(stdout.String(), `created topic "fresh" with 3 partitions`) {
+		t.Fatalf("gen --create-topic: exit %d %q %q", code, stdout.String(), stderr.String())
+	}
+	// A missing CSV file is named as missing, not as a name without a symbol.
+	stderr.Reset()
+	if code := run(t.Context(), []string{"gen", "--csv", "/nonexistent.csv"}, &stdout, &stderr); code != 2 ||
+		!strings.Contains(stderr.String(), "no such file") || strings.Contains(stderr.String(), "symbol") {
+		t.Fatalf("gen --csv /nonexistent.csv: exit %d %q", code, stderr.String())
 	}
 	if took := time.Since(start); took > 8*time.Second {
 		t.Errorf("a missing topic took %s to report", took)

@@ -60,6 +60,7 @@ async function load() {
     volume: +a[5], trades: a[8], final: false, version: 0 }));
   candles.setData(state.candles.map(bar));
   volume.setData(state.candles.map(vol));
+  chart.timeScale().fitContent();
   state.loadedAt = Date.now();
   state.updates = 0;
   state.firstUpdateAt = 0;
