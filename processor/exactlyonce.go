@@ -293,7 +293,8 @@ func (r *runtime) endTxn(ctx context.Context, how kgo.TransactionEndTry, tx *txn
 		// A fenced or timed-out producer shows at the next Begin.
 		r.log.Error("transaction failed; rebuilding from the last commit", "err", err)
 	case !committed && how == kgo.TryCommit:
-		r.log.Warn("transaction aborted: the group rebalanced or this member lost its place; rebuilding from the last commit")
+		// Expected at every rebalance; a failure is logged above.
+		r.log.Info("transaction aborted: the group rebalanced or this member lost its place; rebuilding from the last commit")
 	}
 	if !committed {
 		r.stats.Aborts.Add(1)

@@ -23,6 +23,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sr/srfake"
 
 	"github.com/klagg/klagg/processor"
+	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 	"github.com/klagg/klagg/serve"
 )
@@ -153,6 +154,7 @@ figures until interrupted or --duration ends.`)
 	defer prod.Close()
 	go synthetic(&producer{ctx: ctx, cl: prod, enc: schema.AppendBinanceJSON}, *symbols, *rate, 100*365*24*time.Hour, uint64(time.Now().UnixNano()), true) // until ctx ends
 
+	chartNote := ""
 	if *httpAddr != "" {
 		scfg := serve.DefaultConfig()
 		scfg.Brokers, scfg.KlinesTopic, scfg.HTTP = brokers, cfg.KlinesTopic, *httpAddr
@@ -161,8 +163,9 @@ figures until interrupted or --duration ends.`)
 			fmt.Fprintf(stderr, "klagg demo: chart page: %v (choose another --http, or --http \"\")\n", err)
 			return 1
 		}
+		chartNote = ", chart on http://" + srv.Addr() + "/"
 		// First, so that it is the line to find.
-		fmt.Fprintf(stdout, "klagg demo: live chart on http://%s/ · klines API on http://%s/api/v3/klines\n", srv.Addr(), srv.Addr())
+		fmt.Fprintf(stdout, "klagg demo: live chart on http://%s/ (and Binance's /api/v3/klines)\n", srv.Addr())
 		go func() {
 			if err := srv.Run(ctx); err != nil {
 				log.Error("chart page", "err", err)
@@ -188,6 +191,7 @@ figures until interrupted or --duration ends.`)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	var prevTrades, prevKlines int64
+	var prevRefused map[string]int64
 	for {
 		select {
 		case err := <-failed:
@@ -219,15 +223,62 @@ figures until interrupted or --duration ends.`)
 			if term {
 				b.WriteString("\x1b[H\x1b[2J")
 			}
-			fmt.Fprintf(&b, "klagg demo: %d members, %d symbols  |  %d trades/s  %d candles/s  %.0f dirty candles/flush  lag %s trades  %d rebalances\n",
-				*members, *symbols, trades-prevTrades, klines-prevKlines, float64(dirty)/math.Max(1, float64(flushes)), lag, rebalances)
-			fmt.Fprintf(&b, "broker %s  registry %s  topics %s -> %s  (try: klagg tail --brokers %s)\n",
+			// At most 100 columns a line.
+			fmt.Fprintf(&b, "klagg demo: %d members, %d symbols%s\n", *members, *symbols, chartNote)
+			fmt.Fprintf(&b, "%d trades/s  %d candles/s  %.0f dirty candles/flush  lag %s trades  %d rebalances\n",
+				trades-prevTrades, klines-prevKlines, float64(dirty)/math.Max(1, float64(flushes)), lag, rebalances)
+			refused := refusals(stats)
+			fmt.Fprintf(&b, "refused/s %s\n", refusedPerSecond(refused, prevRefused))
+			prevRefused = refused
+			fmt.Fprintf(&b, "broker %s  registry %s  topics %s -> %s\n(try: klagg tail --brokers %s)\n",
 				brokers[0], regURL, cfg.TradesTopic, cfg.KlinesTopic, brokers[0])
 			prevTrades, prevKlines = trades, klines
 			view.render(&b, 10)
 			fmt.Fprint(stdout, b.String())
 		}
 	}
+}
+
+// refusals sums the members' refused trades by reason.
+func refusals(stats []*processor.Stats) map[string]int64 {
+	out := map[string]int64{}
+	for _, s := range stats {
+		out[schema.ReasonDuplicate.String()] += s.Trades[engine.Duplicate].Load()
+		out[schema.ReasonLate.String()] += s.Trades[engine.Late].Load()
+		for _, r := range schema.Reasons() {
+			if n := s.Invalid[r].Load(); n > 0 {
+				out[r.String()] += n
+			}
+		}
+	}
+	return out
+}
+
+// refusedPerSecond is "none", or each reason that refused trades in the
+// last second with its count, most first.
+func refusedPerSecond(now, prev map[string]int64) string {
+	type rc struct {
+		reason string
+		n      int64
+	}
+	var rs []rc
+	for r, n := range now {
+		if d := n - prev[r]; d > 0 {
+			rs = append(rs, rc{r, d})
+		}
+	}
+	if len(rs) == 0 {
+		return "none"
+	}
+	sort.Slice(rs, func(i, j int) bool { return rs[i].n > rs[j].n || rs[i].n == rs[j].n && rs[i].reason < rs[j].reason })
+	var b strings.Builder
+	for i, r := range rs {
+		if i > 0 {
+			b.WriteString("  ")
+		}
+		fmt.Fprintf(&b, "%s %d", r.reason, r.n)
+	}
+	return b.String() + "  (klagg tail --dead-letters shows them)"
 }
 
 // startRegistry serves srfake on host:port+1, or on a random loopback

@@ -187,6 +187,14 @@ func TestDemoRuns(t *testing.T) {
 	if !regexp.MustCompile(`lag \d+ trades`).MatchString(out) {
 		t.Errorf("demo output shows no consumer lag:\n%s", out)
 	}
+	if !regexp.MustCompile(`refused/s (none|\w+ \d+)`).MatchString(out) {
+		t.Errorf("demo output shows no refusals line:\n%s", out)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if n := utf8.RuneCountInString(line); n > 100 {
+			t.Errorf("demo line of %d columns: %q", n, line)
+		}
+	}
 }
 
 // syncBuffer is written by the demo's goroutine while the test reads it.
