@@ -96,7 +96,10 @@ figures until interrupted or --duration ends.`)
 		defer cancel()
 	}
 
-	kopts := []kfake.Opt{kfake.NumBrokers(1), kfake.SeedTopics(int32(*partitions), "trades")}
+	// The embedded broker keeps records in memory: like a real cluster's
+	// retention, old records are dropped (the state topic is compacted
+	// instead), so that the demo's memory stays flat however long it runs.
+	kopts := []kfake.Opt{kfake.NumBrokers(1), kfake.BrokerConfigs(map[string]string{"log.cleaner.backoff.ms": "10000"})}
 	if *listen != "" {
 		kopts = append(kopts, kfake.Ports(listenPort), kfake.ListenFn(func(network, _ string) (net.Listener, error) {
 			return net.Listen(network, *listen)
@@ -126,6 +129,18 @@ figures until interrupted or --duration ends.`)
 	cfg := processor.DefaultConfig()
 	cfg.Brokers = brokers
 	cfg.SchemaRegistry = regURL
+	for _, t := range []struct {
+		topic     string
+		retention time.Duration
+	}{
+		{cfg.TradesTopic, demoTradesRetention}, {cfg.KlinesTopic, demoKlinesRetention}, {cfg.DLQTopic, demoKlinesRetention},
+	} {
+		ms := strconv.FormatInt(t.retention.Milliseconds(), 10)
+		if _, err := adm.CreateTopic(ctx, int32(*partitions), 1, map[string]*string{"retention.ms": &ms}, t.topic); err != nil {
+			fmt.Fprintf(stderr, "klagg demo: create topic %q: %v\n", t.topic, err)
+			return 1
+		}
+	}
 
 	var wg sync.WaitGroup
 	stats := make([]*processor.Stats, *members)
@@ -238,6 +253,13 @@ figures until interrupted or --duration ends.`)
 		}
 	}
 }
+
+// How long the demo's embedded broker keeps records: trades are read
+// within moments, and klagg serve keeps its own copy of the candles.
+const (
+	demoTradesRetention = 2 * time.Minute
+	demoKlinesRetention = 2 * time.Minute
+)
 
 // refusals sums the members' refused trades by reason.
 func refusals(stats []*processor.Stats) map[string]int64 {
