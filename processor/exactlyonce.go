@@ -176,7 +176,7 @@ func (r *runtime) applyEvents(ctx context.Context, tx *txnState) (aborted bool) 
 	}
 	if len(gone) > 0 {
 		r.drop(gone)
-		r.log.Info("partitions revoked or lost; the open transaction is aborted", "partitions", gone)
+		r.log.Info("partitions revoked or lost", "partitions", gone, "aborting_open_transaction", tx.open)
 		if tx.open {
 			ectx, cancel := context.WithTimeout(context.Background(), r.cfg.DeliveryTimeout)
 			r.endTxn(ectx, kgo.TryAbort, tx)

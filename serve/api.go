@@ -89,11 +89,6 @@ func parseQuery(w http.ResponseWriter, r *http.Request) (query, bool) {
 		writeError(w, http.StatusBadRequest, codeStartAfterEnd, "Start time is greater than end time.")
 		return q, false
 	}
-	// Binance takes candles whose open time lies in [startTime, endTime]
-	// and lets a startTime inside a candle select it too.
-	if q.start >= 0 {
-		q.start = p.Open(q.start)
-	}
 	return q, true
 }
 

@@ -86,9 +86,9 @@ type query struct {
 	limit      int
 }
 
-// klines answers q with copies of the matching candles, oldest first, and
-// whether the symbol is known. Like Binance: with a start time, the first
-// limit candles from it; otherwise the last limit candles up to the end.
+// klines answers q with copies of the candles whose open time lies in
+// [start, end], oldest first, and whether the symbol is known: with a start
+// time the first limit of them, otherwise the last limit.
 func (s *store) klines(q query) ([]schema.Kline, bool) {
 	sym, ok := s.symbols[q.symbol]
 	if !ok {
