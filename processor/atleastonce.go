@@ -254,7 +254,7 @@ func (r *runtime) onAssigned(ctx context.Context, cl *kgo.Client, assigned map[s
 	r.stats.Rebalances.Add(1)
 	start := r.clock()
 	// cl, not r.cl: the group may assign before Run has stored the client.
-	shards, err := r.restore(ctx, cl, ps)
+	shards, err := r.restoreRetrying(ctx, cl, ps)
 	if err != nil {
 		// Without its state a shard would count trades twice: stop the
 		// member, so that another one (or a restart) takes over.
@@ -319,7 +319,7 @@ func (r *runtime) handleRestarts(ctx context.Context) {
 			}
 		}
 		r.drop([]int32{p})
-		shards, err := r.restore(ctx, r.cl, []int32{p})
+		shards, err := r.restoreRetrying(ctx, r.cl, []int32{p})
 		if err != nil {
 			r.fail(err)
 			return

@@ -191,7 +191,7 @@ func (r *runtime) applyEvents(ctx context.Context, tx *txnState) (aborted bool) 
 	}
 	if len(added) > 0 {
 		start := r.clock()
-		shards, err := r.restore(ctx, r.cl, added)
+		shards, err := r.restoreRetrying(ctx, r.cl, added)
 		if err != nil {
 			r.fail(err)
 			return aborted
@@ -213,7 +213,7 @@ func (r *runtime) rebuild(ctx context.Context) {
 	if len(ps) == 0 {
 		return
 	}
-	shards, err := r.restore(ctx, r.cl, ps)
+	shards, err := r.restoreRetrying(ctx, r.cl, ps)
 	if err != nil {
 		r.fail(err)
 		return

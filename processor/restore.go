@@ -32,6 +32,26 @@ func (e *BadStateError) Error() string {
 
 func (e *BadStateError) Unwrap() error { return e.Err }
 
+// restoreRetrying is restore, tried again while the brokers cannot be
+// reached (a broker restart lands on a rebalance or an abort, whose
+// restore then finds nobody to answer). A record it cannot use, or ctx
+// ending, stops it: those are not transient.
+func (r *runtime) restoreRetrying(ctx context.Context, cl *kgo.Client, ps []int32) ([]*shard, error) {
+	for {
+		shards, err := r.restore(ctx, cl, ps)
+		var bad *BadStateError
+		if err == nil || errors.As(err, &bad) || errors.Is(err, engine.ErrBadState) || ctx.Err() != nil {
+			return shards, err
+		}
+		r.log.Warn("restore failed; trying again", "partitions", ps, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
 // restore rebuilds the shards of ps from the state topic: every committed
 // record from the start to the end of partition p; per symbol, the one
 // that reflects the most trades (the highest source offset; of equals, the
