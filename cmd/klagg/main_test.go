@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -229,7 +230,8 @@ func TestTail(t *testing.T) {
 	soe, _ := schema.NewKlineEncoder(schema.FramingSingleObject, 0)
 	conf, _ := schema.NewKlineEncoder(schema.FramingConfluent, 7)
 	k := schema.Kline{Symbol: "BTCUSDT", Period: "1m", OpenTime: 1714557600000, CloseTime: 1714557659999,
-		Open: 1, High: 2, Low: 0.5, Close: 1.5, Volume: 3, TradeCount: 4, FirstTradeID: 1, LastTradeID: 9, Version: 11}
+		Open: 1, High: 2, Low: 0.5, Close: 1.5, Volume: 13.817499999999999, QuoteVolume: 7.6348797e+08,
+		TakerBuyVolume: 2.345e-05, TradeCount: 4, FirstTradeID: 1, LastTradeID: 9, Version: 11}
 	var recs []*kgo.Record
 	for i, enc := range []*schema.KlineEncoder{soe, conf, soe} {
 		k.IsFinal = i > 0
@@ -251,6 +253,17 @@ func TestTail(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
 	if len(lines) != 1 || !strings.Contains(lines[0], `"symbol":"BTCUSDT"`) || !strings.Contains(lines[0], `"is_final":true`) {
 		t.Fatalf("json output: %q", stdout.String())
+	}
+	// Numbers in plain decimals, without binary float noise, and still
+	// numbers that decode to the candle's values.
+	for _, want := range []string{`"volume":13.8175,`, `"quote_volume":763487970,`, `"taker_buy_volume":0.00002345,`, `"low":0.5,`} {
+		if !strings.Contains(lines[0], want) {
+			t.Errorf("json output without %s: %s", want, lines[0])
+		}
+	}
+	var back schema.Kline
+	if err := json.Unmarshal([]byte(lines[0]), &back); err != nil || back.Volume != 13.8175 || back.TakerBuyVolume != 2.345e-05 || back.Version != 11 {
+		t.Errorf("json output does not decode to the candle: %+v, %v", back, err)
 	}
 	stdout.Reset()
 	ctx2, cancel2 := context.WithTimeout(t.Context(), 3*time.Second)

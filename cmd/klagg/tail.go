@@ -133,7 +133,7 @@ single-object encoding.`)
 				return
 			}
 			if *format == "json" {
-				enc.Encode(&k) //nolint:errcheck // stdout
+				enc.Encode(klineJSONOf(&k)) //nolint:errcheck // stdout
 			} else {
 				fmt.Fprintln(stdout, tableRow(&k))
 			}
@@ -178,6 +178,41 @@ func decimal(v float64, width int) string {
 		out = strings.TrimRight(strings.TrimRight(out, "0"), ".")
 	}
 	return out
+}
+
+// klineJSON is a kline as tail prints it in JSON: the fields of
+// schema.Kline, with prices and volumes as decimal numbers of at most eight
+// decimals (Binance's precision), so that a volume summed in binary
+// floating point prints as 13.8175, not 13.817499999999999.
+type klineJSON struct {
+	Symbol              string      `json:"symbol"`
+	Period              string      `json:"period"`
+	OpenTime            int64       `json:"open_time"`
+	CloseTime           int64       `json:"close_time"`
+	Open                json.Number `json:"open"`
+	High                json.Number `json:"high"`
+	Low                 json.Number `json:"low"`
+	Close               json.Number `json:"close"`
+	Volume              json.Number `json:"volume"`
+	QuoteVolume         json.Number `json:"quote_volume"`
+	TradeCount          int64       `json:"trade_count"`
+	TakerBuyVolume      json.Number `json:"taker_buy_volume"`
+	TakerBuyQuoteVolume json.Number `json:"taker_buy_quote_volume"`
+	FirstTradeID        int64       `json:"first_trade_id"`
+	LastTradeID         int64       `json:"last_trade_id"`
+	IsFinal             bool        `json:"is_final"`
+	Version             int64       `json:"version"`
+}
+
+func klineJSONOf(k *schema.Kline) *klineJSON {
+	num := func(v float64) json.Number { return json.Number(decimal(v, 64)) }
+	return &klineJSON{
+		Symbol: k.Symbol, Period: k.Period, OpenTime: k.OpenTime, CloseTime: k.CloseTime,
+		Open: num(k.Open), High: num(k.High), Low: num(k.Low), Close: num(k.Close),
+		Volume: num(k.Volume), QuoteVolume: num(k.QuoteVolume), TradeCount: k.TradeCount,
+		TakerBuyVolume: num(k.TakerBuyVolume), TakerBuyQuoteVolume: num(k.TakerBuyQuoteVolume),
+		FirstTradeID: k.FirstTradeID, LastTradeID: k.LastTradeID, IsFinal: k.IsFinal, Version: k.Version,
+	}
 }
 
 // deadLetter is one refused trade as klagg run wrote it to the dead-letter
