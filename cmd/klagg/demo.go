@@ -30,15 +30,16 @@ import (
 
 // cmdDemo runs the whole pipeline in one process: franz-go's in-process
 // broker (kfake) and schema registry (srfake), a synthetic live market, and
-// several klagg members in one consumer group; it prints the newest 1m
-// candles of the busiest symbols and the live figures.
+// several klagg members in one consumer group; it prints the open 1m
+// candle of the busiest symbols, the one before it, and the live figures.
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("klagg demo", flag.ContinueOnError)
 	fs.SetOutput(stdout) // -h is asked for: it goes to stdout; errors go to stderr
 	describe(fs, "klagg demo [flags]", `Runs everything in one process, with nothing to set up: an embedded Kafka
 broker and schema registry, a synthetic market, and klagg members in one
-group. Shows the newest 1m candles of the busiest symbols and the live
-figures until interrupted or --duration ends.`)
+group. Shows the busiest symbols' open 1m candle and the one before it
+(final a second after its minute ends) and the live figures until
+interrupted or --duration ends.`)
 	duration := fs.Duration("duration", 0, "stop after this long (0: until interrupted)")
 	symbols := fs.Int("symbols", 300, "symbols in the synthetic market")
 	rate := fs.Int("rate", 3000, "trades per second")
@@ -248,7 +249,7 @@ figures until interrupted or --duration ends.`)
 			fmt.Fprintf(&b, "broker %s  registry %s  topics %s -> %s\n(try: klagg tail --brokers %s)\n",
 				brokers[0], regURL, cfg.TradesTopic, cfg.KlinesTopic, brokers[0])
 			prevTrades, prevKlines = trades, klines
-			view.render(&b, 10)
+			view.render(&b, 10, time.Now())
 			fmt.Fprint(stdout, b.String())
 		}
 	}
@@ -319,13 +320,15 @@ func startRegistry(host string, port int) (url string, stop func(), err error) {
 	return "http://" + ln.Addr().String(), func() { srv.Close() }, nil
 }
 
-// klineView keeps the newest 1m candle of every symbol.
+// klineView keeps, for every symbol, its two newest 1m candles: the one
+// still open and the one before it, which turns final once the watermark
+// passes its close plus the grace.
 type klineView struct {
 	mu     sync.Mutex
-	latest map[string]schema.Kline
+	latest map[string][2]schema.Kline // [0] newest by open time, [1] the one before
 }
 
-func newKlineView() *klineView { return &klineView{latest: map[string]schema.Kline{}} }
+func newKlineView() *klineView { return &klineView{latest: map[string][2]schema.Kline{}} }
 
 func (v *klineView) add(value []byte) {
 	var k schema.Kline
@@ -334,22 +337,57 @@ func (v *klineView) add(value []byte) {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if cur, ok := v.latest[k.Symbol]; !ok || k.OpenTime > cur.OpenTime || (k.OpenTime == cur.OpenTime && k.Version > cur.Version) {
-		v.latest[k.Symbol] = k
+	cur, ok := v.latest[k.Symbol]
+	switch {
+	case !ok || k.OpenTime > cur[0].OpenTime:
+		cur[0], cur[1] = k, cur[0]
+	case k.OpenTime == cur[0].OpenTime:
+		if k.Version > cur[0].Version {
+			cur[0] = k
+		}
+	case k.OpenTime > cur[1].OpenTime || (k.OpenTime == cur[1].OpenTime && k.Version > cur[1].Version):
+		cur[1] = k
 	}
+	v.latest[k.Symbol] = cur
 }
 
-func (v *klineView) render(w io.Writer, n int) {
+// render writes the two newest 1m candles of the n/2 busiest symbols, in at
+// most 100 columns.
+func (v *klineView) render(w io.Writer, n int, now time.Time) {
 	v.mu.Lock()
-	ks := make([]schema.Kline, 0, len(v.latest))
+	ks := make([][2]schema.Kline, 0, len(v.latest))
 	for _, k := range v.latest {
 		ks = append(ks, k)
 	}
 	v.mu.Unlock()
-	sort.Slice(ks, func(i, j int) bool { return ks[i].TradeCount > ks[j].TradeCount })
-	fmt.Fprintf(w, "\n%-10s %-8s %12s %12s %12s %12s %12s %7s %s\n", "symbol", "1m open", "open", "high", "low", "close", "volume", "trades", "final")
-	for _, k := range ks[:min(n, len(ks))] {
-		fmt.Fprintf(w, "%-10s %-8s %12.2f %12.2f %12.2f %12.2f %12.4f %7d %v\n", k.Symbol,
-			time.UnixMilli(k.OpenTime).UTC().Format("15:04"), k.Open, k.High, k.Low, k.Close, k.Volume, k.TradeCount, k.IsFinal)
+	sort.Slice(ks, func(i, j int) bool {
+		if ks[i][0].TradeCount != ks[j][0].TradeCount {
+			return ks[i][0].TradeCount > ks[j][0].TradeCount
+		}
+		return ks[i][0].Symbol < ks[j][0].Symbol
+	})
+	fmt.Fprintf(w, "\n%-10s %-5s %11s %11s %11s %11s %11s %7s  %s\n", "symbol", "1m", "open", "high", "low", "close", "volume", "trades", "state")
+	for _, pair := range ks[:min(max(1, n/2), len(ks))] {
+		for _, k := range pair {
+			if k.Symbol == "" {
+				continue
+			}
+			fmt.Fprintf(w, "%-10.10s %-5s %11s %11s %11s %11s %11s %7d  %s\n", k.Symbol,
+				time.UnixMilli(k.OpenTime).UTC().Format("15:04"), decimal(k.Open, 11), decimal(k.High, 11),
+				decimal(k.Low, 11), decimal(k.Close, 11), decimal(k.Volume, 11), k.TradeCount, candleState(&k, now))
+		}
+	}
+}
+
+// candleState says where a candle is in its life: open (and for how much
+// longer), closed but waiting for the grace and the watermark, or final.
+func candleState(k *schema.Kline, now time.Time) string {
+	switch left := time.UnixMilli(k.CloseTime + 1).Sub(now); {
+	case k.IsFinal:
+		return "final"
+	case left > 0:
+		return fmt.Sprintf("open, %ds left", int(math.Ceil(left.Seconds())))
+	default:
+		return "closing"
 	}
 }

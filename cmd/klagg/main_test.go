@@ -563,3 +563,53 @@ func TestSaysSoAtOnce(t *testing.T) {
 		t.Fatalf("silent broker: exit %d %q", code, stderr.String())
 	}
 }
+
+// TestKlineView: the demo shows each busy symbol's open 1m candle and the
+// one before it, whose state turns final when its final record arrives,
+// whatever order versions come in.
+func TestKlineView(t *testing.T) {
+	enc, _ := schema.NewKlineEncoder(schema.FramingSingleObject, 0)
+	minute := int64(1714557600000)
+	kline := func(sym string, open int64, trades, version int64, final bool) []byte {
+		return enc.Append(nil, &schema.Kline{Symbol: sym, Period: "1m", OpenTime: open, CloseTime: open + 59_999,
+			Open: 2504.09, High: 2504.1, Low: 2.345e-05, Close: 13.817499999999999, Volume: 7.6348797e+08,
+			TradeCount: trades, Version: version, IsFinal: final})
+	}
+	v := newKlineView()
+	for _, r := range [][]byte{
+		kline("BTCUSDT", minute, 10, 1, false),
+		kline("BTCUSDT", minute+60_000, 3, 2, false), // the next minute opens
+		kline("BTCUSDT", minute, 12, 3, false),       // a late update of the previous one
+		kline("BTCUSDT", minute-60_000, 99, 1, true), // older than both: not shown
+		kline("BTCUSDT", minute+60_000, 5, 4, false),
+		kline("BTCUSDT", minute+60_000, 4, 3, false), // an older version: ignored
+		kline("ETHUSDT", minute+60_000, 1, 1, false),
+		kline("BTCUSDT", minute, 12, 5, true), // final
+		kline("BTCUSDT", minute+60_000, 4, 4, false),
+		[]byte("garbage"),
+	} {
+		v.add(r)
+	}
+	var b strings.Builder
+	v.render(&b, 2, time.UnixMilli(minute+60_000+36_500)) // 23.5 s before the open candle closes
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("want a header and the busiest symbol's two candles:\n%s", b.String())
+	}
+	for i, want := range []string{
+		`^BTCUSDT +10:01 +2504\.09 +2504\.1 +0\.00002345 +13\.8175 +763487970 +5  open, 24s left$`,
+		`^BTCUSDT +10:00 .* +12  final$`,
+	} {
+		if !regexp.MustCompile(want).MatchString(lines[i+1]) {
+			t.Errorf("row %d: %q does not match %s", i+1, lines[i+1], want)
+		}
+	}
+	for _, line := range lines {
+		if len(line) > 100 {
+			t.Errorf("line of %d columns: %q", len(line), line)
+		}
+	}
+	if got := candleState(&schema.Kline{CloseTime: minute - 1}, time.UnixMilli(minute+500)); got != "closing" {
+		t.Errorf("a closed candle not yet final: %q", got)
+	}
+}
