@@ -49,14 +49,11 @@ interrupted or --duration ends.`)
 	listen := fs.String("listen", "", "serve the embedded broker on this HOST:PORT and the schema registry on PORT+1, for klagg tail and other tools (default: random loopback ports)")
 	var logs logFlags
 	logs.register(fs)
-	if err := parse(fs, args, os.Getenv); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintf(stderr, "klagg demo: %v\n", err)
-		return 2
+	perr := parse(fs, args, os.Getenv)
+	if errors.Is(perr, flag.ErrHelp) {
+		return 0
 	}
-	var errs []error
+	errs := []error{perr} // with the checks below: every problem at once
 	if *symbols < 1 || *symbols > 100_000 {
 		errs = append(errs, fmt.Errorf("--symbols %d: want 1 to 100000", *symbols))
 	}

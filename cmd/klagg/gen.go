@@ -49,14 +49,11 @@ parse are skipped and counted). Binance JSON, or Avro with --format avro.`)
 	partitions := fs.Int("partitions", 6, "with --create-topic: its partition count")
 	var cf connFlags
 	cf.register(fs)
-	if err := parse(fs, args, os.Getenv); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintf(stderr, "klagg gen: %v\n", err)
-		return 2
+	perr := parse(fs, args, os.Getenv)
+	if errors.Is(perr, flag.ErrHelp) {
+		return 0
 	}
-	var errs []error
+	errs := []error{perr} // with the checks below: every problem at once
 	inFormat, err := schema.ParseInputFormat(*format)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("--format: %w", err))

@@ -155,28 +155,17 @@ func isTerminal(w io.Writer) bool {
 // parse parses args, then fills every flag not given on the command line
 // from KLAGG_<FLAG>. It reports every bad value at once.
 func parse(fs *flag.FlagSet, args []string, getenv func(string) string) error {
-	// One line for a bad flag, not the flag package's error and whole usage.
-	out := fs.Output()
-	fs.SetOutput(io.Discard)
-	err := fs.Parse(args)
-	fs.SetOutput(out)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
+	errs, help := parseFlags(fs, args)
+	if help {
 		if fs.Usage != nil {
 			fs.Usage()
 		} else {
 			fs.PrintDefaults()
 		}
-		return err
-	case err != nil:
-		return fmt.Errorf("%w%s (see %s -h)", err, expectedForm(fs, err), fs.Name())
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+		return flag.ErrHelp
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
 		if set[f.Name] {
 			return
@@ -184,25 +173,78 @@ func parse(fs *flag.FlagSet, args []string, getenv func(string) string) error {
 		env := "KLAGG_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
 		if v := getenv(env); v != "" {
 			if err := fs.Set(f.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
+				errs = append(errs, fmt.Errorf("%s=%q: %w%s", env, v, err, expectedForm(f)))
 			}
 		}
 	})
 	return errors.Join(errs...)
 }
 
-// expectedForm says what a flag the flag package could not parse wants.
-func expectedForm(fs *flag.FlagSet, err error) string {
-	msg := err.Error()
-	i := strings.Index(msg, " for flag -")
-	if i < 0 {
-		return ""
+// parseFlags sets the flags in args as the flag package's FlagSet.Parse
+// would (-name, --name, =value or the next argument, bool flags without a
+// value, -- ending them), but goes on past a bad one, so that every bad
+// flag is reported at once, each with the form it wants. help is whether
+// -h or -help was asked for.
+func parseFlags(fs *flag.FlagSet, args []string) (errs []error, help bool) {
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	defer func() { // the pointer to the help once, after the last bad flag
+		if n := len(errs); n > 0 && !help {
+			errs[n-1] = fmt.Errorf("%w (see %s -h)", errs[n-1], fs.Name())
+		}
+	}()
+	var rest []string // after the flags
+	for i := 0; i < len(args); i++ {
+		arg := args[i]
+		if arg == "--" {
+			rest = args[i+1:]
+			break
+		}
+		if len(arg) < 2 || arg[0] != '-' {
+			rest = args[i:]
+			break
+		}
+		name := strings.TrimPrefix(arg[1:], "-")
+		name, value, hasValue := strings.Cut(name, "=")
+		if name == "" || name[0] == '-' || name[0] == '=' {
+			bad("bad flag syntax: %s", arg)
+			continue
+		}
+		f := fs.Lookup(name)
+		if f == nil {
+			if name == "h" || name == "help" {
+				return nil, true
+			}
+			bad("flag provided but not defined: -%s", name)
+			continue
+		}
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() && !hasValue {
+			value, hasValue = "true", true
+		}
+		if !hasValue {
+			if i+1 == len(args) {
+				bad("flag needs an argument: -%s", name)
+				continue
+			}
+			i++
+			value = args[i]
+		}
+		// The flag package's Set stores its zero value on a parse error:
+		// put the value back, so that the checks after parsing do not
+		// report a second, made-up problem.
+		before := f.Value.String()
+		if err := fs.Set(name, value); err != nil {
+			bad("invalid value %q for flag -%s: %v%s", value, name, err, expectedForm(f))
+			fs.Set(name, before) //nolint:errcheck // a value it printed itself
+		}
 	}
-	name, _, _ := strings.Cut(msg[i+len(" for flag -"):], ":")
-	f := fs.Lookup(name)
-	if f == nil {
-		return ""
+	if len(rest) > 0 {
+		errs = append(errs, fmt.Errorf("unexpected arguments: %q", rest))
 	}
+	return errs, false
+}
+
+// expectedForm says what a flag whose value did not parse wants.
+func expectedForm(f *flag.Flag) string {
 	switch fmt.Sprintf("%T", f.Value) {
 	case "*flag.durationValue":
 		return ": want a duration such as 250ms, 10s or 1m"
@@ -302,14 +344,13 @@ func (rf *runFlags) finish(getenv func(string) string) error {
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs, rf := newRunFlags("run", stdout)
-	if err := parse(fs, args, os.Getenv); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintf(stderr, "klagg run: %v\n", err)
-		return 2
+	perr := parse(fs, args, os.Getenv)
+	if errors.Is(perr, flag.ErrHelp) {
+		return 0
 	}
-	if err := rf.finish(os.Getenv); err != nil {
+	// Bad flags and bad values together: a flag that did not parse keeps
+	// its default, which the checks accept.
+	if err := errors.Join(perr, rf.finish(os.Getenv)); err != nil {
 		fmt.Fprintf(stderr, "klagg run: %s\n", userMessage(err))
 		return 2
 	}

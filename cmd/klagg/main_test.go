@@ -46,6 +46,13 @@ func TestCLIErrors(t *testing.T) {
 		{"bad guarantee from env", []string{"run"}, map[string]string{"KLAGG_GUARANTEE": "twice"}, 2, []string{`guarantee "twice"`}},
 		{"same topic twice", []string{"run", "--klines-topic", "trades"}, nil, 2, []string{`are both "trades"`}},
 		{"stray argument", []string{"run", "extra"}, nil, 2, []string{`unexpected arguments: ["extra"]`}},
+		{"every bad flag at once", []string{"run", "--grace", "abc", "--nope", "--flush-interval=soon", "--periods", "7m", "--static-members=maybe", "--group"}, nil, 2,
+			[]string{`invalid value "abc" for flag -grace: parse error: want a duration such as 250ms, 10s or 1m`, "not defined: -nope",
+				`invalid value "soon" for flag -flush-interval`, `"7m"`, "flag needs an argument: -group"}},
+		{"bad flags and bad values of demo", []string{"demo", "--rate", "fast", "--members", "99", "--symbols", "1.5"}, nil, 2,
+			[]string{`invalid value "fast" for flag -rate: parse error: want a whole number`, "--members 99", `invalid value "1.5" for flag -symbols`}},
+		{"bad env says the form", []string{"tail"}, map[string]string{"KLAGG_MAX": "ten"}, 2, []string{`KLAGG_MAX="ten": parse error: want a whole number`}},
+		{"arguments after --", []string{"gen", "--symbols", "3", "--", "--rate"}, nil, 2, []string{`unexpected arguments: ["--rate"]`}},
 		{"bad demo flags", []string{"demo", "--symbols", "0", "--members", "99", "--listen", "9092"}, nil, 2, []string{"--symbols 0", "--members 99", `--listen "9092"`}},
 	}
 	for _, tt := range tests {
@@ -611,5 +618,19 @@ func TestKlineView(t *testing.T) {
 	}
 	if got := candleState(&schema.Kline{CloseTime: minute - 1}, time.UnixMilli(minute+500)); got != "closing" {
 		t.Errorf("a closed candle not yet final: %q", got)
+	}
+}
+
+// TestEveryBadFlagOnce: bad flags are reported together, the pointer to
+// -h once, and a flag that did not parse is not reported a second time by
+// the checks that follow (the flag package zeroes it on a parse error).
+func TestEveryBadFlagOnce(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run(t.Context(), []string{"run", "--flush-interval", "soon", "--grace=later", "--nope"}, &stdout, &stderr); code != 2 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+	if len(lines) != 3 || strings.Count(stderr.String(), "(see klagg run -h)") != 1 || strings.Contains(stderr.String(), "below") {
+		t.Fatalf("want three problems, one pointer to -h, nothing about a zeroed flush interval:\n%s", stderr.String())
 	}
 }

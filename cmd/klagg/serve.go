@@ -40,12 +40,9 @@ Binance's websocket kline events), a live chart page on /, and /metrics,
 	logs.register(fs)
 	var cf connFlags
 	cf.register(fs)
-	if err := parse(fs, args, os.Getenv); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintf(stderr, "klagg serve: %v\n", err)
-		return 2
+	perr := parse(fs, args, os.Getenv)
+	if errors.Is(perr, flag.ErrHelp) {
+		return 0
 	}
 	cfg.Brokers = nil
 	for _, b := range strings.Split(*brokers, ",") {
@@ -55,7 +52,7 @@ Binance's websocket kline events), a live chart page on /, and /metrics,
 	}
 	conn, err := cf.resolve(os.Getenv)
 	log, lerr := logs.logger(stderr)
-	if err := errors.Join(err, lerr, cfg.Validate()); err != nil {
+	if err := errors.Join(perr, err, lerr, cfg.Validate()); err != nil {
 		fmt.Fprintf(stderr, "klagg serve: %s\n", userMessage(err))
 		return 2
 	}

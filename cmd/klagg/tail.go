@@ -42,14 +42,11 @@ single-object encoding.`)
 	dlqTopic := fs.String("dlq-topic", def.DLQTopic, "dead-letter topic, with --dead-letters")
 	var cf connFlags
 	cf.register(fs)
-	if err := parse(fs, args, os.Getenv); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintf(stderr, "klagg tail: %v\n", err)
-		return 2
+	perr := parse(fs, args, os.Getenv)
+	if errors.Is(perr, flag.ErrHelp) {
+		return 0
 	}
-	var errs []error
+	errs := []error{perr} // with the checks below: every problem at once
 	if *period != "" {
 		if _, err := engine.ParsePeriod(*period); err != nil {
 			errs = append(errs, fmt.Errorf("--period: %w", err))
