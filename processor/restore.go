@@ -62,97 +62,51 @@ func (r *runtime) restoreRetrying(ctx context.Context, cl *kgo.Client, ps []int3
 // that died with one open holds it up to the transaction timeout.
 func (r *runtime) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*shard, error) {
 	start := r.clock()
-	adm := kadm.NewClient(cl)
-	ends, err := adm.ListEndOffsets(ctx, r.cfg.StateTopic)
-	if err != nil {
-		return nil, fmt.Errorf("processor: restore: end offsets of %q: %w", r.cfg.StateTopic, err)
-	}
-	starts, err := adm.ListStartOffsets(ctx, r.cfg.StateTopic)
-	if err != nil {
-		return nil, fmt.Errorf("processor: restore: start offsets of %q: %w", r.cfg.StateTopic, err)
-	}
 	latest := map[int32]map[string]schema.SymbolState{}
 	bad := map[int32]map[string]*BadStateError{}
-	want := map[int32]int64{} // partition -> end offset still to reach
-	consume := map[int32]kgo.Offset{}
+	targets := make([]int32, 0, len(ps))
 	for _, p := range ps {
-		latest[p] = map[string]schema.SymbolState{}
-		bad[p] = map[string]*BadStateError{}
-		end, ok := ends.Lookup(r.cfg.StateTopic, partition.Target(p))
-		if !ok || end.Err != nil {
-			return nil, fmt.Errorf("processor: restore: no end offset for %s/%d", r.cfg.StateTopic, p)
-		}
-		st, _ := starts.Lookup(r.cfg.StateTopic, partition.Target(p))
-		if end.Offset > st.Offset {
-			want[partition.Target(p)] = end.Offset
-			consume[partition.Target(p)] = kgo.NewOffset().AtStart()
-		}
+		latest[partition.Target(p)] = map[string]schema.SymbolState{}
+		bad[partition.Target(p)] = map[string]*BadStateError{}
+		targets = append(targets, partition.Target(p))
 	}
-	if len(want) > 0 {
-		rc, err := kgo.NewClient(append(r.base,
-			kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{r.cfg.StateTopic: consume}),
-			kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-			// Transaction markers are records too: without them, a
-			// partition whose last records were aborted never shows a
-			// record at its end offset.
-			kgo.KeepControlRecords(),
-		)...)
-		if err != nil {
-			return nil, fmt.Errorf("processor: restore client: %w", err)
+	err := scanState(ctx, cl, r.base, r.cfg.StateTopic, targets, func(rec *kgo.Record) {
+		m := latest[rec.Partition]
+		key := string(rec.Key)
+		if rec.Value == nil {
+			delete(m, key)
+			delete(bad[rec.Partition], key)
+			return
 		}
-		defer rc.Close()
-		for len(want) > 0 {
-			fetches := rc.PollFetches(ctx)
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("processor: restore: %w", ctx.Err())
-			}
-			var ferr error
-			fetches.EachError(func(_ string, p int32, err error) { ferr = fmt.Errorf("partition %d: %w", p, err) })
-			if ferr != nil {
-				return nil, fmt.Errorf("processor: restore: fetch %q: %w", r.cfg.StateTopic, ferr)
-			}
-			fetches.EachRecord(func(rec *kgo.Record) {
-				if rec.Offset+1 >= want[rec.Partition] {
-					delete(want, rec.Partition)
-				}
-				m := latest[rec.Partition]
-				if m == nil || rec.Attrs.IsControl() {
-					return
-				}
-				key := string(rec.Key)
-				if rec.Value == nil {
-					delete(m, key)
-					delete(bad[rec.Partition], key)
-					return
-				}
-				var st schema.SymbolState
-				if err := r.stateCodec.Decode(rec.Value, &st); err != nil {
-					// It may hold more trades than any record before it:
-					// those older ones cannot stand in for it.
-					delete(m, key)
-					bad[rec.Partition][key] = &BadStateError{Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Symbol: key, Err: err}
-					return
-				}
-				if prev, ok := m[st.Symbol]; ok && prev.SourceOffset > st.SourceOffset {
-					r.stats.StaleStates.Add(1)
-					return
-				}
-				m[st.Symbol] = st
-				// A good record written after a bad one supersedes it.
-				delete(bad[rec.Partition], key)
-			})
+		var st schema.SymbolState
+		if err := r.stateCodec.Decode(rec.Value, &st); err != nil {
+			// It may hold more trades than any record before it: those
+			// older ones cannot stand in for it.
+			delete(m, key)
+			bad[rec.Partition][key] = &BadStateError{Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Symbol: key, Err: err}
+			return
 		}
+		if prev, ok := m[st.Symbol]; ok && prev.SourceOffset > st.SourceOffset {
+			r.stats.StaleStates.Add(1)
+			return
+		}
+		m[st.Symbol] = st
+		// A good record written after a bad one supersedes it.
+		delete(bad[rec.Partition], key)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("processor: restore: %w", err)
 	}
 	var out []*shard
 	now := r.clock().UnixMilli()
 	symbols := 0
 	for _, p := range ps {
-		states := make([]schema.SymbolState, 0, len(latest[p]))
-		for _, st := range latest[p] {
+		states := make([]schema.SymbolState, 0, len(latest[partition.Target(p)]))
+		for _, st := range latest[partition.Target(p)] {
 			states = append(states, st)
 		}
-		if len(bad[p]) > 0 {
-			rebuilt, err := r.rebuildSymbols(ctx, cl, p, bad[p], now)
+		if b := bad[partition.Target(p)]; len(b) > 0 {
+			rebuilt, err := r.rebuildSymbols(ctx, cl, p, b, now)
 			if err != nil {
 				return nil, err
 			}
@@ -278,3 +232,122 @@ func (r *runtime) rebuildSymbols(ctx context.Context, cl *kgo.Client, p int32, b
 
 // ErrBadStatePolicy is wrapped by Config.Validate for an unknown policy.
 var ErrBadStatePolicy = errors.New("unknown bad-state policy")
+
+// scanState calls fn with every committed data record of partitions ps (nil:
+// all) of the state topic, from the start to the end offset as it stands, in
+// offset order per partition. It reads with read_committed, so it waits
+// for a transaction open on a partition to end.
+func scanState(ctx context.Context, cl *kgo.Client, base []kgo.Opt, topic string, ps []int32, fn func(*kgo.Record)) error {
+	adm := kadm.NewClient(cl)
+	ends, err := adm.ListEndOffsets(ctx, topic)
+	if err != nil {
+		return fmt.Errorf("end offsets of %q: %w", topic, err)
+	}
+	starts, err := adm.ListStartOffsets(ctx, topic)
+	if err != nil {
+		return fmt.Errorf("start offsets of %q: %w", topic, err)
+	}
+	if ps == nil {
+		ends.Each(func(o kadm.ListedOffset) {
+			if o.Err == nil {
+				ps = append(ps, o.Partition)
+			}
+		})
+	}
+	want := map[int32]int64{} // partition -> end offset still to reach
+	consume := map[int32]kgo.Offset{}
+	for _, p := range ps {
+		end, ok := ends.Lookup(topic, p)
+		if !ok || end.Err != nil {
+			return fmt.Errorf("no end offset for %s/%d", topic, p)
+		}
+		st, _ := starts.Lookup(topic, p)
+		if end.Offset > st.Offset {
+			want[p] = end.Offset
+			consume[p] = kgo.NewOffset().AtStart()
+		}
+	}
+	if len(want) == 0 {
+		return nil
+	}
+	rc, err := kgo.NewClient(append(base,
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: consume}),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		// Transaction markers are records too: without them, a partition
+		// whose last records were aborted never shows a record at its end
+		// offset.
+		kgo.KeepControlRecords(),
+	)...)
+	if err != nil {
+		return fmt.Errorf("state client: %w", err)
+	}
+	defer rc.Close()
+	for len(want) > 0 {
+		fetches := rc.PollFetches(ctx)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var ferr error
+		fetches.EachError(func(_ string, p int32, err error) { ferr = fmt.Errorf("partition %d: %w", p, err) })
+		if ferr != nil {
+			return fmt.Errorf("fetch %q: %w", topic, ferr)
+		}
+		fetches.EachRecord(func(rec *kgo.Record) {
+			if end, ok := want[rec.Partition]; ok && rec.Offset+1 >= end {
+				delete(want, rec.Partition)
+			}
+			if !rec.Attrs.IsControl() {
+				fn(rec) // a record past the end too, in a fetch that had it: it is newer still
+			}
+		})
+	}
+	return nil
+}
+
+// LatestStates reads a state topic as members restoring all of its
+// partitions would, and returns per symbol the state they would start
+// from: in its partition, the record reflecting the most trades; of a
+// symbol in several partitions (the trades topic was repartitioned), the
+// one with the highest aggregate trade id. It returns how many records it
+// could not read beside. cl reaches the brokers; opts are the options of
+// the client it reads with (brokers, TLS, SASL).
+func LatestStates(ctx context.Context, cl *kgo.Client, topic string, opts ...kgo.Opt) (map[string]schema.SymbolState, int, error) {
+	codec, err := schema.NewStateCodec()
+	if err != nil {
+		return nil, 0, err
+	}
+	type entry struct {
+		partition int32
+		st        schema.SymbolState
+	}
+	latest := map[string]entry{}
+	unreadable := 0
+	err = scanState(ctx, cl, opts, topic, nil, func(rec *kgo.Record) {
+		var st schema.SymbolState
+		if rec.Value == nil { // a tombstone
+			if prev, ok := latest[string(rec.Key)]; ok && prev.partition == rec.Partition {
+				delete(latest, string(rec.Key))
+			}
+			return
+		}
+		if err := codec.Decode(rec.Value, &st); err != nil {
+			unreadable++
+			return
+		}
+		prev, ok := latest[st.Symbol]
+		switch {
+		case !ok,
+			prev.partition == rec.Partition && st.SourceOffset >= prev.st.SourceOffset,
+			prev.partition != rec.Partition && st.LastAggID > prev.st.LastAggID:
+			latest[st.Symbol] = entry{rec.Partition, st}
+		}
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("processor: read state %q: %w", topic, err)
+	}
+	out := make(map[string]schema.SymbolState, len(latest))
+	for sym, e := range latest {
+		out[sym] = e.st
+	}
+	return out, unreadable, nil
+}
