@@ -47,6 +47,7 @@ parse are skipped and counted). Binance JSON, or Avro with --format avro.`)
 	speed := fs.Float64("speed", 0, "CSV: 0 as fast as possible, 1 the original pace, 10 ten times faster")
 	createTopic := fs.Bool("create-topic", false, "create --trades-topic first if it does not exist (a fresh topic for a replay)")
 	partitions := fs.Int("partitions", 6, "with --create-topic: its partition count")
+	stateTopic := fs.String("state-topic", def.StateTopic, "warn if a group reads --trades-topic and this state topic is past the trades sent")
 	var cf connFlags
 	cf.register(fs)
 	perr := parse(fs, args, os.Getenv)
@@ -117,6 +118,22 @@ parse are skipped and counted). Binance JSON, or Avro with --format avro.`)
 		fmt.Fprintf(stderr, "klagg gen: %v\n", err)
 		return 1
 	}
+	firsts := map[string]schema.Trade{}
+	if *csvFiles != "" {
+		for _, file := range strings.Split(*csvFiles, ",") {
+			if t, ok := firstCSVTrade(file, *symbol); ok {
+				if prev, seen := firsts[string(t.Symbol)]; !seen || t.AggID < prev.AggID {
+					firsts[string(t.Symbol)] = t
+				}
+			}
+		}
+	} else {
+		now := time.Now().UnixMilli()
+		for i := range *symbols {
+			firsts[syntheticSymbol(i)] = schema.Trade{AggID: 1, Time: now}
+		}
+	}
+	warnIfRefused(ctx, cl, append(conn.kgo, kgo.SeedBrokers(strings.Split(*brokers, ",")...)), *topic, *stateTopic, firsts, stderr)
 	p := &producer{ctx: ctx, cl: cl, enc: enc}
 	start := time.Now()
 	if *csvFiles != "" {
@@ -230,13 +247,16 @@ func synthetic(p *producer, symbols, rate int, d time.Duration, seed uint64, bur
 			aggs[i]++
 			prices[i] = math.Max(0.01, math.Round((prices[i]+float64(rng.IntN(7)-3)*0.01)*100)/100)
 			k := int64(1 + rng.IntN(3))
-			p.send(&schema.Trade{Symbol: fmt.Appendf(nil, "S%03dUSDT", i), AggID: aggs[i], Price: prices[i],
+			p.send(&schema.Trade{Symbol: []byte(syntheticSymbol(i)), AggID: aggs[i], Price: prices[i],
 				Quantity: float64(1+rng.IntN(100000)) / 10000, FirstID: raw + 1, LastID: raw + k, Time: now,
 				BuyerMaker: rng.IntN(2) == 0})
 			raw += k
 		}
 	}
 }
+
+// syntheticSymbol names the synthetic market's symbol i.
+func syntheticSymbol(i int) string { return fmt.Sprintf("S%03dUSDT", i) }
 
 // csvSymbol is the symbol of a CSV file's trades: given, or from a name
 // like BTCUSDT-aggTrades-2024-01-01.csv.

@@ -634,3 +634,89 @@ func TestEveryBadFlagOnce(t *testing.T) {
 		t.Fatalf("want three problems, one pointer to -h, nothing about a zeroed flush interval:\n%s", stderr.String())
 	}
 }
+
+// TestGenWarnsOfRefusals: sending the same synthetic market again into a
+// running pipeline warns that klagg run would refuse it; a fresh topic
+// does not.
+func TestGenWarnsOfRefusals(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "trades"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	brokers := cluster.ListenAddrs()[0]
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"run", "--brokers", brokers, "--metrics-addr", "", "--flush-interval", "50ms"}, io.Discard, io.Discard)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	gen := func(extra ...string) string {
+		var stdout, stderr bytes.Buffer
+		args := append([]string{"gen", "--brokers", brokers, "--symbols", "3", "--rate", "300", "--duration", "300ms"}, extra...)
+		if code := run(t.Context(), args, &stdout, &stderr); code != 0 {
+			t.Fatalf("gen %q: exit %d: %s", extra, code, stderr.String())
+		}
+		return stderr.String()
+	}
+	gen()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		states, _, err := processor.LatestStates(t.Context(), cl, "klines-state", kgo.SeedBrokers(brokers))
+		if err == nil && len(states) == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no state of the 3 symbols after 30 s: %v, %v", states, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if out := gen(); !strings.Contains(out, `warning: group "klagg" already reads "trades", and the state in "klines-state" is past`) ||
+		!strings.Contains(out, "for 3 of 3 symbols (S000USDT: duplicate, trade id 1 is not above its last") {
+		t.Errorf("the same market again: no warning:\n%s", out)
+	}
+	warning := gen()
+	t.Logf("the warning:\n%s", warning)
+	for _, line := range strings.Split(strings.TrimSpace(warning), "\n") {
+		if len(line) > 100 {
+			t.Errorf("warning line of %d columns: %q", len(line), line)
+		}
+	}
+	// A 2024 file into today's pipeline: a symbol the state does not know,
+	// whose candles closed long before every shard's watermark.
+	csv := filepath.Join(t.TempDir(), "BTCUSDT-aggTrades-2024-01-01.csv")
+	if err := os.WriteFile(csv, []byte("1,42000.5,0.1,1,1,1704067200000,true\n2,42001,0.2,2,3,1704067201000,false\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out := gen("--csv", csv); !strings.Contains(out, "for 1 of 1 symbols (BTCUSDT: late, its 1m candle of 2024-01-01 00:00:00 closed before") {
+		t.Errorf("a 2024 file: no warning:\n%s", out)
+	}
+	if out := gen("--trades-topic", "fresh", "--create-topic"); out != "" {
+		t.Errorf("a fresh topic: %s", out)
+	}
+}
+
+func TestRefusal(t *testing.T) {
+	minute := int64(1714557600000)
+	st := schema.SymbolState{LastAggID: 100, Candles: []schema.CandleState{{Period: "1h", OpenTime: minute - 59*60_000}, {Period: "1m", OpenTime: minute}}}
+	for _, tc := range []struct {
+		aggID, time int64
+		want        string
+	}{
+		{100, minute + 1000, "duplicate, trade id 100 is not above its last, 100"},
+		{101, minute - 1, "late, 2024-05-01 09:59:59 is before its open candle of 2024-05-01 10:00:00"},
+		{101, minute, ""},
+	} {
+		if got := refusal(&st, &schema.Trade{AggID: tc.aggID, Time: tc.time}); got != tc.want {
+			t.Errorf("refusal(%d, %d) = %q, want %q", tc.aggID, tc.time, got, tc.want)
+		}
+	}
+}
