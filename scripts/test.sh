@@ -26,16 +26,21 @@ fi
 export KLAGG_TEST_PYTHON=$venv/bin/python
 "$KLAGG_TEST_PYTHON" -c 'import chdb; print("chdb", chdb.__version__, "- ClickHouse", chdb.query("SELECT version()", "TSV").data().strip())'
 
-echo "== chromium (Debian's package) for the chart page test"
-if ! command -v chromium >/dev/null; then
+echo "== chromium and prometheus (Debian's packages) for the chart page and dashboard tests"
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
+if [ ${#missing[@]} -gt 0 ]; then
 	sudo=""
 	[ "$(id -u)" = 0 ] || sudo=sudo
 	$sudo apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-export KLAGG_TEST_CHROMIUM
+export KLAGG_TEST_CHROMIUM KLAGG_TEST_PROMETHEUS
 KLAGG_TEST_CHROMIUM=$(command -v chromium)
+KLAGG_TEST_PROMETHEUS=$(command -v prometheus)
 chromium --version 2>/dev/null # its wrapper script complains on some machines
+prometheus --version 2>&1 | head -1
 # Screenshots and other files for a person to look at.
 export KLAGG_TEST_ARTIFACTS=$repo/.cache/test-artifacts
 

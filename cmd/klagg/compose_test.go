@@ -12,12 +12,16 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
+	dto "github.com/prometheus/client_model/go"
+	"go.yaml.in/yaml/v3"
 
+	"github.com/klagg/klagg/processor"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -164,7 +168,7 @@ func TestComposeWiring(t *testing.T) {
 		names = append(names, n)
 	}
 	slices.Sort(names)
-	if want := []string{"clickhouse", "gen", "kafka", "klagg", "schema-registry", "topics"}; !slices.Equal(names, want) {
+	if want := []string{"clickhouse", "gen", "grafana", "kafka", "klagg", "prometheus", "schema-registry", "topics"}; !slices.Equal(names, want) {
 		t.Fatalf("services %v, want %v", names, want)
 	}
 
@@ -353,5 +357,238 @@ func TestDockerfile(t *testing.T) {
 	}
 	if libs, _ := f.ImportedLibraries(); len(libs) > 0 {
 		t.Fatalf("the binary links %v", libs)
+	}
+}
+
+// mountOf is the host path compose.yaml mounts at target in s.
+func mountOf(t *testing.T, s types.ServiceConfig, target string) string {
+	t.Helper()
+	for _, v := range s.Volumes {
+		if v.Target == target {
+			return v.Source
+		}
+	}
+	t.Fatalf("service %s mounts nothing at %s: %+v", s.Name, target, s.Volumes)
+	return ""
+}
+
+// decodeYAML decodes a file strictly: a misspelt key fails.
+func decodeYAML(t *testing.T, file string, v any) {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	dec := yaml.NewDecoder(f)
+	dec.KnownFields(true)
+	if err := dec.Decode(v); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+}
+
+// servedSeries gathers the series a klagg run member's /metrics offers:
+// each family's labels and their values.
+func servedSeries(t *testing.T) map[string]map[string]map[string]bool {
+	t.Helper()
+	m := newMetrics(&processor.Stats{})
+	m.Lag(0, 1) // a vector appears once it has a child
+	fams, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]map[string]map[string]bool{}
+	for _, f := range fams {
+		labels := map[string]map[string]bool{"instance": nil, "job": nil} // added by the scrape
+		if f.GetType() == dto.MetricType_HISTOGRAM {
+			labels["le"] = nil
+			for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+				out[f.GetName()+suffix] = labels
+			}
+		}
+		for _, s := range f.GetMetric() {
+			for _, l := range s.GetLabel() {
+				if labels[l.GetName()] == nil {
+					labels[l.GetName()] = map[string]bool{}
+				}
+				labels[l.GetName()][l.GetValue()] = true
+			}
+		}
+		out[f.GetName()] = labels
+	}
+	return out
+}
+
+// TestComposeObservability: Prometheus scrapes every klagg replica on its
+// metrics port, Grafana reads that Prometheus and provisions the klagg
+// dashboard, and every query of the dashboard names series and labels
+// klagg serves; the dashboard shows throughput, lag, flush duration,
+// refusals by reason and rebalances.
+func TestComposeObservability(t *testing.T) {
+	p := loadCompose(t)
+	klagg := service(t, p, "klagg")
+	fs, rf := newRunFlags("run", io.Discard)
+	if err := parse(fs, nil, func(k string) string { return env(klagg, k) }); err != nil {
+		t.Fatal(err)
+	}
+	_, metricsPort, _ := strings.Cut(rf.metricsAddr, ":")
+
+	prom := service(t, p, "prometheus")
+	var pc struct {
+		Global struct {
+			ScrapeInterval     string `yaml:"scrape_interval"`
+			EvaluationInterval string `yaml:"evaluation_interval"`
+		}
+		ScrapeConfigs []struct {
+			JobName     string `yaml:"job_name"`
+			MetricsPath string `yaml:"metrics_path"`
+			DNSSD       []struct {
+				Names           []string
+				Type            string
+				Port            int
+				RefreshInterval string `yaml:"refresh_interval"`
+			} `yaml:"dns_sd_configs"`
+		} `yaml:"scrape_configs"`
+	}
+	decodeYAML(t, mountOf(t, prom, "/etc/prometheus/prometheus.yml"), &pc)
+	scraped := false
+	for _, sc := range pc.ScrapeConfigs {
+		for _, sd := range sc.DNSSD {
+			// Compose's DNS answers a service name with every replica.
+			if slices.Contains(sd.Names, klagg.Name) && sd.Type == "A" && strconv.Itoa(sd.Port) == metricsPort &&
+				(sc.MetricsPath == "" || sc.MetricsPath == "/metrics") {
+				scraped = true
+			}
+		}
+	}
+	if !scraped {
+		t.Errorf("prometheus does not scrape every %s replica on port %s: %+v", klagg.Name, metricsPort, pc)
+	}
+
+	graf := service(t, p, "grafana")
+	prov := mountOf(t, graf, "/etc/grafana/provisioning")
+	var dsf struct {
+		APIVersion  int `yaml:"apiVersion"`
+		Datasources []struct {
+			Name, UID, Type, Access, URL string
+			IsDefault                    bool `yaml:"isDefault"`
+			Editable                     bool
+		}
+	}
+	decodeYAML(t, filepath.Join(prov, "datasources", "prometheus.yaml"), &dsf)
+	if len(dsf.Datasources) != 1 || dsf.Datasources[0].Type != "prometheus" {
+		t.Fatalf("grafana's datasources: %+v", dsf)
+	}
+	ds := dsf.Datasources[0]
+	if u, err := url.Parse(ds.URL); err != nil || u.Hostname() != prom.Name || u.Port() != "9090" {
+		t.Errorf("grafana's datasource %q is not the prometheus service on its port 9090", ds.URL)
+	}
+	var dbf struct {
+		APIVersion int `yaml:"apiVersion"`
+		Providers  []struct {
+			Name, Folder, Type string
+			DisableDeletion    bool `yaml:"disableDeletion"`
+			AllowUIUpdates     bool `yaml:"allowUiUpdates"`
+			Options            struct{ Path string }
+		}
+	}
+	decodeYAML(t, filepath.Join(prov, "dashboards", "klagg.yaml"), &dbf)
+	if len(dbf.Providers) != 1 || dbf.Providers[0].Type != "file" {
+		t.Fatalf("grafana's dashboard providers: %+v", dbf)
+	}
+	dashDir := mountOf(t, graf, dbf.Providers[0].Options.Path)
+	home := env(graf, "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH")
+	if rel, ok := strings.CutPrefix(home, dbf.Providers[0].Options.Path+"/"); !ok {
+		t.Errorf("grafana's home dashboard %q is not among the provisioned ones", home)
+	} else if _, err := os.Stat(filepath.Join(dashDir, rel)); err != nil {
+		t.Errorf("grafana's home dashboard: %v", err)
+	}
+
+	b, err := os.ReadFile(filepath.Join(dashDir, "klagg.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		UID    string
+		Title  string
+		Panels []struct {
+			ID         int
+			Title      string
+			Datasource struct{ Type, UID string }
+			GridPos    struct{ H, W, X, Y int } `json:"gridPos"`
+			Targets    []struct {
+				Expr       string
+				Datasource struct{ UID string }
+			}
+		}
+	}
+	if err := json.Unmarshal(b, &dash); err != nil {
+		t.Fatalf("klagg.json: %v", err)
+	}
+	series := servedSeries(t)
+	metricRe := regexp.MustCompile(`\bklagg_[a-z0-9_]+`)
+	byRe := regexp.MustCompile(`\bby\s*\(([^)]*)\)`)
+	matcherRe := regexp.MustCompile(`(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"`)
+	used := map[string]bool{}
+	cells := map[[2]int]string{} // 24 columns × rows: no two panels overlap
+	for _, panel := range dash.Panels {
+		if panel.Datasource.UID != ds.UID {
+			t.Errorf("panel %q: datasource %q, want the provisioned %q", panel.Title, panel.Datasource.UID, ds.UID)
+		}
+		if panel.GridPos.W < 1 || panel.GridPos.X+panel.GridPos.W > 24 || panel.GridPos.H < 1 {
+			t.Errorf("panel %q: grid position %+v", panel.Title, panel.GridPos)
+		}
+		for x := panel.GridPos.X; x < panel.GridPos.X+panel.GridPos.W; x++ {
+			for y := panel.GridPos.Y; y < panel.GridPos.Y+panel.GridPos.H; y++ {
+				if other, ok := cells[[2]int{x, y}]; ok {
+					t.Fatalf("panels %q and %q overlap", other, panel.Title)
+				}
+				cells[[2]int{x, y}] = panel.Title
+			}
+		}
+		if len(panel.Targets) == 0 {
+			t.Errorf("panel %q has no query", panel.Title)
+		}
+		for _, q := range panel.Targets {
+			names := metricRe.FindAllString(q.Expr, -1)
+			if len(names) == 0 {
+				t.Errorf("panel %q: %q reads no klagg series", panel.Title, q.Expr)
+			}
+			for _, name := range names {
+				labels, ok := series[name]
+				if !ok {
+					t.Errorf("panel %q: klagg serves no %s", panel.Title, name)
+					continue
+				}
+				used[name] = true
+				for _, m := range byRe.FindAllStringSubmatch(q.Expr, -1) {
+					for _, l := range strings.Split(m[1], ",") {
+						if _, ok := labels[strings.TrimSpace(l)]; !ok {
+							t.Errorf("panel %q: %s has no label %q to group by", panel.Title, name, strings.TrimSpace(l))
+						}
+					}
+				}
+				for _, m := range matcherRe.FindAllStringSubmatch(q.Expr, -1) {
+					values, ok := labels[m[1]]
+					if !ok {
+						t.Errorf("panel %q: %s has no label %q", panel.Title, name, m[1])
+						continue
+					}
+					if m[2] == "=" || m[2] == "=~" {
+						for _, v := range strings.Split(m[3], "|") {
+							if !values[v] {
+								t.Errorf("panel %q: %s{%s} is never %q", panel.Title, name, m[1], v)
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+	for _, want := range []string{"klagg_trades_total", "klagg_consumer_lag_records", "klagg_flush_duration_seconds_bucket",
+		"klagg_trades_invalid_total", "klagg_rebalances_total"} {
+		if !used[want] {
+			t.Errorf("the dashboard does not show %s", want)
+		}
 	}
 }
