@@ -751,3 +751,46 @@ func TestServeKlinesAPI(t *testing.T) {
 	}
 	t.Logf("%d candles from klagg serve's /api/v3/klines equal to the oracle's", checked)
 }
+
+// TestTransactionalProducer: trades from a transactional producer, as Kafka
+// Streams, Flink or another klagg write them. Committed transactions count,
+// aborted ones never (each is the next transaction's trades at ten times
+// the price: read, they would change the candles and make the real ones
+// duplicates), and the member reads past each transaction marker: it
+// commits to the partitions' ends and the candles equal the oracle's.
+func TestTransactionalProducer(t *testing.T) {
+	b := newBed(t, 3)
+	recs := market(8, 30_000, 3, "2024-03-31T22:00:00Z", 500, 0.01, 0.001)
+	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()),
+		kgo.TransactionalID(b.name+"-upstream"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	txn := func(part []oracle.Record, end kgo.TransactionEndTry) {
+		if err := prod.BeginTransaction(); err != nil {
+			t.Fatal(err)
+		}
+		if err := oracle.Produce(b.ctx, prod, b.topic("trades"), part); err != nil {
+			t.Fatal(err)
+		}
+		if err := prod.EndTransaction(b.ctx, end); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.start("a")
+	const chunk = 3000
+	for i := 0; i < len(recs); i += chunk {
+		part := recs[i:min(i+chunk, len(recs))]
+		tampered := slices.Clone(part)
+		for j := range tampered {
+			tampered[j].Trade.Price *= 10
+		}
+		txn(tampered, kgo.TryAbort)
+		txn(part, kgo.TryCommit)
+		b.produced = append(b.produced, part...)
+	}
+	b.settle(3 * time.Minute)
+	b.stop("a")
+	b.check()
+}

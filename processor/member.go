@@ -178,6 +178,10 @@ func (r *runtime) memberOpts(extra []kgo.Opt) ([]kgo.Opt, error) {
 		// Trades written by a transactional producer count once
 		// committed, never when aborted.
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		// Their transaction markers take offsets too: seeing them (dispatch
+		// drops them) lets a member tell it has read a partition to its
+		// end, and commit past the last marker.
+		kgo.KeepControlRecords(),
 	}
 	if cfg.InstanceID != "" {
 		opts = append(opts, kgo.InstanceID(cfg.InstanceID))
@@ -355,23 +359,32 @@ func (r *runtime) partitions() []int32 {
 }
 
 // dispatch hands the records of one fetched partition to its shard, and
-// reports whether the partition has more records waiting.
+// reports whether the partition has more records waiting. The fetch's
+// last record may be a transaction marker: the shard gets the trades, and
+// the marker's offset as how far the partition was read.
 func (r *runtime) dispatch(ftp kgo.FetchTopicPartition) (behind bool) {
 	if len(ftp.Records) == 0 {
 		return false
 	}
-	behind = ftp.Records[len(ftp.Records)-1].Offset+1 < ftp.HighWatermark
+	end := ftp.Records[len(ftp.Records)-1].Offset
+	behind = end+1 < ftp.HighWatermark
 	s := r.shard(ftp.Partition)
 	if s == nil {
 		return behind // not ours any more; the new owner reads them
 	}
-	r.unflushed.Add(int64(len(ftp.Records)))
+	recs := ftp.Records
+	if slices.ContainsFunc(recs, isControl) { // a copy: the fetch is the client's to read too
+		recs = slices.DeleteFunc(slices.Clone(recs), isControl)
+	}
+	r.unflushed.Add(int64(len(recs)))
 	select {
-	case s.in <- shardMsg{recs: ftp.Records, hw: ftp.HighWatermark}:
+	case s.in <- shardMsg{recs: recs, hw: ftp.HighWatermark, end: end}:
 	case <-s.done:
 	}
 	return behind
 }
+
+func isControl(r *kgo.Record) bool { return r.Attrs.IsControl() }
 
 // fetchErrors logs fetch errors and returns the first that ends the
 // member: the group refused us for good.

@@ -328,3 +328,94 @@ func TestBadStateRebuild(t *testing.T) {
 	}
 	t.Logf("%s rebuilt from %d trades records; %d final candles exact", victim, half, len(want))
 }
+
+// TestTransactionalTrades: trades written by a transactional producer
+// (Kafka Streams, Flink and klagg itself write so) end each transaction with
+// a marker that takes an offset. A member must count a partition read up to
+// its marker as caught up: commit up to the end (no lag of one record
+// forever) and let the idle watermark make the candles final without more
+// trades.
+func TestTransactionalTrades(t *testing.T) {
+	for _, g := range []processor.Guarantee{processor.ExactlyOnce, processor.AtLeastOnce} {
+		t.Run(string(g), func(t *testing.T) { testTransactionalTrades(t, g) })
+	}
+}
+
+func testTransactionalTrades(t *testing.T, g processor.Guarantee) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	brokers := cluster.ListenAddrs()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.TransactionalID("upstream"), kgo.DefaultProduceTopic("trades"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	// Trades of a minute the member's clock is about to end, so that the
+	// idle watermark finishes it within seconds.
+	minuteEnd := time.Now().Truncate(time.Minute)
+	shift := minuteEnd.Add(-50 * time.Millisecond).Sub(time.Now())
+	clock := func() time.Time { return time.Now().Add(shift) }
+	for i := range 3 {
+		if err := prod.BeginTransaction(); err != nil {
+			t.Fatal(err)
+		}
+		tr := schema.Trade{Symbol: []byte("TXNUSDT"), AggID: int64(i + 1), Price: 10 + float64(i), Quantity: 1,
+			FirstID: int64(i + 1), LastID: int64(i + 1), Time: minuteEnd.Add(-time.Duration(3-i) * 100 * time.Millisecond).UnixMilli()}
+		if err := prod.ProduceSync(ctx, &kgo.Record{Key: tr.Symbol, Value: schema.AppendBinanceJSON(nil, &tr)}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+		if err := prod.EndTransaction(ctx, kgo.TryCommit); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	cfg := processor.DefaultConfig()
+	cfg.Brokers = brokers
+	cfg.Guarantee = g
+	cfg.FlushInterval = 50 * time.Millisecond
+	mctx, mcancel := context.WithCancel(ctx)
+	errs := make(chan error, 1)
+	go func() {
+		errs <- processor.Run(mctx, cfg, processor.WithClock(clock), processor.WithRunLogger(slog.New(slog.NewTextHandler(t.Output(), nil))))
+	}()
+	defer func() {
+		mcancel()
+		if err := <-errs; err != nil {
+			t.Errorf("member: %v", err)
+		}
+	}()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(cfg.KlinesTopic), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		fctx, fcancel := context.WithTimeout(ctx, time.Second)
+		fetches := cl.PollFetches(fctx)
+		fcancel()
+		final := false
+		fetches.EachRecord(func(r *kgo.Record) {
+			var k schema.Kline
+			if schema.DecodeKline(r.Value, &k) == nil && k.Period == "1m" && k.IsFinal && k.TradeCount == 3 {
+				final = true
+			}
+		})
+		if final {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the 1m candle of the transactional trades is not final 20 s later: the member thinks it is behind")
+		}
+	}
+	adm := kadm.NewClient(prod)
+	waitFor(t, 20*time.Second, "offsets committed to the end, past the last marker", func() bool {
+		ok, err := oracle.Committed(ctx, adm, cfg.Group, cfg.TradesTopic)
+		return err == nil && ok
+	})
+}

@@ -45,6 +45,7 @@ type shard struct {
 type shardMsg struct {
 	recs  []*kgo.Record
 	hw    int64
+	end   int64 // the fetch's last offset, a transaction marker's too
 	drain chan<- drained
 	all   bool // with drain: a full drain, even while catching up
 }
@@ -74,12 +75,12 @@ func (s *shard) run() {
 				m.drain <- s.drain(m.all)
 				continue
 			}
-			s.fold(m.recs, m.hw)
+			s.fold(m.recs, m.hw, m.end)
 		}
 	}
 }
 
-func (s *shard) fold(recs []*kgo.Record, hw int64) {
+func (s *shard) fold(recs []*kgo.Record, hw, end int64) {
 	now := s.r.clock().UnixMilli()
 	// Counted here and added once per batch: shards share the Stats, and
 	// an atomic add per trade would bounce its cache line between cores.
@@ -103,6 +104,12 @@ func (s *shard) fold(recs []*kgo.Record, hw int64) {
 		if n > 0 {
 			s.r.stats.Trades[i].Add(n)
 		}
+	}
+	// Read up to end: a transaction marker after the last trade is
+	// consumed too (the commit goes past it; the lag counts it as read).
+	if end > s.last {
+		s.last = end
+		s.agg.MarkOffset(end)
 	}
 	s.hw = hw
 	s.foldedSinceDrain += int64(len(recs))

@@ -64,7 +64,7 @@ func TestShardCatchUpFlush(t *testing.T) {
 		return true
 	}
 
-	s.fold(batch(10), 10_000) // far behind: 10,000 records in the partition
+	s.fold(batch(10), 10_000, -1) // far behind: 10,000 records in the partition
 	d := s.drain(false)
 	if d.position != -1 || len(d.states) != 0 || !finalsOnly(d) || len(d.first) == 0 {
 		t.Fatalf("behind: position %d, %d states, %d klines (finals only: %v); want finals only, nothing to commit",
@@ -72,30 +72,44 @@ func TestShardCatchUpFlush(t *testing.T) {
 	}
 
 	now = now.Add(catchUpHold)
-	s.fold(batch(10), 10_000)
+	s.fold(batch(10), 10_000, -1)
 	d = s.drain(false)
 	if d.position != offset-1 || len(d.states) != 2 || finalsOnly(d) {
 		t.Fatalf("after catchUpHold: position %d, %d states; want a full drain at %d", d.position, len(d.states), offset-1)
 	}
 
-	s.fold(batch(10), 10_000)
+	s.fold(batch(10), 10_000, -1)
 	if d = s.drain(true); d.position != offset-1 || len(d.states) != 2 {
 		t.Fatalf("asked for all: position %d, %d states", d.position, len(d.states))
 	}
 
-	s.fold(batch(10), 10_000)
+	s.fold(batch(10), 10_000, -1)
 	if d = s.drain(false); d.position != -1 {
 		t.Fatalf("behind again: position %d", d.position)
 	}
-	s.fold(batch(10), offset) // caught up: the last record read is the partition's last
+	s.fold(batch(10), offset, -1) // caught up: the last record read is the partition's last
 	if d = s.drain(false); d.position != offset-1 || len(d.states) != 2 || finalsOnly(d) {
 		t.Fatalf("caught up: position %d, %d states", d.position, len(d.states))
 	}
 
 	// A shard that is behind by less than it folded since its last drain
 	// (a live stream between two fetches) delivers everything.
-	s.fold(batch(50), offset+10)
+	s.fold(batch(50), offset+10, -1)
 	if d = s.drain(false); d.position != offset-1 {
 		t.Fatalf("slightly behind: position %d, want a full drain", d.position)
+	}
+	// Read to a transaction marker after the last trade: caught up (lag 0),
+	// and the position to commit is past the marker.
+	recs := batch(5)
+	marker := offset
+	offset++
+	s.fold(recs, marker+1, marker)
+	if d = s.drain(false); d.lag != 0 || d.position != marker {
+		t.Fatalf("read up to a marker: lag %d, position %d; want 0 and %d", d.lag, d.position, marker)
+	}
+	// A fetch of nothing but a marker moves the position too.
+	s.fold(nil, offset+1, offset)
+	if d = s.drain(false); d.lag != 0 || d.position != offset {
+		t.Fatalf("a marker alone: lag %d, position %d; want 0 and %d", d.lag, d.position, offset)
 	}
 }
