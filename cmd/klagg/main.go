@@ -23,6 +23,7 @@ import (
 	"github.com/klagg/klagg/processor"
 	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
+	"github.com/klagg/klagg/serve"
 )
 
 func main() {
@@ -276,6 +277,7 @@ type runFlags struct {
 	periods     string
 	inputFormat string
 	metricsAddr string
+	httpAddr    string
 	logs        logFlags
 	connFlags   connFlags
 	conn        conn // resolved from connFlags by finish
@@ -311,6 +313,7 @@ stops one cleanly.`)
 	fs.DurationVar(&c.TransactionTimeout, "transaction-timeout", c.TransactionTimeout, "exactly-once: how long a transaction left open by a killed member holds up readers of its partitions")
 	fs.StringVar((*string)(&c.BadState), "bad-state", string(c.BadState), "an unreadable state record: stop (the member stops and names it) or rebuild (recompute the symbol from the retained trades)")
 	fs.StringVar(&rf.metricsAddr, "metrics-addr", ":9464", "address of /metrics (Prometheus), /healthz and /readyz (empty: none)")
+	fs.StringVar(&rf.httpAddr, "http", "", "also serve the chart page and Binance's /api/v3/klines here, as klagg serve does (empty: none)")
 	rf.logs.register(fs)
 	rf.connFlags.register(fs)
 	return fs, rf
@@ -379,6 +382,27 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer srv.Close()
+	if rf.httpAddr != "" {
+		// klagg serve in the member: it reads the whole klines topic, so
+		// that any replica behind one address answers for every symbol,
+		// not only for the shards it owns.
+		scfg := serve.DefaultConfig()
+		scfg.Brokers, scfg.KlinesTopic, scfg.HTTP = rf.cfg.Brokers, rf.cfg.KlinesTopic, rf.httpAddr
+		// Its health and metrics are the member's, on --metrics-addr.
+		chart, err := serve.New(scfg, serve.WithLogger(log), serve.WithKgoOpts(rf.conn.kgo...))
+		if err != nil {
+			fmt.Fprintf(stderr, "klagg run: --http: %s\n", userMessage(err))
+			return 1
+		}
+		fmt.Fprintf(stdout, "klagg run: chart on http://%s/, klines API on http://%s/api/v3/klines\n", chart.Addr(), chart.Addr())
+		chartCtx, stopChart := context.WithCancel(ctx)
+		defer stopChart()
+		go func() {
+			if err := chart.Run(chartCtx); err != nil {
+				log.Error("chart page stopped", "err", err)
+			}
+		}()
+	}
 	if err := processor.Run(ctx, rf.cfg, processor.WithRunLogger(log), processor.WithStats(stats),
 		processor.WithObserver(m), processor.WithMemberKgoOpts(m.memberOpts()...),
 		processor.WithKgoOpts(rf.conn.kgo...), processor.WithRegistryOpts(rf.conn.sr...)); err != nil {

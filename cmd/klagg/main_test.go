@@ -720,3 +720,69 @@ func TestRefusal(t *testing.T) {
 		}
 	}
 }
+
+// TestRunHTTP: klagg run --http serves the chart page and the klines API
+// from the klines topic, beside its work.
+func TestRunHTTP(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "trades"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	brokers := cluster.ListenAddrs()[0]
+	ctx, cancel := context.WithCancel(t.Context())
+	var stdout syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"run", "--brokers", brokers, "--metrics-addr", "", "--flush-interval", "50ms", "--http", "127.0.0.1:0"}, &stdout, io.Discard)
+	}()
+	defer func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("run exited %d", code)
+		}
+	}()
+	addrRe := regexp.MustCompile(`klagg run: chart on http://([0-9.:]+)/, klines API on http://[0-9.:]+/api/v3/klines`)
+	var addr string
+	waitUntil(t, 10*time.Second, "the chart's address on stdout", func() bool {
+		if m := addrRe.FindStringSubmatch(stdout.String()); m != nil {
+			addr = m[1]
+		}
+		return addr != ""
+	})
+	if code := run(t.Context(), []string{"gen", "--brokers", brokers, "--symbols", "2", "--rate", "200", "--duration", "300ms"}, io.Discard, io.Discard); code != 0 {
+		t.Fatalf("gen: exit %d", code)
+	}
+	var candles [][]any
+	waitUntil(t, 20*time.Second, "S000USDT's 1m candles from /api/v3/klines", func() bool {
+		resp, err := http.Get("http://" + addr + "/api/v3/klines?symbol=S000USDT&interval=1m")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		return resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&candles) == nil && len(candles) > 0
+	})
+	if len(candles[0]) != 12 {
+		t.Errorf("a candle of %d fields, want Binance's 12: %v", len(candles[0]), candles[0])
+	}
+	resp, err := http.Get("http://" + addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(page), "<html") {
+		t.Errorf("the chart page: %d %.200s", resp.StatusCode, page)
+	}
+}
+
+func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s after %s", what, d)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
