@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -97,7 +98,18 @@ interrupted or --duration ends.`)
 	// The embedded broker keeps records in memory: like a real cluster's
 	// retention, old records are dropped (the state topic is compacted
 	// instead), so that the demo's memory stays flat however long it runs.
-	kopts := []kfake.Opt{kfake.NumBrokers(1), kfake.BrokerConfigs(map[string]string{"log.cleaner.backoff.ms": "10000"})}
+	// Retention drops whole segments only, and kfake's default segment is
+	// 100 MiB a partition: small segments let it drop them.
+	// Most of the demo's heap is the embedded broker's records, which
+	// change all the time: a soft limit makes the collector return them
+	// before the heap doubles, as it would by default (GOMEMLIMIT wins).
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(demoMemoryLimit)
+	}
+	kopts := []kfake.Opt{kfake.NumBrokers(1), kfake.BrokerConfigs(map[string]string{
+		"log.cleaner.backoff.ms": "10000",
+		"log.segment.bytes":      strconv.Itoa(demoSegmentBytes),
+	})}
 	if *listen != "" {
 		kopts = append(kopts, kfake.Ports(listenPort), kfake.ListenFn(func(network, _ string) (net.Listener, error) {
 			return net.Listen(network, *listen)
@@ -255,8 +267,10 @@ interrupted or --duration ends.`)
 // How long the demo's embedded broker keeps records: trades are read
 // within moments, and klagg serve keeps its own copy of the candles.
 const (
-	demoTradesRetention = 2 * time.Minute
-	demoKlinesRetention = 2 * time.Minute
+	demoTradesRetention = time.Minute
+	demoKlinesRetention = time.Minute
+	demoSegmentBytes    = 512 << 10
+	demoMemoryLimit     = 224 << 20
 )
 
 // refusals sums the members' refused trades by reason.
