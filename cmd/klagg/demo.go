@@ -95,17 +95,18 @@ interrupted or --duration ends.`)
 		defer cancel()
 	}
 
+	// Most of the demo's heap is the embedded broker's records, which
+	// change all the time: a soft limit makes the collector return them
+	// before the heap doubles, as it would by default (GOMEMLIMIT wins).
+	// Put back on return: tests run the demo inside their own process.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		defer debug.SetMemoryLimit(debug.SetMemoryLimit(demoMemoryLimit))
+	}
 	// The embedded broker keeps records in memory: like a real cluster's
 	// retention, old records are dropped (the state topic is compacted
 	// instead), so that the demo's memory stays flat however long it runs.
 	// Retention drops whole segments only, and kfake's default segment is
 	// 100 MiB a partition: small segments let it drop them.
-	// Most of the demo's heap is the embedded broker's records, which
-	// change all the time: a soft limit makes the collector return them
-	// before the heap doubles, as it would by default (GOMEMLIMIT wins).
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(demoMemoryLimit)
-	}
 	kopts := []kfake.Opt{kfake.NumBrokers(1), kfake.BrokerConfigs(map[string]string{
 		"log.cleaner.backoff.ms": "10000",
 		"log.segment.bytes":      strconv.Itoa(demoSegmentBytes),

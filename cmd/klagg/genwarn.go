@@ -48,10 +48,11 @@ func warnIfRefused(ctx context.Context, cl *kgo.Client, opts []kgo.Opt, topic, s
 	why := map[string]string{}
 	newSymbol := newSymbolRule(states)
 	for sym, first := range firsts {
-		st, ok := states[sym]
-		reason := newSymbol(&first)
-		if ok {
+		var reason string
+		if st, ok := states[sym]; ok {
 			reason = refusal(&st, &first)
+		} else {
+			reason = newSymbol(&first)
 		}
 		if reason != "" {
 			refused = append(refused, sym)
