@@ -668,17 +668,10 @@ func TestGenWarnsOfRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	waitUntil(t, 30*time.Second, "state of the 3 symbols", func() bool {
 		states, _, err := processor.LatestStates(t.Context(), cl, "klines-state", kgo.SeedBrokers(brokers))
-		if err == nil && len(states) == 3 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no state of the 3 symbols after 30 s: %v, %v", states, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return err == nil && len(states) == 3
+	})
 	if out := gen(); !strings.Contains(out, `warning: group "klagg" already reads "trades", and the state in "klines-state" is past`) ||
 		!strings.Contains(out, "for 3 of 3 symbols (S000USDT: duplicate, trade id 1 is not above its last") {
 		t.Errorf("the same market again: no warning:\n%s", out)
