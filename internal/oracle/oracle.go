@@ -36,6 +36,9 @@ type Reference struct {
 	acceptedAt, acceptedT int64
 	live                  bool
 	symbols               map[string]*symbolState
+	// NoFlat leaves out the final candles of periods without trades
+	// (engine.FlatNone).
+	NoFlat bool
 }
 
 // New returns an empty shard model.
@@ -131,7 +134,9 @@ func (r *Reference) Candles() (final, open map[Key]schema.Kline) {
 				key := Key{name, p.String(), o}
 				if p.Next(o) <= bound {
 					k.IsFinal = true
-					final[key] = k
+					if len(ts) > 0 || !r.NoFlat {
+						final[key] = k
+					}
 					continue
 				}
 				if len(ts) > 0 {

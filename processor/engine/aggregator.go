@@ -29,7 +29,31 @@ type Config struct {
 	LiveWindow time.Duration
 	// SymbolsHint sizes the arrays for about this many symbols.
 	SymbolsHint int
+	// MaxPending bounds the final candles the engine queues before they
+	// are drained. The watermark moves toward its target one candle
+	// boundary at a time and stops once this many are queued (Backlogged),
+	// so a watermark that sweeps hours of trade time at once never holds
+	// more than MaxPending plus one boundary's candles (one per slot).
+	MaxPending int
+	// Flat says which candles without trades are emitted when they end.
+	Flat FlatPolicy
 }
+
+// FlatPolicy is which quiet candles (no trade in the period) are emitted.
+type FlatPolicy string
+
+// The policies (--flat-candles).
+const (
+	// FlatAll emits a flat final candle (OHLC at the previous close,
+	// volumes 0, trade ids -1) for every period a symbol, once seen, has
+	// no trade: Binance's rule, and the default.
+	FlatAll FlatPolicy = "all"
+	// FlatNone emits no candle for a period without trades: the reader
+	// fills gaps (ClickHouse's WITH FILL, a chart's whitespace), as most
+	// stream processors leave them. Output then grows with trades, not
+	// with symbols × time.
+	FlatNone FlatPolicy = "none"
+)
 
 // DefaultConfig returns DESIGN.md's defaults.
 func DefaultConfig() Config {
@@ -37,8 +61,14 @@ func DefaultConfig() Config {
 	if err != nil {
 		panic(err) // a constant: covered by every test
 	}
-	return Config{Periods: periods, Grace: time.Second, LiveWindow: time.Minute, SymbolsHint: 256}
+	return Config{Periods: periods, Grace: time.Second, LiveWindow: time.Minute, SymbolsHint: 256,
+		MaxPending: DefaultMaxPending, Flat: FlatAll}
 }
+
+// DefaultMaxPending is Config.MaxPending's default: at about 1 KB per
+// candle on its way to the broker (queued, encoded, buffered), some 64 MB
+// per shard at most.
+const DefaultMaxPending = 65_536
 
 // Validate reports every problem of c at once.
 func (c Config) Validate() error {
@@ -68,6 +98,14 @@ func (c Config) Validate() error {
 	}
 	if c.SymbolsHint < 0 {
 		errs = append(errs, fmt.Errorf("engine: symbols hint %d is negative", c.SymbolsHint))
+	}
+	if c.MaxPending < 1 {
+		errs = append(errs, fmt.Errorf("engine: max pending candles %d must be positive", c.MaxPending))
+	}
+	switch c.Flat {
+	case FlatAll, FlatNone:
+	default:
+		errs = append(errs, fmt.Errorf("engine: flat candles %q: want %s or %s", c.Flat, FlatAll, FlatNone))
 	}
 	return errors.Join(errs...)
 }
@@ -239,7 +277,13 @@ type Aggregator struct {
 	lazy   []int
 	all    []int
 
-	watermark         int64 // W: candles with nextOpen <= W are final
+	// target is W as the rules define it; watermark is how far it has been
+	// applied: every started slot has nextOpen > watermark. They differ
+	// while the engine is backlogged (see advance).
+	target            int64
+	watermark         int64
+	maxPending        int
+	flat              bool // FlatAll
 	maxTradeTime      int64
 	acceptedAt        int64 // wall clock when the latest trade was accepted
 	acceptedTradeTime int64
@@ -271,6 +315,9 @@ func NewAggregator(cfg Config, opts ...Option) (*Aggregator, error) {
 		minNext:        make([]int64, nP),
 		minNextAll:     math.MaxInt64,
 		watermark:      math.MinInt64,
+		target:         math.MinInt64,
+		maxPending:     cfg.MaxPending,
+		flat:           cfg.Flat == FlatAll,
 		maxTradeTime:   math.MinInt64,
 		position:       -1,
 	}
@@ -296,8 +343,28 @@ func (a *Aggregator) Symbols() int { return a.symbols.Len() }
 // DirtyLen is the number of slots changed since the last Drain.
 func (a *Aggregator) DirtyLen() int { return len(a.dirtyIndices) }
 
-// Watermark returns W in Unix ms (math.MinInt64 before any trade).
-func (a *Aggregator) Watermark() int64 { return a.watermark }
+// Watermark returns W in Unix ms (math.MinInt64 before any trade), as the
+// rules define it; while Backlogged, candles are still being closed up to it.
+func (a *Aggregator) Watermark() int64 { return a.target }
+
+// Pending is the number of final candles queued for the next drain.
+func (a *Aggregator) Pending() int { return len(a.finals) }
+
+// Backlogged reports that the engine must be drained before it takes more
+// trades: MaxPending final candles are queued, or the watermark has not
+// reached W yet because closing the candles up to W would queue more. After
+// a drain, Settle goes on closing them. Fold on a backlogged engine is
+// still correct, but closes every candle up to W at once, unbounded.
+func (a *Aggregator) Backlogged() bool {
+	return len(a.finals) >= a.maxPending || a.watermark < a.target
+}
+
+// Settle goes on closing the candles up to W, as far as MaxPending allows,
+// and reports whether W is reached.
+func (a *Aggregator) Settle() bool {
+	a.advance(true)
+	return a.watermark >= a.target
+}
 
 // Position returns the last trades offset handled, -1 before any.
 func (a *Aggregator) Position() int64 { return a.position }
@@ -314,6 +381,10 @@ func (a *Aggregator) MarkOffset(offset int64) {
 // partition; nowMs is the wall clock (Unix ms) at which it was read, for
 // the live-window rule. It allocates nothing unless the symbol is new.
 func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
+	if a.watermark < a.target {
+		// The caller did not Settle: the rules below need W applied.
+		a.advance(false)
+	}
 	a.MarkOffset(offset)
 	sym, known := a.symbols.Lookup(t.Symbol)
 	if known {
@@ -343,15 +414,13 @@ func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
 	// Accepted.
 	if t.Time > a.maxTradeTime {
 		a.maxTradeTime = t.Time
-		if w := t.Time - a.graceMs; w > a.watermark {
-			a.watermark = w
-		}
+		a.target = max(a.target, t.Time-a.graceMs)
 	}
 	a.acceptedAt, a.acceptedTradeTime = nowMs, t.Time
 	a.live = nowMs-t.Time <= a.liveMs
-	if a.watermark >= a.minNextAll {
-		a.applyWatermark()
-	}
+	// Bounded: this trade is folded whatever the rest of W costs (its own
+	// slots roll to its time below); the next one waits for Settle.
+	a.advance(true)
 	if !known {
 		sym = a.addSymbol(t.Symbol)
 	}
@@ -506,8 +575,15 @@ func (a *Aggregator) roll(idx int, until int64) {
 	}
 	p := a.periods[pi]
 	for c.nextOpen <= until {
-		a.finals = append(a.finals, a.kline(sym, pi, c, true))
+		if a.flat || c.firstID >= 0 {
+			a.finals = append(a.finals, a.kline(sym, pi, c, true))
+		}
 		prevClose, next := c.close, c.nextOpen
+		if !a.flat {
+			// No record for the quiet candles between: skip to the one
+			// holding until.
+			next = max(next, p.Open(until))
+		}
 		*c = candle{openTime: next, nextOpen: p.Next(next), trades: trades{
 			open: prevClose, high: prevClose, low: prevClose, close: prevClose,
 			firstID: -1, lastID: -1,
@@ -516,7 +592,30 @@ func (a *Aggregator) roll(idx int, until int64) {
 	a.markDirty(idx)
 }
 
-// applyWatermark rolls every slot whose candle ends at or before W.
+// advance applies the target watermark. With flat candles it steps one
+// candle boundary at a time (the earliest any slot waits for), so that each
+// step closes at most one candle per slot and leaves a consistent shard
+// (every slot past the applied watermark, which state records carry); with
+// budget it stops once MaxPending finals are queued. Without flat candles a
+// slot's quiet candles make no records, and one step does.
+func (a *Aggregator) advance(budget bool) {
+	for a.watermark < a.target {
+		if budget && len(a.finals) >= a.maxPending {
+			return
+		}
+		w := a.target
+		if a.flat && a.minNextAll < w {
+			w = a.minNextAll
+		}
+		a.watermark = w
+		if w >= a.minNextAll {
+			a.applyWatermark()
+		}
+	}
+}
+
+// applyWatermark rolls every slot whose candle ends at or before the
+// applied watermark.
 func (a *Aggregator) applyWatermark() {
 	w := a.watermark
 	all := int64(math.MaxInt64)
@@ -586,11 +685,9 @@ func (a *Aggregator) AdvanceClock(nowMs int64, caughtUp bool) {
 	if !caughtUp || !a.live || nowMs-a.acceptedAt < a.graceMs {
 		return
 	}
-	if w := nowMs - a.graceMs; w > a.watermark {
-		a.watermark = w
-		if w >= a.minNextAll {
-			a.applyWatermark()
-		}
+	if w := nowMs - a.graceMs; w > a.target {
+		a.target = w
+		a.advance(true)
 	}
 }
 
@@ -758,7 +855,10 @@ func (a *Aggregator) Restore(states []schema.SymbolState, nowMs int64) error {
 			a.minNext[pi] = min(a.minNext[pi], c.nextOpen)
 			a.minNextAll = min(a.minNextAll, c.nextOpen)
 		}
-		a.watermark = max(a.watermark, st.Watermark)
+		// A record written while backlogged carries the watermark applied
+		// so far (its candles agree with it); W itself follows from the
+		// shard's greatest trade time.
+		a.target = max(a.target, st.Watermark, st.ShardMaxTradeTime-a.graceMs)
 		a.maxTradeTime = max(a.maxTradeTime, st.ShardMaxTradeTime)
 		a.position = max(a.position, st.SourceOffset)
 		if st.AcceptedAt > a.acceptedAt {
@@ -767,10 +867,14 @@ func (a *Aggregator) Restore(states []schema.SymbolState, nowMs int64) error {
 		}
 	}
 	// Records of quiet symbols may predate the newest watermark: close what
-	// it has closed, as the shard would have had it kept running.
-	if a.watermark >= a.minNextAll {
-		a.applyWatermark()
+	// it has closed, as the shard would have had it kept running, from the
+	// earliest open candle on and within MaxPending (Backlogged says when
+	// more is to come).
+	a.watermark = a.target
+	if a.minNextAll <= a.target {
+		a.watermark = a.minNextAll - 1
 	}
+	a.advance(true)
 	return nil
 }
 

@@ -278,8 +278,10 @@ func TestDrainFinalsHoldsOpenCandles(t *testing.T) {
 	f.trade("BTC", "2024-05-01T10:02:10Z", 102, 1, backfillNow) // the watermark closes 10:00 and a flat 10:01
 	var b engine.Batch
 	a.DrainFinals(&b, 1)
-	expectKlines(t, b.Klines, "BTC 1m 10:00 o=100 c=100 n=1 final=true", "BTC 1m 10:01 o=100 c=100 n=0 final=true",
-		"ETH 1m 10:00 o=50 c=50 n=1 final=true", "ETH 1m 10:01 o=50 c=50 n=0 final=true")
+	// The watermark closes one boundary at a time, every symbol's candle
+	// at it before the next.
+	expectKlines(t, b.Klines, "BTC 1m 10:00 o=100 c=100 n=1 final=true", "ETH 1m 10:00 o=50 c=50 n=1 final=true",
+		"BTC 1m 10:01 o=100 c=100 n=0 final=true", "ETH 1m 10:01 o=50 c=50 n=0 final=true")
 	if b.Position != -1 || len(b.States) != 0 {
 		t.Fatalf("a finals-only drain must not be committable: position %d, %d states", b.Position, len(b.States))
 	}
@@ -297,4 +299,76 @@ func TestDrainFinalsHoldsOpenCandles(t *testing.T) {
 	if a.DrainFinals(&b, 3); len(b.Klines) != 0 || a.DirtyLen() != 0 {
 		t.Fatalf("after a full drain: %v, %d dirty", describe(b.Klines), a.DirtyLen())
 	}
+}
+
+// TestWatermarkSweepIsBounded: one trade six hours after 1,000 quiet
+// symbols' last ones closes 360 minutes of candles for each of them, but
+// never queues more than MaxPending plus one boundary's candles; drains
+// and Settle bring out every one of them, each once.
+func TestWatermarkSweepIsBounded(t *testing.T) {
+	cfg := engine.DefaultConfig()
+	cfg.Periods, _ = engine.ParsePeriods("1m,5m,1h")
+	cfg.MaxPending = 2000
+	a, err := engine.NewAggregator(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := feed(t, a)
+	const symbols = 1000
+	for i := range symbols {
+		f.trade(fmt.Sprintf("S%04d", i), "2024-05-01T10:00:10Z", 100, 1, backfillNow)
+	}
+	f.trade("S0000", "2024-05-01T16:00:30Z", 101, 1, backfillNow) // W moves six hours at once
+	slots := symbols * len(cfg.Periods)
+	finals := map[string]int{}
+	var b engine.Batch
+	drains := 0
+	for {
+		if p := a.Pending(); p > cfg.MaxPending+slots {
+			t.Fatalf("%d final candles queued; bound %d", p, cfg.MaxPending+slots)
+		}
+		a.Drain(&b, backfillNow)
+		drains++
+		for _, k := range b.Klines {
+			if k.IsFinal {
+				finals[fmt.Sprintf("%s %s %d", k.Symbol, k.Period, k.OpenTime)]++
+			}
+		}
+		if a.Settle() && !a.Backlogged() && a.Pending() == 0 {
+			break
+		}
+	}
+	// Per symbol: 360 1m, 72 5m, 6 1h candles from 10:00 to 16:00.
+	if want := symbols * (360 + 72 + 6); len(finals) != want {
+		t.Fatalf("%d distinct final candles, want %d", len(finals), want)
+	}
+	for k, n := range finals {
+		if n != 1 {
+			t.Fatalf("%s final %d times", k, n)
+		}
+	}
+	if drains < 100 {
+		t.Fatalf("%d drains: the sweep was not split", drains)
+	}
+}
+
+// TestFlatNoneLeavesGaps: with FlatNone a quiet period yields no candle; the
+// next trade's candle opens at its own price, and the watermark still closes
+// candles with trades.
+func TestFlatNoneLeavesGaps(t *testing.T) {
+	cfg := engine.DefaultConfig()
+	cfg.Periods, _ = engine.ParsePeriods("1m")
+	cfg.Flat = engine.FlatNone
+	a, err := engine.NewAggregator(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := feed(t, a)
+	f.trade("BTC", "2024-05-01T10:00:30Z", 100, 1, backfillNow)
+	f.trade("ETH", "2024-05-01T10:00:40Z", 50, 1, backfillNow)
+	f.trade("BTC", "2024-05-01T10:05:10Z", 102, 1, backfillNow)
+	expectKlines(t, drain(a, 1), "BTC 1m 10:00 o=100 c=100 n=1 final=true", "ETH 1m 10:00 o=50 c=50 n=1 final=true",
+		"BTC 1m 10:05 o=102 c=102 n=1 final=false")
+	f.trade("ETH", "2024-05-01T10:09:00Z", 51, 1, backfillNow)
+	expectKlines(t, drain(a, 2), "BTC 1m 10:05 o=102 c=102 n=1 final=true", "ETH 1m 10:09 o=51 c=51 n=1 final=false")
 }

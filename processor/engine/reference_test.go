@@ -33,6 +33,11 @@ type streamSpec struct {
 	shortGaps bool
 	// periods, when set, replaces all periods (or all but 1s).
 	periods string
+	// maxPending, when set, bounds the engine's queue of final candles,
+	// and the feeder drains whenever the engine says it is backlogged,
+	// as a shard does.
+	maxPending int
+	noFlat     bool
 }
 
 // genStream makes a random market: skewed activity, sub-second steps, gaps
@@ -216,6 +221,15 @@ func TestEngineMatchesReference(t *testing.T) {
 		// 1h, 1w, 1M through 3m.
 		{start: "2024-02-28T21:00:00Z", symbols: 10, trades: 8000, periods: "3m,5m,1h,1w,1M"},
 		{start: "2024-03-31T22:30:00Z", symbols: 6, trades: 6000, live: true, periods: "3m,5m,1h,1w,1M"},
+		// A small bound: the watermark closes candles in bounded steps
+		// between drains, and the candles are the same.
+		{start: "2024-02-28T21:00:00Z", symbols: 30, trades: 10000, maxPending: 500},
+		{start: "2024-03-31T22:30:00Z", symbols: 20, trades: 8000, live: true, maxPending: 300},
+		{start: "2024-02-29T23:50:00Z", symbols: 8, trades: 4000, live: true, shortGaps: true, maxPending: 100},
+		// No flat candles: only candles with trades are emitted.
+		{start: "2023-12-31T18:00:00Z", symbols: 30, trades: 10000, noFlat: true},
+		{start: "2024-03-31T22:30:00Z", symbols: 5, trades: 8000, live: true, noFlat: true, maxPending: 50},
+		{start: "2024-02-28T21:00:00Z", symbols: 10, trades: 8000, periods: "3m,5m,1h,1w,1M", noFlat: true},
 	}
 	seeds := 3
 	if testing.Short() {
@@ -225,7 +239,14 @@ func TestEngineMatchesReference(t *testing.T) {
 		for _, base := range specs {
 			spec := base
 			spec.seed = uint64(i*100 + len(base.start) + base.symbols)
-			t.Run(fmt.Sprintf("%s/live=%v/seed=%d", spec.start, spec.live, spec.seed), func(t *testing.T) {
+			name := fmt.Sprintf("%s/live=%v/seed=%d", spec.start, spec.live, spec.seed)
+			if spec.maxPending > 0 {
+				name += fmt.Sprintf("/max-pending=%d", spec.maxPending)
+			}
+			if spec.noFlat {
+				name += "/no-flat"
+			}
+			t.Run(name, func(t *testing.T) {
 				t.Parallel()
 				runReference(t, spec)
 			})
@@ -252,7 +273,14 @@ func runReference(t *testing.T, spec streamSpec) {
 		}
 		cfg.Periods = ps
 	}
+	if spec.maxPending > 0 {
+		cfg.MaxPending = spec.maxPending
+	}
 	ref := oracle.New(cfg.Periods, cfg.Grace, cfg.LiveWindow)
+	if spec.noFlat {
+		cfg.Flat = engine.FlatNone
+		ref.NoFlat = true
+	}
 	eng, err := engine.NewAggregator(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -268,6 +296,25 @@ func runReference(t *testing.T, spec streamSpec) {
 	restoreAt := len(evs)/3 + rng.IntN(len(evs)/3)
 	var committed int // offset after the last drain: where a restarted member resumes
 	var counts [4]int
+	// The bound: MaxPending, plus one watermark step (a candle per slot),
+	// plus the candles one trade's own symbol rolls through to reach its
+	// time (a gap of up to three days: at most 7,200 over these periods).
+	backlogs, maxSeen := 0, 0
+	settle := func(i int) {
+		if spec.maxPending == 0 {
+			return
+		}
+		for eng.Backlogged() {
+			backlogs++
+			maxSeen = max(maxSeen, eng.Pending())
+			if bound := spec.maxPending + eng.Symbols()*len(cfg.Periods) + 7200; eng.Pending() > bound {
+				t.Fatalf("event %d: %d final candles queued, bound %d", i, eng.Pending(), bound)
+			}
+			drain()
+			committed = i + 1
+			eng.Settle()
+		}
+	}
 	for i := 0; i < len(evs); i++ {
 		ev := evs[i]
 		if i == restoreAt {
@@ -283,6 +330,7 @@ func runReference(t *testing.T, spec streamSpec) {
 			if err := eng.Restore(states, evs[i].now); err != nil {
 				t.Fatal(err)
 			}
+			settle(i - 1)
 			// Replay from an older commit: everything from there to here
 			// must be recognised as already counted.
 			back := committed - rng.IntN(200)
@@ -309,6 +357,7 @@ func runReference(t *testing.T, spec streamSpec) {
 			eng.AdvanceClock(ev.now, ev.caughtUp)
 			ref.Clock(ev.now, ev.caughtUp)
 		}
+		settle(i)
 		if eng.Watermark() != ref.W {
 			t.Fatalf("event %d: watermark %d, reference %d", i, eng.Watermark(), ref.W)
 		}
@@ -324,6 +373,9 @@ func runReference(t *testing.T, spec streamSpec) {
 	if counts[engine.Duplicate] == 0 || counts[engine.Late] == 0 || len(final) == 0 {
 		t.Fatalf("stream exercised too little: outcomes %v, %d final candles", counts, len(final))
 	}
-	t.Logf("%d events: folded %d, duplicate %d, late %d; %d final candles, %d records",
-		len(evs), counts[engine.Folded], counts[engine.Duplicate], counts[engine.Late], len(final), out.records)
+	if spec.maxPending > 0 && backlogs == 0 {
+		t.Fatal("the engine was never backlogged: the bound was not exercised")
+	}
+	t.Logf("%d events: folded %d, duplicate %d, late %d; %d final candles, %d records; backlogged %d times, at most %d queued",
+		len(evs), counts[engine.Folded], counts[engine.Duplicate], counts[engine.Late], len(final), out.records, backlogs, maxSeen)
 }
