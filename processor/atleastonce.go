@@ -33,13 +33,18 @@ func (r *runtime) pollLoop(ctx context.Context) error {
 			return *err
 		}
 		r.handleRestarts(ctx)
-		// Back-pressure: wait for a flush rather than read further ahead.
-		for r.unflushed.Load() >= int64(r.cfg.MaxUnflushed) {
+		// Back-pressure: while the shards hold MaxQueued records they have
+		// not folded (their engines wait for the flusher to take their
+		// final candles, the flusher for the broker), read no further.
+		// Bounded, so that restarts are handled meanwhile.
+		if queued, _ := r.backlog(); queued >= int64(r.cfg.MaxQueued) {
 			select {
 			case <-ctx.Done():
 				return nil
-			case <-r.nextFlush():
+			case <-r.progress:
+			case <-time.After(500 * time.Millisecond):
 			}
+			continue
 		}
 		// Bounded, so that a restart requested by the flusher is handled
 		// even when no trades arrive.
@@ -141,10 +146,12 @@ func (r *runtime) flushLocked(ctx context.Context, cl *kgo.Client, only []int32,
 		return
 	}
 
-	results := r.drainShards(targets, all)
+	kind := drainTick
+	if all {
+		kind = drainAll
+	}
+	results := r.drainShards(targets, kind)
 	if only == nil {
-		// Every shard drained: the poll loop may read ahead again.
-		r.unflushed.Store(0)
 		r.signalFlushed()
 	}
 	if len(results) == 0 {
@@ -152,13 +159,11 @@ func (r *runtime) flushLocked(ctx context.Context, cl *kgo.Client, only []int32,
 	}
 	r.stats.Flushes.Add(1)
 
-	first := func(d *drained) [][]*kgo.Record { return [][]*kgo.Record{d.first} }
-	states := func(d *drained) [][]*kgo.Record { return [][]*kgo.Record{d.states} }
-	r.produceAll(ctx, cl, results, first)
+	r.produceAll(ctx, cl, results, pickFirst)
 	// State only after its klines: a crash in between replays (klines
 	// twice), it never skips a candle.
-	r.produceAll(ctx, cl, results, states)
-	r.countDelivered(results, func(d *drained) [][]*kgo.Record { return [][]*kgo.Record{d.first, d.states} })
+	r.produceAll(ctx, cl, results, pickStates)
+	r.countDelivered(results, pickAll)
 
 	offsets := map[int32]kgo.EpochOffset{}
 	dirty := 0

@@ -37,10 +37,20 @@ type Config struct {
 	// DeliveryTimeout is how long a record may take to be acknowledged
 	// before its shard is restarted from its last commit.
 	DeliveryTimeout time.Duration
-	// MaxUnflushed bounds the trades a member reads ahead of its last
-	// completed flush; past it, consumption pauses (back-pressure when the
-	// broker is slow to acknowledge).
-	MaxUnflushed int
+	// MaxQueued bounds the trades records a member has read and handed to
+	// its shards but not yet folded; past it, consumption pauses. A shard
+	// stops folding while its engine holds Engine.MaxPending final candles
+	// not yet taken by a flush, so a broker slow to acknowledge, or a
+	// catch-up whose watermark closes hours of candles, pauses reading
+	// instead of growing buffers.
+	MaxQueued int
+	// MaxTransactionRecords ends an exactly-once transaction once it holds
+	// this many records (klines, state, dead letters), at the next point
+	// where every shard has folded what it was given, whatever the flush
+	// interval: a catch-up's transactions stay well inside the
+	// transaction timeout, and read_committed readers see its candles
+	// in steady steps.
+	MaxTransactionRecords int
 	// ReplicationFactor of the topics klagg creates; -1 is the broker's
 	// default.
 	ReplicationFactor int16
@@ -93,22 +103,24 @@ const (
 // DefaultConfig returns DESIGN.md §4's defaults.
 func DefaultConfig() Config {
 	return Config{
-		Brokers:           []string{"127.0.0.1:9092"},
-		Group:             "klagg",
-		TradesTopic:       "trades",
-		KlinesTopic:       "klines",
-		StateTopic:        "klines-state",
-		DLQTopic:          "trades-dlq",
-		Engine:            engine.DefaultConfig(),
-		InputFormat:       schema.InputBinanceJSON,
-		MaxSkew:           schema.DefaultMaxSkew,
-		FlushInterval:     250 * time.Millisecond,
-		DeliveryTimeout:   2 * time.Minute,
-		MaxUnflushed:      2_000_000,
-		ReplicationFactor: -1,
-		SessionTimeout:    45 * time.Second,
-		Compression:       "snappy", // franz-go's default
-		Guarantee:         ExactlyOnce,
+		Brokers:         []string{"127.0.0.1:9092"},
+		Group:           "klagg",
+		TradesTopic:     "trades",
+		KlinesTopic:     "klines",
+		StateTopic:      "klines-state",
+		DLQTopic:        "trades-dlq",
+		Engine:          engine.DefaultConfig(),
+		InputFormat:     schema.InputBinanceJSON,
+		MaxSkew:         schema.DefaultMaxSkew,
+		FlushInterval:   250 * time.Millisecond,
+		DeliveryTimeout: 2 * time.Minute,
+		MaxQueued:       50_000,
+		// About half a second of a catch-up's output on a small machine.
+		MaxTransactionRecords: 250_000,
+		ReplicationFactor:     -1,
+		SessionTimeout:        45 * time.Second,
+		Compression:           "snappy", // franz-go's default
+		Guarantee:             ExactlyOnce,
 		// Well below the session timeout, as franz-go advises; a
 		// killed member's open transaction stalls its partitions' readers
 		// this long.
@@ -151,8 +163,11 @@ func (c Config) Validate() error {
 	if c.DeliveryTimeout < time.Second {
 		errs = append(errs, fmt.Errorf("processor: delivery timeout %s is below 1s", c.DeliveryTimeout))
 	}
-	if c.MaxUnflushed < 1 {
-		errs = append(errs, fmt.Errorf("processor: max unflushed %d must be positive", c.MaxUnflushed))
+	if c.MaxQueued < 1 {
+		errs = append(errs, fmt.Errorf("processor: max queued trades %d must be positive", c.MaxQueued))
+	}
+	if c.MaxTransactionRecords < 1 {
+		errs = append(errs, fmt.Errorf("processor: max transaction records %d must be positive", c.MaxTransactionRecords))
 	}
 	if c.SessionTimeout < time.Second {
 		errs = append(errs, fmt.Errorf("processor: session timeout %s is below 1s", c.SessionTimeout))

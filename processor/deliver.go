@@ -15,8 +15,11 @@ type drained struct {
 	states    []*kgo.Record
 	position  int64
 	dirty     int
-	lag       int64 // records of the partition not yet read
-	shard     *shard
+	lag       int64 // records of the partition not yet read or not yet folded
+	// partial: a drainTxn answered with final candles only, because
+	// records handed over are not folded yet; ask again.
+	partial bool
+	shard   *shard
 	// err is the first delivery failure of these records. Written by
 	// produce promises under produceAll's mutex, read after they all fired.
 	err error
@@ -25,17 +28,24 @@ type drained struct {
 // drainShards asks each of targets to drain, on its own goroutine, and
 // collects the answers. A drain request travels behind the records
 // dispatched before it, so each answer reflects all of them.
-func (r *runtime) drainShards(targets []*shard, all bool) []drained {
-	var results []drained
-	for _, s := range targets {
-		reply := make(chan drained, 1)
+func (r *runtime) drainShards(targets []*shard, kind drainKind) []drained {
+	// Asked all at once, so that they drain in parallel.
+	replies := make([]chan drained, len(targets))
+	for i, s := range targets {
+		replies[i] = make(chan drained, 1)
 		select {
-		case s.in <- shardMsg{drain: reply, all: all}:
+		case s.in <- shardMsg{drain: replies[i], kind: kind}:
 		case <-s.done:
+			replies[i] = nil
+		}
+	}
+	var results []drained
+	for i, s := range targets {
+		if replies[i] == nil {
 			continue
 		}
 		select {
-		case d := <-reply:
+		case d := <-replies[i]:
 			d.shard = s
 			results = append(results, d)
 		case <-s.done:
@@ -79,25 +89,44 @@ func (r *runtime) produceAll(ctx context.Context, cl *kgo.Client, results []drai
 	wg.Wait()
 }
 
-// countDelivered adds the records of every result that did not fail to the
-// stats, by topic.
-func (r *runtime) countDelivered(results []drained, pick func(*drained) [][]*kgo.Record) {
-	for i := range results {
-		d := &results[i]
-		if d.err != nil {
-			continue
-		}
-		for _, recs := range pick(d) {
-			for _, rec := range recs {
-				switch rec.Topic {
-				case r.cfg.KlinesTopic:
-					r.stats.Klines.Add(1)
-				case r.cfg.StateTopic:
-					r.stats.StateRecords.Add(1)
-				case r.cfg.DLQTopic:
-					r.stats.DeadLetters.Add(1)
-				}
+func pickFirst(d *drained) [][]*kgo.Record { return [][]*kgo.Record{d.first} }
+func pickStates(d *drained) [][]*kgo.Record { return [][]*kgo.Record{d.states} }
+func pickAll(d *drained) [][]*kgo.Record { return [][]*kgo.Record{d.first, d.states} }
+
+// tally counts delivered records by topic.
+type tally struct{ klines, states, deadLetters int64 }
+
+// add counts pick(d) unless its delivery failed.
+func (t *tally) add(r *runtime, d *drained, pick func(*drained) [][]*kgo.Record) {
+	if d.err != nil {
+		return
+	}
+	for _, recs := range pick(d) {
+		for _, rec := range recs {
+			switch rec.Topic {
+			case r.cfg.KlinesTopic:
+				t.klines++
+			case r.cfg.StateTopic:
+				t.states++
+			case r.cfg.DLQTopic:
+				t.deadLetters++
 			}
 		}
 	}
+}
+
+func (t *tally) count(s *Stats) {
+	s.Klines.Add(t.klines)
+	s.StateRecords.Add(t.states)
+	s.DeadLetters.Add(t.deadLetters)
+}
+
+// countDelivered adds the records of every result that did not fail to the
+// stats, by topic.
+func (r *runtime) countDelivered(results []drained, pick func(*drained) [][]*kgo.Record) {
+	var t tally
+	for i := range results {
+		t.add(r, &results[i], pick)
+	}
+	t.count(r.stats)
 }

@@ -64,6 +64,13 @@ type txnState struct {
 	// folded is set when records were handed to shards since the last
 	// commit: an abort then leaves the shards ahead of the committed state.
 	folded bool
+	// records produced into the open transaction so far.
+	records int
+	// failed: a delivery into the open transaction failed; it must abort.
+	failed bool
+	// delivered counts the transaction's records by topic, for the stats
+	// once it commits.
+	delivered tally
 }
 
 func (r *runtime) transactLoop(ctx context.Context) error {
@@ -95,8 +102,19 @@ func (r *runtime) transactLoop(ctx context.Context) error {
 		if behind {
 			interval = max(interval, catchUpInterval)
 		}
-		due := r.clock().Sub(lastEnd) >= interval
-		if wait := interval - r.clock().Sub(lastEnd); wait > 0 {
+		due := r.clock().Sub(lastEnd) >= interval || tx.records >= r.cfg.MaxTransactionRecords
+		// Back-pressure: a backlogged shard folds nothing until its final
+		// candles are taken. They go into the open transaction now, and
+		// nothing more is read until the shards have room: the
+		// transaction grows (up to MaxTransactionRecords), the member's
+		// memory does not.
+		roomy := true
+		if queued, backlogged := r.backlog(); backlogged || queued >= int64(r.cfg.MaxQueued) {
+			r.produceFinals(&tx)
+			roomy = false
+			due = due || tx.failed || tx.records >= r.cfg.MaxTransactionRecords
+		}
+		if wait := interval - r.clock().Sub(lastEnd); wait > 0 && !due && roomy {
 			pctx, cancel := context.WithTimeout(ctx, wait)
 			fetches := r.sess.PollRecords(pctx, 10_000)
 			cancel()
@@ -226,31 +244,68 @@ func (r *runtime) rebuild(ctx context.Context) {
 // shutdownBound bounds the last transaction of a member told to stop.
 const shutdownBound = 30 * time.Second
 
+// produceFinals drains the final candles of every shard into the open
+// transaction and waits for the broker to acknowledge them, which makes
+// room in backlogged engines.
+func (r *runtime) produceFinals(tx *txnState) {
+	results := r.drainShards(r.allShards(), drainFinals)
+	ectx, cancel := context.WithTimeout(context.Background(), r.cfg.DeliveryTimeout)
+	defer cancel()
+	r.produceAll(ectx, r.cl, results, pickFirst)
+	r.account(tx, results, pickFirst)
+}
+
+// account adds a drain's delivered records to the open transaction's.
+func (r *runtime) account(tx *txnState, results []drained, pick func(*drained) [][]*kgo.Record) {
+	for i := range results {
+		d := &results[i]
+		if d.err != nil {
+			r.log.Error("delivery failed; aborting the transaction", "partition", d.partition, "err", d.err)
+			tx.failed = true
+		}
+		// Drained records changed the shards (finals taken, versions):
+		// an abort must rebuild them.
+		tx.folded = tx.folded || len(d.first)+len(d.states) > 0
+		tx.records += len(d.first) + len(d.states)
+		tx.delivered.add(r, d, pick)
+	}
+}
+
 // commitTxn drains every shard into the open transaction and ends it with
 // a commit, within timeout; when it aborts instead, the shards are rebuilt
-// (unless ctx, the member's, is done).
+// (unless ctx, the member's, is done). End commits the offsets as polled,
+// so every record handed to a shard must be folded first: a shard still
+// holding some answers with its final candles only (partial) and is asked
+// again once they are delivered, which makes room for it to fold more.
 func (r *runtime) commitTxn(ctx context.Context, timeout time.Duration, tx *txnState) {
 	start := r.clock()
 	defer func() { r.stats.LastFlush.Store(r.clock().UnixMilli()) }()
-	results := r.drainShards(r.allShards(), true)
 	ectx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	dirty := 0
-	for i := range results {
-		dirty += results[i].dirty
-		r.stats.DirtyFlushed.Add(int64(results[i].dirty))
-		r.obs.Lag(results[i].partition, results[i].lag)
-	}
-	if len(results) > 0 {
+	targets := r.allShards()
+	if len(targets) > 0 {
 		r.stats.Flushes.Add(1)
 	}
-	r.produceAll(ectx, r.cl, results, func(d *drained) [][]*kgo.Record { return [][]*kgo.Record{d.first, d.states} })
-	how := kgo.TryCommit
-	for i := range results {
-		if err := results[i].err; err != nil {
-			r.log.Error("delivery failed; aborting the transaction", "partition", results[i].partition, "err", err)
-			how = kgo.TryAbort
+	for len(targets) > 0 && !tx.failed {
+		results := r.drainShards(targets, drainTxn)
+		r.produceAll(ectx, r.cl, results, pickAll)
+		r.account(tx, results, pickAll)
+		targets = targets[:0]
+		for i := range results {
+			d := &results[i]
+			dirty += d.dirty
+			r.stats.DirtyFlushed.Add(int64(d.dirty))
+			if d.partial {
+				targets = append(targets, d.shard)
+			} else {
+				r.obs.Lag(d.partition, d.lag)
+			}
 		}
+	}
+	how := kgo.TryCommit
+	if tx.failed {
+		how = kgo.TryAbort
 	}
 	r.obs.Flushed(r.clock().Sub(start), dirty)
 	commitStart := r.clock()
@@ -262,20 +317,18 @@ func (r *runtime) commitTxn(ctx context.Context, timeout time.Duration, tx *txnS
 	// Nothing is polled before End, and the callbacks only queue events;
 	// a revoke or loss now makes End abort, as it should.
 	r.sess.AllowRebalance()
-	if r.endTxn(ectx, how, tx) {
-		r.countDelivered(results, func(d *drained) [][]*kgo.Record { return [][]*kgo.Record{d.first, d.states} })
+	committed := r.endTxn(ectx, how, tx)
+	if committed {
+		tx.delivered.count(r.stats)
 		r.stats.Commits.Add(1)
 		r.stats.LastCommit.Store(r.clock().UnixMilli())
 		r.obs.Committed(r.clock().Sub(commitStart))
-		tx.folded = false
-		return
-	}
-	// The drains changed the shards (finals, versions, dirty sets) and the
-	// transaction that carried those changes is gone.
-	if (len(results) > 0 || tx.folded) && ctx.Err() == nil {
+	} else if tx.folded && ctx.Err() == nil {
+		// The drains changed the shards (finals, versions, dirty sets) and
+		// the transaction that carried those changes is gone.
 		r.rebuild(ctx)
 	}
-	tx.folded = false
+	tx.folded, tx.failed, tx.records, tx.delivered = false, false, 0, tally{}
 }
 
 // endTxn ends the open transaction and reports whether it committed. An

@@ -47,7 +47,8 @@ func run(ctx context.Context, cfg Config, opts ...RunOption) error {
 		fn(&o)
 	}
 	r := &runtime{cfg: cfg, log: o.log, clock: o.clock, stats: o.stats, obs: o.observer, srOpt: o.srOpts,
-		shards: map[int32]*shard{}, restarts: map[int32]bool{}, kick: make(chan struct{}, 1)}
+		shards: map[int32]*shard{}, restarts: map[int32]bool{}, kick: make(chan struct{}, 1),
+		progress: make(chan struct{}, 1)}
 
 	base := append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, o.kgoOpts...)
 	admCl, err := kgo.NewClient(base...)
@@ -280,12 +281,16 @@ type runtime struct {
 	// restored); the poll loop returns it and Run stops with it.
 	fatal atomic.Pointer[error]
 
+	// progress is signalled (without blocking) by a shard that folded
+	// held records or became backlogged: a poll loop waiting for room
+	// looks again.
+	progress chan struct{}
+
 	// At-least-once only.
 
 	// flushMu serializes flushes (the periodic one, a revoke's, the final
 	// one), the loss of partitions and shard restarts.
 	flushMu   sync.Mutex
-	unflushed atomic.Int64 // trades dispatched since the last completed flush
 	flushed   chan struct{}
 	flushedMu sync.Mutex
 	// restarts holds the partitions whose shard must be rebuilt; the
@@ -293,7 +298,8 @@ type runtime struct {
 	// flusher nor lose a request.
 	restartMu sync.Mutex
 	restarts  map[int32]bool
-	// kick asks the flusher to flush now instead of at its next tick.
+	// kick asks the flusher to flush now instead of at its next tick (a
+	// shard is backlogged, or the poll loop just caught up).
 	kick chan struct{}
 
 	// Exactly-once only.
@@ -376,7 +382,7 @@ func (r *runtime) dispatch(ftp kgo.FetchTopicPartition) (behind bool) {
 	if slices.ContainsFunc(recs, isControl) { // a copy: the fetch is the client's to read too
 		recs = slices.DeleteFunc(slices.Clone(recs), isControl)
 	}
-	r.unflushed.Add(int64(len(recs)))
+	s.queued.Add(int64(len(recs)))
 	select {
 	case s.in <- shardMsg{recs: recs, hw: ftp.HighWatermark, end: end}:
 	case <-s.done:
@@ -385,6 +391,34 @@ func (r *runtime) dispatch(ftp kgo.FetchTopicPartition) (behind bool) {
 }
 
 func isControl(r *kgo.Record) bool { return r.Attrs.IsControl() }
+
+// wake tells the at-least-once flusher to flush now (a shard is
+// backlogged) and a poll loop waiting for room to look again.
+func (r *runtime) wake() {
+	r.signal(r.kick)
+	r.signal(r.progress)
+}
+
+// signal sends on a channel of capacity one without blocking: a signal
+// already pending says the same.
+func (r *runtime) signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// backlog reports the records handed to shards and not yet folded, and
+// whether any shard's engine waits for a drain.
+func (r *runtime) backlog() (queued int64, backlogged bool) {
+	r.shardsMu.Lock()
+	defer r.shardsMu.Unlock()
+	for _, s := range r.shards {
+		queued += s.queued.Load()
+		backlogged = backlogged || s.backlogged.Load()
+	}
+	return queued, backlogged
+}
 
 // fetchErrors logs fetch errors and returns the first that ends the
 // member: the group refused us for good.

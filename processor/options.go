@@ -97,6 +97,10 @@ type Stats struct {
 	RestoreNanos atomic.Int64 // duration of the last restore
 	Restarts     atomic.Int64 // shards restarted after a failed delivery, or rebuilt after an abort
 	Aborts       atomic.Int64 // transactions aborted (exactly-once)
+	// Backlogs counts the times a shard's engine filled its queue of
+	// final candles (MaxPending) and stopped folding until drained: the
+	// memory bound at work, as in a catch-up.
+	Backlogs atomic.Int64
 	// FlushesSkipped counts at-least-once flushes not made because the
 	// member could not prove it was still in the group.
 	FlushesSkipped atomic.Int64

@@ -3,6 +3,7 @@ package processor
 import (
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -40,6 +41,18 @@ type shard struct {
 
 	foldedSinceDrain int64     // records handled since the last drain
 	fullDrainAt      time.Time // the last drain that delivered everything
+
+	// held are the fetches handed over and not yet folded, in order: while
+	// the engine is backlogged (its queue of final candles is full, or the
+	// watermark has yet to close more), the shard folds nothing and only
+	// answers drains, each of which makes room.
+	held []shardMsg
+	// queued counts the records of held, for the poll loop's back-pressure
+	// (written by the shard, read by the poll goroutine).
+	queued atomic.Int64
+	// backlogged is set while the engine waits for a drain: the flush
+	// paths drain such a shard at once rather than at their next tick.
+	backlogged atomic.Bool
 }
 
 type shardMsg struct {
@@ -47,8 +60,27 @@ type shardMsg struct {
 	hw    int64
 	end   int64 // the fetch's last offset, a transaction marker's too
 	drain chan<- drained
-	all   bool // with drain: a full drain, even while catching up
+	kind  drainKind
 }
+
+// drainKind is what a drain request asks for.
+type drainKind uint8
+
+const (
+	// drainTick (at-least-once, every interval): a full drain, or only
+	// the final candles while catching up (see drain).
+	drainTick drainKind = iota
+	// drainAll (at-least-once revoke and shutdown): a full drain of what
+	// was folded; records still held are not committed and come again.
+	drainAll
+	// drainTxn (exactly-once, ending a transaction): a full drain once
+	// every record handed over is folded; until then only the final
+	// candles, and the reply says partial so that the caller asks again.
+	drainTxn
+	// drainFinals (exactly-once, inside a transaction): the final candles
+	// only, to make room in a backlogged engine.
+	drainFinals
+)
 
 func (r *runtime) newShard(p int32, agg *engine.Aggregator) *shard {
 	s := &shard{
@@ -66,26 +98,75 @@ func (r *runtime) newShard(p int32, agg *engine.Aggregator) *shard {
 
 func (s *shard) run() {
 	defer close(s.done)
+	s.work() // a restore may leave the engine backlogged
 	for {
 		select {
 		case <-s.quit:
 			return
 		case m := <-s.in:
-			if m.drain != nil {
-				m.drain <- s.drain(m.all)
+			if m.drain == nil {
+				s.held = append(s.held, m)
+				s.work()
 				continue
 			}
-			s.fold(m.recs, m.hw, m.end)
+			m.drain <- s.drain(m.kind)
+			s.agg.Settle()
+			s.work()
 		}
 	}
 }
 
-func (s *shard) fold(recs []*kgo.Record, hw, end int64) {
+// work folds the held fetches until they are done or the engine is
+// backlogged.
+func (s *shard) work() {
+	folded := false
+	for len(s.held) > 0 && !s.agg.Backlogged() {
+		m := &s.held[0]
+		n := s.fold(m.recs)
+		m.recs = m.recs[n:]
+		s.queued.Add(-int64(n))
+		folded = folded || n > 0
+		if len(m.recs) > 0 {
+			break // backlogged
+		}
+		// Read up to end: a transaction marker after the last trade is
+		// consumed too (the commit goes past it; the lag counts it as read).
+		if m.end > s.last {
+			s.last = m.end
+			s.agg.MarkOffset(m.end)
+		}
+		s.hw = m.hw
+		s.held[0] = shardMsg{}
+		s.held = s.held[1:]
+	}
+	if len(s.held) == 0 {
+		s.held = s.held[:0:0] // let go of the array and the fetches it pinned
+	}
+	b := s.agg.Backlogged()
+	if b && !s.backlogged.Load() {
+		s.r.stats.Backlogs.Add(1)
+	}
+	s.backlogged.Store(b)
+	if b {
+		s.r.wake() // the at-least-once flusher drains it at once
+	} else if folded {
+		s.r.signal(s.r.progress)
+	}
+}
+
+// fold folds recs in order until the engine is backlogged, and returns how
+// many it took.
+func (s *shard) fold(recs []*kgo.Record) int {
 	now := s.r.clock().UnixMilli()
 	// Counted here and added once per batch: shards share the Stats, and
 	// an atomic add per trade would bounce its cache line between cores.
 	var outcomes [numOutcomes]int64
+	n := 0
 	for _, rec := range recs {
+		if s.agg.Backlogged() {
+			break
+		}
+		n++
 		s.last = rec.Offset
 		if err := s.dec.Decode(rec.Key, rec.Value, now, &s.trade); err != nil {
 			reason := schema.ReasonOf(err)
@@ -100,19 +181,13 @@ func (s *shard) fold(recs []*kgo.Record, hw, end int64) {
 			s.deadLetter(rec, reason, nil)
 		}
 	}
-	for i, n := range outcomes {
-		if n > 0 {
-			s.r.stats.Trades[i].Add(n)
+	for i, c := range outcomes {
+		if c > 0 {
+			s.r.stats.Trades[i].Add(c)
 		}
 	}
-	// Read up to end: a transaction marker after the last trade is
-	// consumed too (the commit goes past it; the lag counts it as read).
-	if end > s.last {
-		s.last = end
-		s.agg.MarkOffset(end)
-	}
-	s.hw = hw
-	s.foldedSinceDrain += int64(len(recs))
+	s.foldedSinceDrain += int64(n)
+	return n
 }
 
 func (s *shard) deadLetter(rec *kgo.Record, reason schema.Reason, err error) {
@@ -132,21 +207,28 @@ func (s *shard) deadLetter(rec *kgo.Record, reason schema.Reason, err error) {
 // state and commits again.
 const catchUpHold = 5 * time.Second
 
-// drain hands the flusher what changed. A shard that is catching up (more
-// records wait to be read than it folded since its last drain) only
-// delivers the candles that became final, for up to catchUpHold: during a
-// replay the intermediate updates of open candles are superseded within
-// moments, and not producing them makes the replay faster. Such a flush
-// commits nothing; the next full one, at the latest when caught up or when
-// catchUpHold ends, delivers the open candles and state and commits. all
-// forces a full drain (revoke, shutdown).
-func (s *shard) drain(all bool) drained {
+// drain hands the flusher what changed. At a tick, a shard that is
+// catching up (more records wait to be read than it folded since its last
+// drain) only delivers the candles that became final, for up to
+// catchUpHold: during a replay the intermediate updates of open candles are
+// superseded within moments, and not producing them makes the replay
+// faster. Such a flush commits nothing; the next full one, at the latest
+// when caught up or when catchUpHold ends, delivers the open candles and
+// state and commits. See drainKind for the others.
+func (s *shard) drain(kind drainKind) drained {
 	now := s.r.clock()
 	nowMs := now.UnixMilli()
-	lag := max(0, s.hw-(s.last+1))
+	lag := max(0, s.hw-(s.last+1)) + s.queued.Load()
 	s.agg.AdvanceClock(nowMs, lag == 0)
+	finalsOnly := false
+	switch kind {
+	case drainTick:
+		finalsOnly = lag > s.foldedSinceDrain && now.Sub(s.fullDrainAt) < catchUpHold
+	case drainTxn, drainFinals:
+		finalsOnly = kind == drainFinals || len(s.held) > 0
+	}
 	dirty := s.agg.DirtyLen()
-	if !all && lag > s.foldedSinceDrain && now.Sub(s.fullDrainAt) < catchUpHold {
+	if finalsOnly {
 		s.agg.DrainFinals(&s.batch, nowMs)
 		dirty = len(s.batch.Klines)
 	} else {
@@ -154,7 +236,8 @@ func (s *shard) drain(all bool) drained {
 		s.fullDrainAt = now
 	}
 	s.foldedSinceDrain = 0
-	d := drained{partition: s.partition, position: s.batch.Position, dirty: dirty, lag: lag}
+	d := drained{partition: s.partition, position: s.batch.Position, dirty: dirty, lag: lag,
+		partial: finalsOnly && kind == drainTxn}
 	p := partition.Target(s.partition)
 	// One slab of records and one buffer of keys and values, reused by
 	// every drain: the flusher is done with the previous drain's records

@@ -1,6 +1,7 @@
 package processor
 
 import (
+	"fmt"
 	"log/slog"
 	"testing"
 	"time"
@@ -10,6 +11,13 @@ import (
 	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
+
+// give hands a fetch to s as the poll loop does, on the test's goroutine.
+func give(s *shard, recs []*kgo.Record, hw, end int64) {
+	s.queued.Add(int64(len(recs)))
+	s.held = append(s.held, shardMsg{recs: recs, hw: hw, end: end})
+	s.work()
+}
 
 // TestShardCatchUpFlush drives one shard's drain decisions with a fake
 // clock: while more records wait than it folded since its last drain, it
@@ -64,38 +72,38 @@ func TestShardCatchUpFlush(t *testing.T) {
 		return true
 	}
 
-	s.fold(batch(10), 10_000, -1) // far behind: 10,000 records in the partition
-	d := s.drain(false)
+	give(s, batch(10), 10_000, -1) // far behind: 10,000 records in the partition
+	d := s.drain(drainTick)
 	if d.position != -1 || len(d.states) != 0 || !finalsOnly(d) || len(d.first) == 0 {
 		t.Fatalf("behind: position %d, %d states, %d klines (finals only: %v); want finals only, nothing to commit",
 			d.position, len(d.states), len(d.first), finalsOnly(d))
 	}
 
 	now = now.Add(catchUpHold)
-	s.fold(batch(10), 10_000, -1)
-	d = s.drain(false)
+	give(s, batch(10), 10_000, -1)
+	d = s.drain(drainTick)
 	if d.position != offset-1 || len(d.states) != 2 || finalsOnly(d) {
 		t.Fatalf("after catchUpHold: position %d, %d states; want a full drain at %d", d.position, len(d.states), offset-1)
 	}
 
-	s.fold(batch(10), 10_000, -1)
-	if d = s.drain(true); d.position != offset-1 || len(d.states) != 2 {
+	give(s, batch(10), 10_000, -1)
+	if d = s.drain(drainAll); d.position != offset-1 || len(d.states) != 2 {
 		t.Fatalf("asked for all: position %d, %d states", d.position, len(d.states))
 	}
 
-	s.fold(batch(10), 10_000, -1)
-	if d = s.drain(false); d.position != -1 {
+	give(s, batch(10), 10_000, -1)
+	if d = s.drain(drainTick); d.position != -1 {
 		t.Fatalf("behind again: position %d", d.position)
 	}
-	s.fold(batch(10), offset, -1) // caught up: the last record read is the partition's last
-	if d = s.drain(false); d.position != offset-1 || len(d.states) != 2 || finalsOnly(d) {
+	give(s, batch(10), offset, -1) // caught up: the last record read is the partition's last
+	if d = s.drain(drainTick); d.position != offset-1 || len(d.states) != 2 || finalsOnly(d) {
 		t.Fatalf("caught up: position %d, %d states", d.position, len(d.states))
 	}
 
 	// A shard that is behind by less than it folded since its last drain
 	// (a live stream between two fetches) delivers everything.
-	s.fold(batch(50), offset+10, -1)
-	if d = s.drain(false); d.position != offset-1 {
+	give(s, batch(50), offset+10, -1)
+	if d = s.drain(drainTick); d.position != offset-1 {
 		t.Fatalf("slightly behind: position %d, want a full drain", d.position)
 	}
 	// Read to a transaction marker after the last trade: caught up (lag 0),
@@ -103,13 +111,92 @@ func TestShardCatchUpFlush(t *testing.T) {
 	recs := batch(5)
 	marker := offset
 	offset++
-	s.fold(recs, marker+1, marker)
-	if d = s.drain(false); d.lag != 0 || d.position != marker {
+	give(s, recs, marker+1, marker)
+	if d = s.drain(drainTick); d.lag != 0 || d.position != marker {
 		t.Fatalf("read up to a marker: lag %d, position %d; want 0 and %d", d.lag, d.position, marker)
 	}
 	// A fetch of nothing but a marker moves the position too.
-	s.fold(nil, offset+1, offset)
-	if d = s.drain(false); d.lag != 0 || d.position != offset {
+	give(s, nil, offset+1, offset)
+	if d = s.drain(drainTick); d.lag != 0 || d.position != offset {
 		t.Fatalf("a marker alone: lag %d, position %d; want 0 and %d", d.lag, d.position, offset)
+	}
+}
+
+// TestShardBacklog: a fetch whose trades sweep the watermark over hours of
+// many quiet symbols fills the engine's queue of final candles; the shard
+// stops folding and holds the rest. Exactly-once drains answer partial with
+// final candles only until every record is folded, and never hand over
+// more than the bound; the last drain is full, at the fetch's last offset.
+func TestShardBacklog(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	cfg := DefaultConfig()
+	cfg.Engine.Periods, _ = engine.ParsePeriods("1m,5m")
+	cfg.Engine.MaxPending = 500
+	enc, err := schema.NewKlineEncoder(schema.FramingSingleObject, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	codec, err := schema.NewStateCodec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &runtime{cfg: cfg, log: slog.New(slog.DiscardHandler), clock: func() time.Time { return now }, stats: &Stats{},
+		obs: nopObserver{}, klineEnc: enc, stateCodec: codec}
+	agg, err := engine.NewAggregator(cfg.Engine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := r.newShard(0, agg)
+	// 200 symbols trade once at the start, then one trade a minute for
+	// two hours: each minute closes 200 candles.
+	start := now.Add(-24 * time.Hour).UnixMilli()
+	var recs []*kgo.Record
+	add := func(sym string, at int64) {
+		off := int64(len(recs))
+		tr := schema.Trade{Symbol: []byte(sym), AggID: off + 1, Price: 100, Quantity: 1, FirstID: off, LastID: off, Time: at}
+		recs = append(recs, &kgo.Record{Key: tr.Symbol, Value: schema.AppendBinanceJSON(nil, &tr), Offset: off})
+	}
+	for i := range 200 {
+		add(fmt.Sprintf("S%03dUSDT", i), start)
+	}
+	for m := 1; m <= 120; m++ {
+		add("S000USDT", start+int64(m)*60_000)
+	}
+	last := recs[len(recs)-1].Offset
+	give(s, recs, last+1, last)
+	if !s.backlogged.Load() || s.queued.Load() == 0 {
+		t.Fatalf("backlogged %v, %d queued: the sweep should have filled the engine", s.backlogged.Load(), s.queued.Load())
+	}
+	bound := cfg.Engine.MaxPending + 200*2 // plus one boundary: a candle per slot
+	finals := 0
+	for round := 0; ; round++ {
+		if round > 1000 {
+			t.Fatal("no end to partial drains")
+		}
+		d := s.drain(drainTxn)
+		if len(d.first) > bound {
+			t.Fatalf("round %d: %d records in one drain, bound %d", round, len(d.first), bound)
+		}
+		finals += len(d.first)
+		if !d.partial {
+			if s.queued.Load() != 0 || d.position != last || len(d.states) == 0 {
+				t.Fatalf("full drain with %d queued, position %d (want %d), %d states", s.queued.Load(), d.position, last, len(d.states))
+			}
+			if round < 3 {
+				t.Fatalf("only %d partial drains", round)
+			}
+			break
+		}
+		if d.position != -1 || len(d.states) != 0 {
+			t.Fatalf("a partial drain carries state or a position: %d, %d", d.position, len(d.states))
+		}
+		s.agg.Settle()
+		s.work()
+	}
+	// W = the last trade's time - 1s closes 119 minutes and 23 five
+	// minutes of each of the 200 symbols; S000USDT's own last trade closes
+	// one more of each, and its two open candles are emitted.
+	if want := 200*(119+23) + 2 + 2; finals != want {
+		t.Fatalf("%d records drained, want %d", finals, want)
 	}
 }

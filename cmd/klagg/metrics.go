@@ -61,6 +61,7 @@ func newMetrics(stats *processor.Stats) *metrics {
 	counter("klagg_rebalances_total", "Partition assignments, revocations and losses seen.", nil, stats.Rebalances.Load)
 	counter("klagg_restores_total", "Shards restored from the state topic.", nil, stats.Restores.Load)
 	counter("klagg_shard_restarts_total", "Shards rebuilt from the last commit: after a failed delivery, or an aborted transaction.", nil, stats.Restarts.Load)
+	counter("klagg_shard_backlogs_total", "Times a shard held --max-pending-candles final candles and stopped folding until a flush took them (a catch-up at its memory bound).", nil, stats.Backlogs.Load)
 	counter("klagg_transactions_aborted_total", "Flush transactions aborted (exactly-once): a rebalance, a lost membership or a failed delivery.", nil, stats.Aborts.Load)
 	counter("klagg_flushes_skipped_total", "At-least-once flushes not made: the member could not prove it was still in the group.", nil, stats.FlushesSkipped.Load)
 	counter("klagg_state_records_stale_total", "State records passed over at restore: they reflect fewer trades than one already read.", nil, stats.StaleStates.Load)

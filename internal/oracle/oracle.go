@@ -91,6 +91,20 @@ type Key struct {
 // Candles returns the final candles and the open candles that have trades.
 func (r *Reference) Candles() (final, open map[Key]schema.Kline) {
 	final, open = map[Key]schema.Kline{}, map[Key]schema.Kline{}
+	r.EachCandle(func(k *schema.Kline) {
+		if k.IsFinal {
+			final[KeyOf(k)] = *k
+		} else {
+			open[KeyOf(k)] = *k
+		}
+	})
+	return final, open
+}
+
+// EachCandle calls fn with every final candle and every open candle that
+// has trades, symbol by symbol, each (symbol, period) in open-time order,
+// without holding them all.
+func (r *Reference) EachCandle(fn func(*schema.Kline)) {
 	for name, s := range r.symbols {
 		bound := max(r.W, s.maxT)
 		for _, p := range r.periods {
@@ -109,44 +123,47 @@ func (r *Reference) Candles() (final, open map[Key]schema.Kline) {
 				if len(ts) == 0 {
 					k.Open, k.High, k.Low, k.Close = prevClose, prevClose, prevClose, prevClose
 				} else {
-					first, last := ts[0], ts[0]
-					k.High, k.Low = ts[0].Price, ts[0].Price
-					for _, t := range ts {
-						if t.Time < first.Time || (t.Time == first.Time && t.AggID < first.AggID) {
-							first = t
-						}
-						if t.Time > last.Time || (t.Time == last.Time && t.AggID > last.AggID) {
-							last = t
-						}
-						k.High, k.Low = max(k.High, t.Price), min(k.Low, t.Price)
-						k.Volume += t.Qty
-						k.QuoteVolume += t.Price * t.Qty
-						if !t.BuyerMaker {
-							k.TakerBuyVolume += t.Qty
-							k.TakerBuyQuoteVolume += t.Price * t.Qty
-						}
-						k.TradeCount += t.Last - t.First + 1
-					}
-					k.Open, k.Close = first.Price, last.Price
-					k.FirstTradeID, k.LastTradeID = first.First, last.Last
+					fill(&k, ts)
 				}
 				prevClose = k.Close
-				key := Key{name, p.String(), o}
 				if p.Next(o) <= bound {
 					k.IsFinal = true
 					if len(ts) > 0 || !r.NoFlat {
-						final[key] = k
+						fn(&k)
 					}
 					continue
 				}
 				if len(ts) > 0 {
-					open[key] = k
+					fn(&k)
 				}
 				break
 			}
 		}
 	}
-	return final, open
+}
+
+// fill sets k's prices, volumes, count and ids from its trades.
+func fill(k *schema.Kline, ts []Trade) {
+	first, last := ts[0], ts[0]
+	k.High, k.Low = ts[0].Price, ts[0].Price
+	for _, t := range ts {
+		if t.Time < first.Time || (t.Time == first.Time && t.AggID < first.AggID) {
+			first = t
+		}
+		if t.Time > last.Time || (t.Time == last.Time && t.AggID > last.AggID) {
+			last = t
+		}
+		k.High, k.Low = max(k.High, t.Price), min(k.Low, t.Price)
+		k.Volume += t.Qty
+		k.QuoteVolume += t.Price * t.Qty
+		if !t.BuyerMaker {
+			k.TakerBuyVolume += t.Qty
+			k.TakerBuyQuoteVolume += t.Price * t.Qty
+		}
+		k.TradeCount += t.Last - t.First + 1
+	}
+	k.Open, k.Close = first.Price, last.Price
+	k.FirstTradeID, k.LastTradeID = first.First, last.Last
 }
 
 // KeyOf returns the key of k.

@@ -65,10 +65,13 @@ func DefaultConfig() Config {
 		MaxPending: DefaultMaxPending, Flat: FlatAll}
 }
 
-// DefaultMaxPending is Config.MaxPending's default: at about 1 KB per
-// candle on its way to the broker (queued, encoded, buffered), some 64 MB
-// per shard at most.
-const DefaultMaxPending = 65_536
+// DefaultMaxPending is Config.MaxPending's default. A candle on its way to
+// the broker (queued, copied into a batch, encoded, buffered by the
+// producer) takes about 700 bytes, and a shard may hold one full queue
+// while the previous one is delivered: some 25 MB per shard at most. A
+// smaller queue means more, smaller deliveries (4,096 halved an
+// exactly-once catch-up's speed; see the README's scaling table).
+const DefaultMaxPending = 16_384
 
 // Validate reports every problem of c at once.
 func (c Config) Validate() error {
