@@ -345,7 +345,7 @@ var benchBin string
 
 // benchBinary builds klagg without the race detector (the tests' binary has
 // it), so that latency and memory are the release build's.
-func benchBinary(b *testing.B) string {
+func benchBinary(b testing.TB) string {
 	if benchBin != "" {
 		return benchBin
 	}

@@ -453,7 +453,7 @@ func TestBadInputToDeadLetters(t *testing.T) {
 	t.Logf("dead letters by reason: %v", reasons)
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
