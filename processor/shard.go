@@ -53,6 +53,10 @@ type shard struct {
 	// backlogged is set while the engine waits for a drain: the flush
 	// paths drain such a shard at once rather than at their next tick.
 	backlogged atomic.Bool
+	// wantFull: a drain that should have been full was not, because a
+	// watermark step was half done; until the next full one, the shard
+	// finishes steps rather than starting new ones.
+	wantFull bool
 }
 
 type shardMsg struct {
@@ -110,7 +114,11 @@ func (s *shard) run() {
 				continue
 			}
 			m.drain <- s.drain(m.kind)
-			s.agg.Settle()
+			if s.wantFull && len(s.held) == 0 {
+				s.agg.SettleStep()
+			} else {
+				s.agg.Settle()
+			}
 			s.work()
 		}
 	}
@@ -226,6 +234,14 @@ func (s *shard) drain(kind drainKind) drained {
 		finalsOnly = lag > s.foldedSinceDrain && now.Sub(s.fullDrainAt) < catchUpHold
 	case drainTxn, drainFinals:
 		finalsOnly = kind == drainFinals || len(s.held) > 0
+	}
+	if !finalsOnly && kind != drainAll && !s.agg.Consistent() {
+		// State only at whole watermark steps; drainAll (revoke,
+		// shutdown) lets Drain finish the step instead.
+		finalsOnly, s.wantFull = true, true
+	}
+	if !finalsOnly {
+		s.wantFull = false
 	}
 	dirty := s.agg.DirtyLen()
 	if finalsOnly {

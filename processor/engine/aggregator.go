@@ -285,6 +285,7 @@ type Aggregator struct {
 	// while the engine is backlogged (see advance).
 	target            int64
 	watermark         int64
+	stepTo            int64 // the watermark of a step in progress, when above watermark
 	maxPending        int
 	flat              bool // FlatAll
 	maxTradeTime      int64
@@ -319,6 +320,7 @@ func NewAggregator(cfg Config, opts ...Option) (*Aggregator, error) {
 		minNextAll:     math.MaxInt64,
 		watermark:      math.MinInt64,
 		target:         math.MinInt64,
+		stepTo:         math.MinInt64,
 		maxPending:     cfg.MaxPending,
 		flat:           cfg.Flat == FlatAll,
 		maxTradeTime:   math.MinInt64,
@@ -424,6 +426,16 @@ func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
 	// Bounded: this trade is folded whatever the rest of W costs (its own
 	// slots roll to its time below); the next one waits for Settle.
 	a.advance(true)
+	if known && !a.Consistent() {
+		// The step stopped half way: close it for this symbol first, or
+		// its trade would reach a coarse candle the step is closing.
+		base := int(sym) * a.nP
+		for i := range a.nP {
+			if c := &a.candles[base+i]; c.nextOpen != 0 && c.nextOpen <= a.stepTo {
+				a.roll(base+i, a.stepTo)
+			}
+		}
+	}
 	if !known {
 		sym = a.addSymbol(t.Symbol)
 	}
@@ -597,30 +609,64 @@ func (a *Aggregator) roll(idx int, until int64) {
 
 // advance applies the target watermark. With flat candles it steps one
 // candle boundary at a time (the earliest any slot waits for), so that each
-// step closes at most one candle per slot and leaves a consistent shard
-// (every slot past the applied watermark, which state records carry); with
-// budget it stops once MaxPending finals are queued. Without flat candles a
-// slot's quiet candles make no records, and one step does.
+// step closes at most one candle per slot; without them a slot's quiet
+// candles make no records, and one step to the target closes at most one
+// per slot too. With budget it stops once MaxPending finals are queued,
+// between steps or inside one (see Consistent).
 func (a *Aggregator) advance(budget bool) {
 	for a.watermark < a.target {
 		if budget && len(a.finals) >= a.maxPending {
 			return
 		}
-		w := a.target
-		if a.flat && a.minNextAll < w {
-			w = a.minNextAll
-		}
-		a.watermark = w
-		if w >= a.minNextAll {
-			a.applyWatermark()
+		if !a.step(budget, a.target) {
+			return
 		}
 	}
 }
 
-// applyWatermark rolls every slot whose candle ends at or before the
-// applied watermark.
-func (a *Aggregator) applyWatermark() {
-	w := a.watermark
+// step goes on with the step in progress, or starts the next one toward
+// target, and reports whether it completed.
+func (a *Aggregator) step(budget bool, target int64) bool {
+	if a.stepTo <= a.watermark {
+		w := target
+		if a.flat && a.minNextAll < w {
+			w = a.minNextAll
+		}
+		a.stepTo = w
+	}
+	if !a.applyWatermark(a.stepTo, budget) {
+		return false
+	}
+	a.watermark = a.stepTo
+	return true
+}
+
+// Consistent reports that no watermark step is half done: every started
+// slot is past the applied watermark, so Drain may write state. Between
+// steps the engine is consistent even while Backlogged.
+func (a *Aggregator) Consistent() bool { return a.stepTo <= a.watermark }
+
+// SettleStep finishes a watermark step in progress, as far as MaxPending
+// allows, without starting another, and reports whether the engine is
+// Consistent: the way to a Drain with state in the middle of a sweep.
+func (a *Aggregator) SettleStep() bool {
+	if a.Consistent() {
+		return true
+	}
+	if len(a.finals) >= a.maxPending {
+		return false
+	}
+	return a.step(true, a.target)
+}
+
+// applyWatermark rolls every slot whose candle ends at or before w, and
+// reports whether it got through them all; with budget it stops once
+// MaxPending finals are queued, and a later call resumes (the slots it
+// rolled are past w and are passed over).
+func (a *Aggregator) applyWatermark(w int64, budget bool) bool {
+	if w < a.minNextAll {
+		return true
+	}
 	all := int64(math.MaxInt64)
 	for pi := range a.nP {
 		if a.minNext[pi] > w {
@@ -634,6 +680,9 @@ func (a *Aggregator) applyWatermark() {
 				continue
 			}
 			if c.nextOpen <= w {
+				if budget && len(a.finals) >= a.maxPending {
+					return false // minNext keeps its lower bounds
+				}
 				a.roll(idx, w)
 			}
 			m = min(m, c.nextOpen)
@@ -642,6 +691,7 @@ func (a *Aggregator) applyWatermark() {
 		all = min(all, m)
 	}
 	a.minNextAll = all
+	return true
 }
 
 func (a *Aggregator) markDirty(idx int) {
@@ -711,6 +761,12 @@ type Batch struct {
 // max(previous+1, nowMs*1000), strictly increasing per candle and, because
 // it follows the wall clock, above anything emitted before a restart.
 func (a *Aggregator) Drain(b *Batch, nowMs int64) {
+	if !a.Consistent() {
+		// State needs whole steps: finish this one, unbounded (at most
+		// one candle per slot). Callers that keep to MaxPending drain
+		// finals only until SettleStep says Consistent.
+		a.step(false, a.target)
+	}
 	a.DrainFinals(b, nowMs)
 	b.Position = a.position
 	vnow := nowMs * 1000

@@ -303,8 +303,9 @@ func TestDrainFinalsHoldsOpenCandles(t *testing.T) {
 
 // TestWatermarkSweepIsBounded: one trade six hours after 1,000 quiet
 // symbols' last ones closes 360 minutes of candles for each of them, but
-// never queues more than MaxPending plus one boundary's candles; drains
-// and Settle bring out every one of them, each once.
+// never queues more than MaxPending plus the trade's own symbol's 438;
+// drains and Settle bring out every one of them, each once. Full drains
+// (with state) come only at whole watermark steps.
 func TestWatermarkSweepIsBounded(t *testing.T) {
 	cfg := engine.DefaultConfig()
 	cfg.Periods, _ = engine.ParsePeriods("1m,5m,1h")
@@ -319,15 +320,20 @@ func TestWatermarkSweepIsBounded(t *testing.T) {
 		f.trade(fmt.Sprintf("S%04d", i), "2024-05-01T10:00:10Z", 100, 1, backfillNow)
 	}
 	f.trade("S0000", "2024-05-01T16:00:30Z", 101, 1, backfillNow) // W moves six hours at once
-	slots := symbols * len(cfg.Periods)
+	bound := cfg.MaxPending + 360 + 72 + 6
 	finals := map[string]int{}
 	var b engine.Batch
-	drains := 0
+	drains, full := 0, 0
 	for {
-		if p := a.Pending(); p > cfg.MaxPending+slots {
-			t.Fatalf("%d final candles queued; bound %d", p, cfg.MaxPending+slots)
+		if p := a.Pending(); p > bound {
+			t.Fatalf("%d final candles queued; bound %d", p, bound)
 		}
-		a.Drain(&b, backfillNow)
+		if a.Consistent() {
+			a.Drain(&b, backfillNow)
+			full++
+		} else {
+			a.DrainFinals(&b, backfillNow)
+		}
 		drains++
 		for _, k := range b.Klines {
 			if k.IsFinal {
@@ -347,8 +353,8 @@ func TestWatermarkSweepIsBounded(t *testing.T) {
 			t.Fatalf("%s final %d times", k, n)
 		}
 	}
-	if drains < 100 {
-		t.Fatalf("%d drains: the sweep was not split", drains)
+	if drains < 100 || full == 0 || full == drains {
+		t.Fatalf("%d drains, %d full: the sweep was not split, or never stopped half way", drains, full)
 	}
 }
 

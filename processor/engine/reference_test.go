@@ -296,9 +296,9 @@ func runReference(t *testing.T, spec streamSpec) {
 	restoreAt := len(evs)/3 + rng.IntN(len(evs)/3)
 	var committed int // offset after the last drain: where a restarted member resumes
 	var counts [4]int
-	// The bound: MaxPending, plus one watermark step (a candle per slot),
-	// plus the candles one trade's own symbol rolls through to reach its
-	// time (a gap of up to three days: at most 7,200 over these periods).
+	// The bound: MaxPending, plus the candles one trade's own symbol rolls
+	// through to reach its time (a gap of up to three days: at most 7,200
+	// over these periods).
 	backlogs, maxSeen := 0, 0
 	settle := func(i int) {
 		if spec.maxPending == 0 {
@@ -307,7 +307,7 @@ func runReference(t *testing.T, spec streamSpec) {
 		for eng.Backlogged() {
 			backlogs++
 			maxSeen = max(maxSeen, eng.Pending())
-			if bound := spec.maxPending + eng.Symbols()*len(cfg.Periods) + 7200; eng.Pending() > bound {
+			if bound := spec.maxPending + 7200; eng.Pending() > bound {
 				t.Fatalf("event %d: %d final candles queued, bound %d", i, eng.Pending(), bound)
 			}
 			drain()
