@@ -150,7 +150,7 @@ func (r *runtime) flushLocked(ctx context.Context, cl *kgo.Client, only []int32,
 	if all {
 		kind = drainAll
 	}
-	results := r.drainShards(targets, kind)
+	results := r.deliverPieces(ctx, cl, targets, kind)
 	if only == nil {
 		r.signalFlushed()
 	}
@@ -158,12 +158,6 @@ func (r *runtime) flushLocked(ctx context.Context, cl *kgo.Client, only []int32,
 		return
 	}
 	r.stats.Flushes.Add(1)
-
-	r.produceAll(ctx, cl, results, pickFirst)
-	// State only after its klines: a crash in between replays (klines
-	// twice), it never skips a candle.
-	r.produceAll(ctx, cl, results, pickStates)
-	r.countDelivered(results, pickAll)
 
 	offsets := map[int32]kgo.EpochOffset{}
 	dirty := 0
@@ -219,6 +213,44 @@ func (r *runtime) flushLocked(ctx context.Context, cl *kgo.Client, only []int32,
 	r.stats.Commits.Add(1)
 	r.stats.LastCommit.Store(r.clock().UnixMilli())
 	r.obs.Committed(r.clock().Sub(commitStart))
+}
+
+// deliverPieces drains targets, delivers each answer's klines and dead
+// letters and then its state, and asks again the shards that answered in
+// part (a full drain comes in pieces of at most MaxPending records), until
+// each has answered whole. It returns one result per shard, without its
+// records: the last piece's position, the first delivery error, the dirty
+// counts summed.
+func (r *runtime) deliverPieces(ctx context.Context, cl *kgo.Client, targets []*shard, kind drainKind) []drained {
+	var out []drained
+	at := map[*shard]int{}
+	for len(targets) > 0 {
+		results := r.drainShards(targets, kind)
+		r.produceAll(ctx, cl, results, pickFirst)
+		// State only after its klines: a crash in between replays (klines
+		// twice), it never skips a candle.
+		r.produceAll(ctx, cl, results, pickStates)
+		r.countDelivered(results, pickAll)
+		targets = nil
+		for _, d := range results {
+			i, ok := at[d.shard]
+			if !ok {
+				i = len(out)
+				at[d.shard] = i
+				out = append(out, drained{partition: d.partition, shard: d.shard})
+			}
+			m := &out[i]
+			m.position, m.lag = d.position, d.lag
+			m.dirty += d.dirty
+			if m.err == nil {
+				m.err = d.err
+			}
+			if d.partial && d.err == nil {
+				targets = append(targets, d.shard)
+			}
+		}
+	}
+	return out
 }
 
 // proveMembership sends the group coordinator a heartbeat with this

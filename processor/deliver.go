@@ -16,8 +16,9 @@ type drained struct {
 	position  int64
 	dirty     int
 	lag       int64 // records of the partition not yet read or not yet folded
-	// partial: a drainTxn answered with final candles only, because
-	// records handed over are not folded yet; ask again.
+	// partial: ask again. A drainTxn answered with final candles only
+	// (records handed over are not folded yet, or a watermark step is half
+	// done), or a full drain came in part (DrainSome).
 	partial bool
 	shard   *shard
 	// err is the first delivery failure of these records. Written by

@@ -57,6 +57,10 @@ type shard struct {
 	// watermark step was half done; until the next full one, the shard
 	// finishes steps rather than starting new ones.
 	wantFull bool
+	// draining: a full drain was handed over in part (DrainSome); until
+	// its last piece nothing is folded or settled, since the pieces are
+	// one snapshot.
+	draining bool
 }
 
 type shardMsg struct {
@@ -114,6 +118,9 @@ func (s *shard) run() {
 				continue
 			}
 			m.drain <- s.drain(m.kind)
+			if s.draining {
+				continue
+			}
 			if s.wantFull && len(s.held) == 0 {
 				s.agg.SettleStep()
 			} else {
@@ -128,7 +135,7 @@ func (s *shard) run() {
 // backlogged.
 func (s *shard) work() {
 	folded := false
-	for len(s.held) > 0 && !s.agg.Backlogged() {
+	for len(s.held) > 0 && !s.draining && !s.agg.Backlogged() {
 		m := &s.held[0]
 		n := s.fold(m.recs)
 		m.recs = m.recs[n:]
@@ -235,6 +242,9 @@ func (s *shard) drain(kind drainKind) drained {
 	case drainTxn, drainFinals:
 		finalsOnly = kind == drainFinals || len(s.held) > 0
 	}
+	if s.draining {
+		finalsOnly = false // the rest of a full drain
+	}
 	if !finalsOnly && kind != drainAll && !s.agg.Consistent() {
 		// State only at whole watermark steps; drainAll (revoke,
 		// shutdown) lets Drain finish the step instead.
@@ -244,16 +254,21 @@ func (s *shard) drain(kind drainKind) drained {
 		s.wantFull = false
 	}
 	dirty := s.agg.DirtyLen()
+	partial := finalsOnly && kind == drainTxn
 	if finalsOnly {
 		s.agg.DrainFinals(&s.batch, nowMs)
 		dirty = len(s.batch.Klines)
 	} else {
-		s.agg.Drain(&s.batch, nowMs)
-		s.fullDrainAt = now
+		// In pieces of the engine's own bound: during a catch-up nearly
+		// every slot changed between two full drains.
+		done := s.agg.DrainSome(&s.batch, nowMs, s.r.cfg.Engine.MaxPending)
+		s.draining, partial = !done, !done
+		if done {
+			s.fullDrainAt = now
+		}
 	}
 	s.foldedSinceDrain = 0
-	d := drained{partition: s.partition, position: s.batch.Position, dirty: dirty, lag: lag,
-		partial: finalsOnly && kind == drainTxn}
+	d := drained{partition: s.partition, position: s.batch.Position, dirty: dirty, lag: lag, partial: partial}
 	p := partition.Target(s.partition)
 	// One slab of records and one buffer of keys and values, reused by
 	// every drain: the flusher is done with the previous drain's records

@@ -760,19 +760,35 @@ type Batch struct {
 // steady state. nowMs (Unix ms) seeds the records' versions: a version is
 // max(previous+1, nowMs*1000), strictly increasing per candle and, because
 // it follows the wall clock, above anything emitted before a restart.
-func (a *Aggregator) Drain(b *Batch, nowMs int64) {
+func (a *Aggregator) Drain(b *Batch, nowMs int64) { a.DrainSome(b, nowMs, math.MaxInt) }
+
+// DrainSome is Drain in pieces of at most limit records (a state record
+// counting as one per period, for its size), so that a drain of a shard
+// whose every slot changed (a catch-up) needs no more memory than the
+// limit. It reports whether this was the last piece; only that one carries
+// the Position, and between pieces the caller must neither Fold nor Settle
+// nor AdvanceClock: together they are one snapshot.
+func (a *Aggregator) DrainSome(b *Batch, nowMs int64, limit int) (done bool) {
 	if !a.Consistent() {
 		// State needs whole steps: finish this one, unbounded (at most
 		// one candle per slot). Callers that keep to MaxPending drain
 		// finals only until SettleStep says Consistent.
 		a.step(false, a.target)
 	}
-	a.DrainFinals(b, nowMs)
-	b.Position = a.position
+	b.Klines = b.Klines[:0]
+	b.States = b.States[:0]
+	b.Position = -1
 	vnow := nowMs * 1000
+	n := min(len(a.finals), limit)
+	a.takeFinals(b, n, vnow)
 
 	nP := int32(a.nP)
+	taken := 0
 	for _, idx := range a.dirtyIndices {
+		if len(b.Klines) >= limit {
+			break
+		}
+		taken++
 		a.dirtyFlags[idx] = false
 		sym := idx / nP
 		if !a.symMark[sym] {
@@ -790,9 +806,30 @@ func (a *Aggregator) Drain(b *Batch, nowMs int64) {
 		b.Klines = append(b.Klines, a.kline(sym, int(idx-sym*nP), c, false))
 	}
 	// Keep the array: the seed's swap-out, without giving up the capacity.
-	a.dirtyIndices = a.dirtyIndices[:0]
+	a.dirtyIndices = a.dirtyIndices[:copy(a.dirtyIndices, a.dirtyIndices[taken:])]
+	if len(a.dirtyIndices) > 0 {
+		return false
+	}
+	states := len(a.dirtySyms)
+	if limit != math.MaxInt {
+		states = min(states, max(0, (limit-len(b.Klines))/a.nP))
+	}
+	a.appendStates(b, states)
+	if len(a.dirtySyms) > 0 || len(a.finals) > 0 {
+		return false
+	}
+	b.Position = a.position
+	return true
+}
 
-	a.appendStates(b)
+// takeFinals moves the first n queued finals into b, versioned.
+func (a *Aggregator) takeFinals(b *Batch, n int, vnow int64) {
+	for i := range n {
+		k := &a.finals[i]
+		k.Version = max(k.Version+1, vnow)
+		b.Klines = append(b.Klines, *k)
+	}
+	a.finals = a.finals[:copy(a.finals, a.finals[n:])]
 }
 
 // DrainFinals moves only the candles that became final since the last
@@ -807,18 +844,13 @@ func (a *Aggregator) DrainFinals(b *Batch, nowMs int64) {
 	b.Klines = b.Klines[:0]
 	b.States = b.States[:0]
 	b.Position = -1
-	vnow := nowMs * 1000
-	for i := range a.finals {
-		k := &a.finals[i]
-		k.Version = max(k.Version+1, vnow)
-		b.Klines = append(b.Klines, *k)
-	}
-	a.finals = a.finals[:0]
+	a.takeFinals(b, len(a.finals), nowMs*1000)
 }
 
-// appendStates adds the state record of every symbol in dirtySyms to b.
-func (a *Aggregator) appendStates(b *Batch) {
-	for _, sym := range a.dirtySyms {
+// appendStates adds the state records of the first n symbols in dirtySyms
+// to b, and takes them off the list.
+func (a *Aggregator) appendStates(b *Batch, n int) {
+	for _, sym := range a.dirtySyms[:n] {
 		a.symMark[sym] = false
 		if len(b.States) < cap(b.States) {
 			b.States = b.States[:len(b.States)+1]
@@ -827,7 +859,7 @@ func (a *Aggregator) appendStates(b *Batch) {
 		}
 		a.fillState(&b.States[len(b.States)-1], sym)
 	}
-	a.dirtySyms = a.dirtySyms[:0]
+	a.dirtySyms = a.dirtySyms[:copy(a.dirtySyms, a.dirtySyms[n:])]
 }
 
 func (a *Aggregator) fillState(st *schema.SymbolState, sym int32) {

@@ -19,7 +19,7 @@ func (a *Aggregator) drainByScan(b *Batch, nowMs int64) {
 		}
 	}
 	a.dirtyIndices = a.dirtyIndices[:0]
-	a.appendStates(b)
+	a.appendStates(b, len(a.dirtySyms))
 }
 
 // drainFullScan is what a store without change tracking does: snapshot
@@ -30,7 +30,7 @@ func (a *Aggregator) drainFullScan(b *Batch, nowMs int64) {
 		a.emitOpen(b, idx, nowMs*1000)
 	}
 	a.dirtyIndices = a.dirtyIndices[:0]
-	a.appendStates(b)
+	a.appendStates(b, len(a.dirtySyms))
 }
 
 // emitOpen is Drain's work for one slot.

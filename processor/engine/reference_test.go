@@ -290,7 +290,18 @@ func runReference(t *testing.T, spec streamSpec) {
 	wall := ms("2026-11-27T00:00:00Z") // drives versions only
 	drain := func() {
 		wall += int64(rng.IntN(3))
-		eng.Drain(&batch, wall)
+		if spec.maxPending == 0 {
+			eng.Drain(&batch, wall)
+			out.take(&batch)
+			return
+		}
+		// In pieces, as a shard at its memory bound drains.
+		for !eng.DrainSome(&batch, wall, spec.maxPending) {
+			if len(batch.Klines)+len(batch.States)*len(cfg.Periods) > spec.maxPending || batch.Position != -1 {
+				t.Fatalf("a piece of %d klines and %d states, position %d", len(batch.Klines), len(batch.States), batch.Position)
+			}
+			out.take(&batch)
+		}
 		out.take(&batch)
 	}
 	restoreAt := len(evs)/3 + rng.IntN(len(evs)/3)
