@@ -90,9 +90,9 @@ func (r *runtime) produceAll(ctx context.Context, cl *kgo.Client, results []drai
 	wg.Wait()
 }
 
-func pickFirst(d *drained) [][]*kgo.Record { return [][]*kgo.Record{d.first} }
+func pickFirst(d *drained) [][]*kgo.Record  { return [][]*kgo.Record{d.first} }
 func pickStates(d *drained) [][]*kgo.Record { return [][]*kgo.Record{d.states} }
-func pickAll(d *drained) [][]*kgo.Record { return [][]*kgo.Record{d.first, d.states} }
+func pickAll(d *drained) [][]*kgo.Record    { return [][]*kgo.Record{d.first, d.states} }
 
 // tally counts delivered records by topic.
 type tally struct{ klines, states, deadLetters int64 }
