@@ -813,6 +813,9 @@ func (a *Aggregator) DrainSome(b *Batch, nowMs int64, limit int) (done bool) {
 	states := len(a.dirtySyms)
 	if limit != math.MaxInt {
 		states = min(states, max(0, (limit-len(b.Klines))/a.nP))
+		if states == 0 && len(b.Klines) == 0 {
+			states = min(1, len(a.dirtySyms)) // a limit below one record's weight
+		}
 	}
 	a.appendStates(b, states)
 	if len(a.dirtySyms) > 0 || len(a.finals) > 0 {

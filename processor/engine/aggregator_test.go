@@ -378,3 +378,44 @@ func TestFlatNoneLeavesGaps(t *testing.T) {
 	f.trade("ETH", "2024-05-01T10:09:00Z", 51, 1, backfillNow)
 	expectKlines(t, drain(a, 2), "BTC 1m 10:05 o=102 c=102 n=1 final=true", "ETH 1m 10:09 o=51 c=51 n=1 final=false")
 }
+
+// TestDrainSomeInPieces: a full drain in pieces of at most limit records
+// (a state record weighing one per period) gives what one Drain gives, and
+// only the last piece carries the position; a limit below a state record's
+// weight still moves one state per piece.
+func TestDrainSomeInPieces(t *testing.T) {
+	for _, limit := range []int{1, 3, 7, 1000} {
+		t.Run(fmt.Sprint(limit), func(t *testing.T) {
+			whole, pieces := newAgg(t, "1m,5m,1h"), newAgg(t, "1m,5m,1h")
+			for _, a := range []*engine.Aggregator{whole, pieces} {
+				f := feed(t, a)
+				for i := range 20 {
+					f.trade(fmt.Sprintf("S%02d", i), "2024-05-01T10:00:10Z", 100, 1, backfillNow)
+					f.trade(fmt.Sprintf("S%02d", i), "2024-05-01T10:07:10Z", 101, 1, backfillNow)
+				}
+			}
+			var b engine.Batch
+			whole.Drain(&b, 1)
+			want := fmt.Sprint(describe(b.Klines), len(b.States), b.Position)
+			var klines []schema.Kline
+			states, n := 0, 0
+			for done := false; !done; n++ {
+				if n > 1000 {
+					t.Fatal("no last piece")
+				}
+				done = pieces.DrainSome(&b, 1, limit)
+				if w := len(b.Klines) + 3*len(b.States); w > max(limit, 3) {
+					t.Fatalf("a piece weighs %d, limit %d", w, limit)
+				}
+				if !done && b.Position != -1 {
+					t.Fatalf("piece %d carries position %d", n, b.Position)
+				}
+				klines = append(klines, b.Klines...)
+				states += len(b.States)
+			}
+			if got := fmt.Sprint(describe(klines), states, b.Position); got != want {
+				t.Fatalf("in pieces:\n got %s\nwant %s", got, want)
+			}
+		})
+	}
+}
