@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/klagg/klagg/processor/engine"
@@ -79,11 +80,29 @@ func parseQuery(w http.ResponseWriter, r *http.Request) (query, bool) {
 				"Illegal characters found in parameter 'limit'; legal range is '^[0-9]{1,20}$'.")
 			return q, false
 		}
-		if n < 1 || n > maxLimit {
-			writeError(w, http.StatusBadRequest, codeParamOutOfRange, "Invalid data sent for a parameter.")
+		if n < 1 {
+			writeError(w, http.StatusBadRequest, codeParamOutOfRange, "Data sent for parameter 'limit' is not valid.")
 			return q, false
 		}
-		q.limit = n
+		// Binance answers a larger limit with its maximum, not an error.
+		q.limit = min(n, maxLimit)
+	}
+	if tz := v.Get("timeZone"); tz != "" {
+		off, ok := parseTimeZone(tz)
+		if !ok {
+			writeError(w, http.StatusBadRequest, codeParamOutOfRange, "Data sent for parameter 'timeZone' is not valid.")
+			return q, false
+		}
+		// Binance interprets the interval in the zone (startTime and
+		// endTime stay UTC). klagg keeps UTC candles: where the zone's
+		// boundaries are the same, they are the answer; where not, it says
+		// so rather than answer other candles.
+		if !sameInZone(q.period, off) {
+			writeError(w, http.StatusBadRequest, codeParamOutOfRange, fmt.Sprintf(
+				"Data sent for parameter 'timeZone' is not valid: klagg keeps %s candles in UTC only, and in %s they open at other times.",
+				q.period, tz))
+			return q, false
+		}
 	}
 	if q.start >= 0 && q.end >= 0 && q.start > q.end {
 		writeError(w, http.StatusBadRequest, codeStartAfterEnd, "Start time is greater than end time.")
@@ -254,4 +273,48 @@ func (s *Server) handleSymbols(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(a.symbols)
+}
+
+// parseTimeZone reads Binance's timeZone: hours ("8", "-1") or
+// hours:minutes ("+05:45", "-03:30"), within [-12:00, +14:00]; it returns
+// the offset in milliseconds.
+func parseTimeZone(tz string) (int64, bool) {
+	sign := int64(1)
+	switch {
+	case strings.HasPrefix(tz, "-"):
+		sign, tz = -1, tz[1:]
+	case strings.HasPrefix(tz, "+"):
+		tz = tz[1:]
+	}
+	hs, ms, hasMin := strings.Cut(tz, ":")
+	h, err := strconv.Atoi(hs)
+	if err != nil || hs == "" || len(hs) > 2 || h < 0 {
+		return 0, false
+	}
+	m := 0
+	if hasMin {
+		if m, err = strconv.Atoi(ms); err != nil || len(ms) != 2 || m < 0 || m > 59 {
+			return 0, false
+		}
+	}
+	off := sign * (int64(h)*3600_000 + int64(m)*60_000)
+	if off < -12*3600_000 || off > 14*3600_000 {
+		return 0, false
+	}
+	return off, true
+}
+
+// sameInZone reports whether p's candles open at the same instants in a
+// zone offset by off from UTC: a fixed-length period whose length divides
+// the offset (1m and 1h at +08:00; not 1d, nor 1h at +05:45). Months never,
+// unless off is 0.
+func sameInZone(p engine.Period, off int64) bool {
+	if off == 0 {
+		return true
+	}
+	if p == engine.Period1M {
+		return false
+	}
+	open := p.Open(0)
+	return off%(p.Next(open)-open) == 0
 }

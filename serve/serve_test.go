@@ -4,11 +4,14 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
 	"net/http"
 	"net/url"
+	"os"
+	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
@@ -237,8 +240,11 @@ func TestKlinesAPIErrors(t *testing.T) {
 		{"symbol=SYM000USDT", -1102, "Mandatory parameter 'interval'"},
 		{"symbol=NOPE&interval=1m", -1121, "Invalid symbol."},
 		{"symbol=SYM000USDT&interval=2m", -1120, "Invalid interval."},
-		{"symbol=SYM000USDT&interval=1m&limit=0", -1130, "Invalid data sent for a parameter."},
-		{"symbol=SYM000USDT&interval=1m&limit=1001", -1130, "Invalid data sent for a parameter."},
+		{"symbol=SYM000USDT&interval=1m&limit=0", -1130, "Data sent for parameter 'limit' is not valid."},
+		{"symbol=SYM000USDT&interval=1m&timeZone=15", -1130, "parameter 'timeZone' is not valid."},
+		{"symbol=SYM000USDT&interval=1m&timeZone=8:5", -1130, "parameter 'timeZone' is not valid."},
+		{"symbol=SYM000USDT&interval=1d&timeZone=%2B08:00", -1130, "klagg keeps 1d candles in UTC only"},
+		{"symbol=SYM000USDT&interval=1h&timeZone=05:45", -1130, "klagg keeps 1h candles in UTC only"},
 		{"symbol=SYM000USDT&interval=1m&limit=x", -1100, "parameter 'limit'"},
 		{"symbol=SYM000USDT&interval=1m&startTime=abc", -1100, "parameter 'startTime'"},
 		{"symbol=SYM000USDT&interval=1m&startTime=20&endTime=10", -1023, "Start time is greater than end time."},
@@ -312,4 +318,146 @@ func TestStream(t *testing.T) {
 		return
 	}
 	t.Fatalf("stream ended without an update: %v", sc.Err())
+}
+
+// TestMarketEndpoints: what a Binance client asks before candles. ping,
+// time, exchangeInfo (every symbol held, split into base and quote assets,
+// filters with eight-decimal steps, -1121 for an unknown one), uiKlines as
+// klines, a limit above 1,000 answered with 1,000 as Binance does, a
+// timeZone whose boundaries are UTC's, and CORS.
+func TestMarketEndpoints(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	recs := oracle.Market(oracle.MarketSpec{Seed: 5, Symbols: 3, Trades: 30_000, Partitions: 2,
+		Start: time.Date(2024, 5, 1, 0, 0, 0, 0, time.UTC), StepMs: 2500}) // some 1,250 minutes
+	base, _, _ := pipeline(t, ctx, recs, 2000)
+
+	if code, body := get(t, base+"/api/v3/ping"); code != 200 || strings.TrimSpace(string(body)) != "{}" {
+		t.Errorf("ping: %d %s", code, body)
+	}
+	var tm struct {
+		ServerTime int64 `json:"serverTime"`
+	}
+	code, body := get(t, base+"/api/v3/time")
+	if err := json.Unmarshal(body, &tm); err != nil || code != 200 || time.Since(time.UnixMilli(tm.ServerTime)).Abs() > time.Minute {
+		t.Errorf("time: %d %s", code, body)
+	}
+
+	var info struct {
+		Timezone string `json:"timezone"`
+		Symbols  []struct {
+			Symbol, Status, BaseAsset, QuoteAsset string
+			Filters                               []map[string]string
+		} `json:"symbols"`
+	}
+	code, body = get(t, base+"/api/v3/exchangeInfo")
+	if err := json.Unmarshal(body, &info); err != nil || code != 200 || info.Timezone != "UTC" {
+		t.Fatalf("exchangeInfo: %d %s", code, body)
+	}
+	var names []string
+	for _, s := range info.Symbols {
+		names = append(names, s.Symbol)
+		if s.Status != "TRADING" || s.BaseAsset+s.QuoteAsset != s.Symbol || s.QuoteAsset != "USDT" {
+			t.Errorf("exchangeInfo symbol %+v", s)
+		}
+		if len(s.Filters) < 2 || s.Filters[0]["tickSize"] != "0.00000001" || s.Filters[1]["stepSize"] != "0.00000001" {
+			t.Errorf("%s filters %v", s.Symbol, s.Filters)
+		}
+	}
+	if fmt.Sprint(names) != "[SYM000USDT SYM001USDT SYM002USDT]" {
+		t.Errorf("exchangeInfo symbols %v", names)
+	}
+	code, body = get(t, base+"/api/v3/exchangeInfo?symbols="+url.QueryEscape(`["SYM001USDT"]`))
+	if err := json.Unmarshal(body, &info); err != nil || code != 200 || len(info.Symbols) != 1 || info.Symbols[0].Symbol != "SYM001USDT" {
+		t.Errorf("exchangeInfo?symbols: %d %s", code, body)
+	}
+	if code, body = get(t, base+"/api/v3/exchangeInfo?symbol=NOPE"); code != 400 || !strings.Contains(string(body), "-1121") {
+		t.Errorf("exchangeInfo of an unknown symbol: %d %s", code, body)
+	}
+
+	_, want := get(t, base+"/api/v3/klines?symbol=SYM000USDT&interval=1m&limit=1000")
+	for _, q := range []string{"limit=1500", "limit=1000&timeZone=0", "limit=1000&timeZone=%2B08:00", "limit=1000&timeZone=-3"} {
+		for _, path := range []string{"klines", "uiKlines"} {
+			code, body := get(t, base+"/api/v3/"+path+"?symbol=SYM000USDT&interval=1m&"+q)
+			if code != 200 || string(body) != string(want) {
+				t.Errorf("%s?%s: %d, %d bytes; want the same 1,000 candles as klines (%d bytes)", path, q, code, len(body), len(want))
+			}
+		}
+	}
+	if n := len(binance(t, "SYM000USDT", "1m", want)); n != 1000 {
+		t.Fatalf("%d candles; the test needs more than 1,000 held", n)
+	}
+
+	req, _ := http.NewRequest(http.MethodOptions, base+"/api/v3/klines", nil)
+	req.Header.Set("Origin", "http://elsewhere.example")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent || resp.Header.Get("Access-Control-Allow-Origin") != "*" {
+		t.Errorf("preflight: %d, allow origin %q", resp.StatusCode, resp.Header.Get("Access-Control-Allow-Origin"))
+	}
+}
+
+// TestCcxt: ccxt's binance exchange, configured as the README says, loads
+// the markets from exchangeInfo and pages through 1m candles with
+// fetch_ohlcv(since, limit=1000): more than two pages, every final candle
+// equal to the oracle's, and at most the open candle after them.
+func TestCcxt(t *testing.T) {
+	python := os.Getenv("KLAGG_TEST_PYTHON")
+	if python == "" {
+		t.Skip("KLAGG_TEST_PYTHON (a Python with ccxt; scripts/test.sh installs it) is unset")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	recs := oracle.Market(oracle.MarketSpec{Seed: 21, Symbols: 2, Trades: 20_000, Partitions: 2,
+		Start: time.Date(2024, 5, 1, 0, 0, 0, 0, time.UTC), StepMs: 8000}) // some 2,660 minutes
+	base, cfg, _ := pipeline(t, ctx, recs, 5000)
+	final, _ := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
+	var want []schema.Kline
+	for k, c := range final {
+		if k.Symbol == "SYM000USDT" && k.Period == "1m" {
+			want = append(want, c)
+		}
+	}
+	sort.Slice(want, func(i, j int) bool { return want[i].OpenTime < want[j].OpenTime })
+
+	out, err := exec.CommandContext(ctx, python, "testdata/ccxt_ohlcv.py", base, "SYM000/USDT", "1m",
+		strconv.FormatInt(want[0].OpenTime, 10)).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			t.Fatalf("ccxt: %v\n%s", err, ee.Stderr)
+		}
+		t.Fatal(err)
+	}
+	var got struct {
+		Markets []string
+		Pages   int
+		Candles [][6]float64
+	}
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if fmt.Sprint(got.Markets) != "[SYM000/USDT SYM001/USDT]" {
+		t.Errorf("markets %v", got.Markets)
+	}
+	if got.Pages < 3 {
+		t.Errorf("%d pages; the test wants at least three", got.Pages)
+	}
+	if len(got.Candles) < len(want) || len(got.Candles) > len(want)+1 {
+		t.Fatalf("%d candles from ccxt; the oracle has %d final ones", len(got.Candles), len(want))
+	}
+	close := func(x, y float64) bool { return x == y || math.Abs(x-y) <= 1e-9*math.Max(math.Abs(x), math.Abs(y)) }
+	for i, w := range want {
+		g := got.Candles[i]
+		if int64(g[0]) != w.OpenTime || g[1] != w.Open || g[2] != w.High || g[3] != w.Low || g[4] != w.Close || !close(g[5], w.Volume) {
+			t.Fatalf("candle %d: ccxt %v, oracle %+v", i, g, w)
+		}
+	}
+	if n := len(got.Candles); n > len(want) && int64(got.Candles[n-1][0]) != want[len(want)-1].CloseTime+1 {
+		t.Errorf("after the last final candle: %v", got.Candles[n-1])
+	}
+	t.Logf("ccxt %d pages: %d candles, %d final ones equal to the oracle's", got.Pages, len(got.Candles), len(want))
 }

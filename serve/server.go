@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -24,11 +25,18 @@ type Config struct {
 	HTTP string
 	// Keep is how many candles per (symbol, period) are held, the newest.
 	Keep int
+	// QuoteAssets split symbols into base and quote assets for
+	// exchangeInfo: the longest one a symbol ends with is its quote.
+	QuoteAssets []string
+	// CORSOrigin is the Access-Control-Allow-Origin of the API; "" sends
+	// none (same-origin pages only).
+	CORSOrigin string
 }
 
 // DefaultConfig returns the defaults of klagg serve.
 func DefaultConfig() Config {
-	return Config{Brokers: []string{"127.0.0.1:9092"}, KlinesTopic: "klines", HTTP: "127.0.0.1:8080", Keep: 1000}
+	return Config{Brokers: []string{"127.0.0.1:9092"}, KlinesTopic: "klines", HTTP: "127.0.0.1:8080", Keep: 1000,
+		QuoteAssets: slices.Clone(DefaultQuoteAssets), CORSOrigin: "*"}
 }
 
 // Validate reports every problem of c at once.
@@ -42,6 +50,11 @@ func (c Config) Validate() error {
 	}
 	if c.HTTP == "" {
 		errs = append(errs, errors.New("serve: empty HTTP address"))
+	}
+	for _, q := range c.QuoteAssets {
+		if q == "" || strings.ContainsAny(q, " ,") {
+			errs = append(errs, fmt.Errorf("serve: quote asset %q: want letters and digits", q))
+		}
 	}
 	if c.Keep < 1 || c.Keep > 1_000_000 {
 		errs = append(errs, fmt.Errorf("serve: keep %d: want 1 to 1000000 candles per series", c.Keep))
@@ -145,13 +158,17 @@ func (s *Server) Run(ctx context.Context) error {
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v3/klines", s.handleKlines)
+	mux.HandleFunc("GET /api/v3/uiKlines", s.handleKlines)
+	mux.HandleFunc("GET /api/v3/ping", s.handlePing)
+	mux.HandleFunc("GET /api/v3/time", s.handleTime)
+	mux.HandleFunc("GET /api/v3/exchangeInfo", s.handleExchangeInfo)
 	mux.HandleFunc("GET /api/v1/stream", s.handleStream)
 	mux.HandleFunc("GET /api/v1/symbols", s.handleSymbols)
 	mux.Handle("GET /", pageHandler())
 	for _, r := range s.extra {
 		mux.Handle(r.pattern, r.h)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
+	srv := &http.Server{Handler: cors(s.cfg.CORSOrigin, mux), ReadHeaderTimeout: 5 * time.Second,
 		BaseContext: func(net.Listener) context.Context { return ctx }}
 	go func() {
 		if err := srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

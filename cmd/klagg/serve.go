@@ -25,8 +25,10 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs := flag.NewFlagSet("klagg serve", flag.ContinueOnError)
 	fs.SetOutput(stdout) // -h is asked for: it goes to stdout; errors go to stderr
 	describe(fs, "klagg serve [flags]", `Reads the klines topic (committed records only, both framings) and serves
-the newest candles of every symbol and period: GET /api/v3/klines as
-Binance's endpoint (same parameters, limits, arrays and error codes),
+the newest candles of every symbol and period: GET /api/v3/klines and
+uiKlines as Binance's endpoints (same parameters, limits, arrays and error
+codes), /api/v3/ping, /api/v3/time and /api/v3/exchangeInfo for the symbols
+held,
 GET /api/v1/stream?symbol=&interval= (Server-Sent Events of each update, as
 Binance's websocket kline events), a live chart page on /, and /metrics,
 /healthz, /readyz.`)
@@ -36,6 +38,8 @@ Binance's websocket kline events), a live chart page on /, and /metrics,
 	fs.StringVar(&cfg.KlinesTopic, "klines-topic", def.KlinesTopic, "topic to read")
 	fs.StringVar(&cfg.HTTP, "http", def.HTTP, "address of the API, the stream and the chart page")
 	fs.IntVar(&cfg.Keep, "keep", def.Keep, "candles kept per (symbol, period), the newest")
+	quotes := fs.String("quote-assets", strings.Join(def.QuoteAssets, ","), "exchangeInfo: a symbol's quote asset is the longest of these it ends with; the rest is its base asset")
+	fs.StringVar(&cfg.CORSOrigin, "cors-origin", def.CORSOrigin, "Access-Control-Allow-Origin of the API (empty: none, same-origin pages only)")
 	var logs logFlags
 	logs.register(fs)
 	var cf connFlags
@@ -43,6 +47,12 @@ Binance's websocket kline events), a live chart page on /, and /metrics,
 	perr := parse(fs, args, os.Getenv)
 	if errors.Is(perr, flag.ErrHelp) {
 		return 0
+	}
+	cfg.QuoteAssets = nil
+	for _, q := range strings.Split(*quotes, ",") {
+		if q = strings.TrimSpace(q); q != "" {
+			cfg.QuoteAssets = append(cfg.QuoteAssets, q)
+		}
 	}
 	cfg.Brokers = nil
 	for _, b := range strings.Split(*brokers, ",") {
