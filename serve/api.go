@@ -190,6 +190,7 @@ type streamKline struct {
 	QuoteVolume string `json:"q"`
 	TakerVolume string `json:"V"`
 	TakerQuote  string `json:"Q"`
+	Ignore      string `json:"B"`       // Binance's unused field, always "0"
 	Version     int64  `json:"version"` // klagg's: newer replaces older
 }
 
@@ -200,7 +201,7 @@ func event(k *schema.Kline, now time.Time) streamEvent {
 		FirstID: k.FirstTradeID, LastID: k.LastTradeID,
 		Open: d(k.Open), Close: d(k.Close), High: d(k.High), Low: d(k.Low), Volume: d(k.Volume),
 		Trades: k.TradeCount, Final: k.IsFinal, QuoteVolume: d(k.QuoteVolume),
-		TakerVolume: d(k.TakerBuyVolume), TakerQuote: d(k.TakerBuyQuoteVolume), Version: k.Version,
+		TakerVolume: d(k.TakerBuyVolume), TakerQuote: d(k.TakerBuyQuoteVolume), Ignore: "0", Version: k.Version,
 	}}
 }
 
@@ -222,18 +223,15 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
 		return
 	}
-	ch := make(chan schema.Kline, 256)
+	sub := &subscriber{ch: make(chan schema.Kline, s.cfg.StreamBuffer)}
+	ch := sub.ch
 	ctx := r.Context()
-	select {
-	case s.subs <- subscription{symbol: symbol, period: interval, ch: ch}:
-	case <-ctx.Done():
+	if s.change(ctx, subChange{sub: sub, add: []seriesKey{{symbol, interval}}}) != nil {
 		return
 	}
 	defer func() {
-		select {
-		case s.unsubs <- ch:
-		case <-ctx.Done():
-		}
+		// The server's context, not the request's: the request is over.
+		_ = s.change(s.ctx, subChange{sub: sub, leave: true})
 	}()
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")

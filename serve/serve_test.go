@@ -44,6 +44,14 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 // all. It returns the server's address and the member's config.
 func pipeline(t *testing.T, ctx context.Context, recs []oracle.Record, keep int) (string, processor.Config, *kgo.Client) {
 	t.Helper()
+	base, cfg, prod, _ := pipelineWith(t, ctx, recs, func(c *serve.Config) { c.Keep = keep })
+	return base, cfg, prod
+}
+
+// pipelineWith is pipeline with the server's config set by set; it also
+// returns the server.
+func pipelineWith(t *testing.T, ctx context.Context, recs []oracle.Record, set func(*serve.Config)) (string, processor.Config, *kgo.Client, *serve.Server) {
+	t.Helper()
 	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "trades"))
 	if err != nil {
 		t.Fatal(err)
@@ -81,7 +89,8 @@ func pipeline(t *testing.T, ctx context.Context, recs []oracle.Record, keep int)
 	}
 
 	scfg := serve.DefaultConfig()
-	scfg.Brokers, scfg.HTTP, scfg.Keep = brokers, "127.0.0.1:0", keep
+	scfg.Brokers, scfg.HTTP = brokers, "127.0.0.1:0"
+	set(&scfg)
 	srv, err := serve.New(scfg)
 	if err != nil {
 		t.Fatal(err)
@@ -96,7 +105,7 @@ func pipeline(t *testing.T, ctx context.Context, recs []oracle.Record, keep int)
 		}
 	})
 	waitFor(t, time.Minute, "the server to read the klines topic", func() bool { return srv.Records() >= int64(got.Records) })
-	return "http://" + srv.Addr(), cfg, prod
+	return "http://" + srv.Addr(), cfg, prod, srv
 }
 
 func get(t *testing.T, u string) (int, []byte) {
@@ -460,4 +469,57 @@ func TestCcxt(t *testing.T) {
 		t.Errorf("after the last final candle: %v", got.Candles[n-1])
 	}
 	t.Logf("ccxt %d pages: %d candles, %d final ones equal to the oracle's", got.Pages, len(got.Candles), len(want))
+}
+
+// TestCcxtPro: ccxt.pro's watch_ohlcv, configured as the README says,
+// follows a symbol over the websocket while trades arrive: it sees the
+// open candle change and then close, and the values it holds for each
+// closed candle are the oracle's final ones.
+func TestCcxtPro(t *testing.T) {
+	python := os.Getenv("KLAGG_TEST_PYTHON")
+	if python == "" {
+		t.Skip("KLAGG_TEST_PYTHON (a Python with ccxt; scripts/test.sh installs it) is unset")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	recs := oracle.Market(oracle.MarketSpec{Seed: 29, Symbols: 2, Trades: 6_000, Partitions: 2,
+		Start: time.Date(2024, 5, 1, 0, 0, 0, 0, time.UTC), StepMs: 100}) // some ten minutes
+	base, cfg, prod, srv := pipelineWith(t, ctx, recs[:300], func(*serve.Config) {})
+	final, _ := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
+
+	const closed = 3
+	cmd := exec.CommandContext(ctx, python, "testdata/ccxtpro_watch.py", base, "SYM000/USDT", strconv.Itoa(closed))
+	var out, errOut strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "ccxt.pro to subscribe", func() bool { return srv.Streams() == 1 })
+	// The market moves on while it watches, a little at a time.
+	for i := 300; i < len(recs); i += 100 {
+		if err := oracle.Produce(ctx, prod, "trades", recs[i:min(i+100, len(recs))]); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(60 * time.Millisecond)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("ccxt.pro: %v\n%s", err, errOut.String())
+	}
+	var got struct {
+		Updates int
+		Candles [][6]float64
+	}
+	if err := json.Unmarshal([]byte(out.String()), &got); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if len(got.Candles) <= closed || got.Updates <= len(got.Candles) {
+		t.Fatalf("%d updates of %d candles: want the open candle updated and %d closed", got.Updates, len(got.Candles), closed)
+	}
+	for _, g := range got.Candles[:len(got.Candles)-1] { // the newest may still be open
+		w, ok := final[oracle.Key{Symbol: "SYM000USDT", Period: "1m", Open: int64(g[0])}]
+		if !ok || g[1] != w.Open || g[2] != w.High || g[3] != w.Low || g[4] != w.Close || math.Abs(g[5]-w.Volume) > 1e-9*w.Volume {
+			t.Errorf("ccxt.pro holds %v; the oracle's final candle is %+v", g, w)
+		}
+	}
+	t.Logf("ccxt.pro: %d updates, %d candles, the closed ones equal to the oracle's", got.Updates, len(got.Candles))
 }

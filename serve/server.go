@@ -31,12 +31,15 @@ type Config struct {
 	// CORSOrigin is the Access-Control-Allow-Origin of the API; "" sends
 	// none (same-origin pages only).
 	CORSOrigin string
+	// StreamBuffer is how many updates may wait for one stream client
+	// (websocket or SSE) before it is cut off as too slow.
+	StreamBuffer int
 }
 
 // DefaultConfig returns the defaults of klagg serve.
 func DefaultConfig() Config {
 	return Config{Brokers: []string{"127.0.0.1:9092"}, KlinesTopic: "klines", HTTP: "127.0.0.1:8080", Keep: 1000,
-		QuoteAssets: slices.Clone(DefaultQuoteAssets), CORSOrigin: "*"}
+		QuoteAssets: slices.Clone(DefaultQuoteAssets), CORSOrigin: "*", StreamBuffer: 1024}
 }
 
 // Validate reports every problem of c at once.
@@ -55,6 +58,9 @@ func (c Config) Validate() error {
 		if q == "" || strings.ContainsAny(q, " ,") {
 			errs = append(errs, fmt.Errorf("serve: quote asset %q: want letters and digits", q))
 		}
+	}
+	if c.StreamBuffer < 1 || c.StreamBuffer > 1_000_000 {
+		errs = append(errs, fmt.Errorf("serve: stream buffer %d: want 1 to 1000000 updates", c.StreamBuffer))
 	}
 	if c.Keep < 1 || c.Keep > 1_000_000 {
 		errs = append(errs, fmt.Errorf("serve: keep %d: want 1 to 1000000 candles per series", c.Keep))
@@ -92,11 +98,12 @@ type Server struct {
 
 	updates chan []schema.Kline
 	queries chan request
-	subs    chan subscription
-	unsubs  chan chan schema.Kline
+	changes chan subChange
 
-	records atomic.Int64 // kline records read
-	ready   atomic.Bool  // the first fetch has been handed to the store
+	ctx     context.Context // Run's: handlers use it for what outlives a request
+	streams atomic.Int64    // stream clients the owner sends updates to
+	records atomic.Int64    // kline records read
+	ready   atomic.Bool     // the first fetch has been handed to the store
 	ln      net.Listener
 }
 
@@ -111,9 +118,22 @@ type answer struct {
 	symbols []string
 }
 
-type subscription struct {
-	symbol, period string
-	ch             chan schema.Kline
+// seriesKey names the candles of one symbol and period.
+type seriesKey struct{ symbol, period string }
+
+// subscriber is one stream client (SSE or websocket): the owner sends it
+// the updates of the series it follows, and closes ch to cut it off when
+// it cannot keep up, or when it leaves.
+type subscriber struct {
+	ch chan schema.Kline
+}
+
+// subChange asks the owner to add or remove series of a subscriber, or to
+// forget it (leave).
+type subChange struct {
+	sub         *subscriber
+	add, remove []seriesKey
+	leave       bool
 }
 
 // New validates cfg and listens on cfg.HTTP; Run serves.
@@ -123,7 +143,7 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: slog.New(slog.DiscardHandler),
 		updates: make(chan []schema.Kline, 16), queries: make(chan request),
-		subs: make(chan subscription), unsubs: make(chan chan schema.Kline)}
+		changes: make(chan subChange)}
 	for _, o := range opts {
 		o(s)
 	}
@@ -142,6 +162,10 @@ func (s *Server) Addr() string { return s.ln.Addr().String() }
 // once (its first fetch, possibly empty, reached the store).
 func (s *Server) Ready() bool { return s.ready.Load() }
 
+// Streams is how many stream clients (websocket or SSE) follow at least
+// one series: a client cut off or gone no longer counts.
+func (s *Server) Streams() int64 { return s.streams.Load() }
+
 // Records is how many kline records the server has read.
 func (s *Server) Records() int64 { return s.records.Load() }
 
@@ -156,6 +180,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	defer cl.Close()
 
+	s.ctx = ctx
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v3/klines", s.handleKlines)
 	mux.HandleFunc("GET /api/v3/uiKlines", s.handleKlines)
@@ -163,6 +188,9 @@ func (s *Server) Run(ctx context.Context) error {
 	mux.HandleFunc("GET /api/v3/time", s.handleTime)
 	mux.HandleFunc("GET /api/v3/exchangeInfo", s.handleExchangeInfo)
 	mux.HandleFunc("GET /api/v1/stream", s.handleStream)
+	mux.HandleFunc("GET /ws", s.handleWS)
+	mux.HandleFunc("GET /ws/", s.handleWS)
+	mux.HandleFunc("GET /stream", s.handleWS)
 	mux.HandleFunc("GET /api/v1/symbols", s.handleSymbols)
 	mux.Handle("GET /", pageHandler())
 	for _, r := range s.extra {
@@ -223,12 +251,12 @@ func (s *Server) consume(ctx context.Context, cl *kgo.Client) {
 // own is the goroutine that owns the store and the stream subscribers.
 func (s *Server) own(ctx context.Context) {
 	st := newStore(s.cfg.Keep)
-	subs := map[chan schema.Kline]subscription{}
+	subs := subscribers{index: map[seriesKey]map[*subscriber]struct{}{}, keys: map[*subscriber]map[seriesKey]struct{}{}}
 	for {
 		select {
 		case <-ctx.Done():
-			for ch := range subs {
-				close(ch)
+			for sub := range subs.keys {
+				subs.cut(sub)
 			}
 			return
 		case batch := <-s.updates:
@@ -237,17 +265,13 @@ func (s *Server) own(ctx context.Context) {
 				if !st.put(k) {
 					continue
 				}
-				for ch, sub := range subs {
-					if sub.symbol != k.Symbol || sub.period != k.Period {
-						continue
-					}
+				for sub := range subs.index[seriesKey{k.Symbol, k.Period}] {
 					select {
-					case ch <- *k:
+					case sub.ch <- *k:
 					default:
 						// A reader that cannot keep up is cut off rather
 						// than allowed to stall every other one.
-						delete(subs, ch)
-						close(ch)
+						subs.cut(sub)
 					}
 				}
 			}
@@ -258,14 +282,71 @@ func (s *Server) own(ctx context.Context) {
 			}
 			k, known := st.klines(r.q)
 			r.reply <- answer{klines: k, known: known}
-		case sub := <-s.subs:
-			subs[sub.ch] = sub
-		case ch := <-s.unsubs:
-			if _, ok := subs[ch]; ok {
-				delete(subs, ch)
-				close(ch)
-			}
+		case c := <-s.changes:
+			subs.apply(c)
 		}
+		s.streams.Store(int64(len(subs.keys)))
+	}
+}
+
+// subscribers is the owner's index of who follows which series.
+type subscribers struct {
+	index map[seriesKey]map[*subscriber]struct{}
+	keys  map[*subscriber]map[seriesKey]struct{}
+}
+
+func (ss *subscribers) apply(c subChange) {
+	if c.leave {
+		ss.cut(c.sub)
+		return
+	}
+	keys, ok := ss.keys[c.sub]
+	if !ok {
+		if len(c.add) == 0 {
+			return // cut off already, or never followed anything
+		}
+		keys = map[seriesKey]struct{}{}
+		ss.keys[c.sub] = keys
+	}
+	for _, k := range c.add {
+		keys[k] = struct{}{}
+		if ss.index[k] == nil {
+			ss.index[k] = map[*subscriber]struct{}{}
+		}
+		ss.index[k][c.sub] = struct{}{}
+	}
+	for _, k := range c.remove {
+		delete(keys, k)
+		delete(ss.index[k], c.sub)
+		if len(ss.index[k]) == 0 {
+			delete(ss.index, k)
+		}
+	}
+}
+
+// cut forgets sub and closes its channel, once.
+func (ss *subscribers) cut(sub *subscriber) {
+	keys, ok := ss.keys[sub]
+	if !ok {
+		return
+	}
+	for k := range keys {
+		delete(ss.index[k], sub)
+		if len(ss.index[k]) == 0 {
+			delete(ss.index, k)
+		}
+	}
+	delete(ss.keys, sub)
+	close(sub.ch)
+}
+
+// change hands c to the owner.
+func (s *Server) change(ctx context.Context, c subChange) error {
+	select {
+	case s.changes <- c:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

@@ -1,0 +1,419 @@
+package serve
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/klagg/klagg/processor/engine"
+	"github.com/klagg/klagg/schema"
+)
+
+// Binance's websocket market streams, for the kline streams: /ws and
+// /ws/<stream> (raw events), /stream?streams=a/b (combined: each event
+// wrapped as {"stream":…,"data":…}); SUBSCRIBE, UNSUBSCRIBE,
+// LIST_SUBSCRIPTIONS, SET_PROPERTY and GET_PROPERTY "combined", with
+// Binance's replies and error replies; a ping every 20 s; at most 1,024
+// streams per connection and 5 incoming messages a second, as Binance.
+
+const (
+	wsMaxStreams   = 1024
+	wsMaxMessages  = 5 // per second
+	wsPingEvery    = 20 * time.Second
+	wsPongWithin   = time.Minute
+	wsWriteTimeout = 10 * time.Second
+)
+
+// The reasons a connection is closed with.
+const (
+	wsTooSlow         = "too slow: updates were not read as fast as they came"
+	wsTooManyMessages = "too many messages: at most 5 a second"
+)
+
+// wsStream is one subscribed stream name and the series it follows.
+type wsStream struct {
+	name string
+	key  seriesKey
+}
+
+// parseStream reads "<symbol>@kline_<interval>" with an optional time zone
+// ("@+08:00"): the symbol lower case, as Binance names streams. A zone is
+// accepted where the interval's candles open at the same instants as in
+// UTC (see sameInZone).
+func parseStream(name string) (wsStream, error) {
+	parts := strings.Split(name, "@")
+	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[0] != strings.ToLower(parts[0]) {
+		return wsStream{}, fmt.Errorf("invalid stream name %q: want <symbol>@kline_<interval>, symbol in lower case", name)
+	}
+	interval, ok := strings.CutPrefix(parts[1], "kline_")
+	if !ok {
+		return wsStream{}, fmt.Errorf("stream %q: klagg serves kline streams only", name)
+	}
+	p, err := engine.ParsePeriod(interval)
+	if err != nil {
+		return wsStream{}, fmt.Errorf("stream %q: invalid interval %q", name, interval)
+	}
+	if len(parts) == 3 {
+		off, ok := parseTimeZone(parts[2])
+		if !ok {
+			return wsStream{}, fmt.Errorf("stream %q: invalid time zone %q", name, parts[2])
+		}
+		if !sameInZone(p, off) {
+			return wsStream{}, fmt.Errorf("stream %q: klagg keeps %s candles in UTC only, and in %s they open at other times", name, p, parts[2])
+		}
+	}
+	return wsStream{name: name, key: seriesKey{strings.ToUpper(parts[0]), p.String()}}, nil
+}
+
+// wsRequest is a message from the client.
+type wsRequest struct {
+	Method string            `json:"method"`
+	Params []json.RawMessage `json:"params"`
+	ID     json.RawMessage   `json:"id"`
+}
+
+// wsReply is Binance's answer: result and id, or an error code and msg.
+type wsReply struct {
+	Result any             `json:"result"`
+	ID     json.RawMessage `json:"id"`
+}
+
+type wsError struct {
+	Code int             `json:"code"`
+	Msg  string          `json:"msg"`
+	ID   json.RawMessage `json:"id,omitempty"`
+}
+
+// wsConn is one websocket client. Its reader goroutine parses requests
+// and applies them to streams, which only it touches; replies and the
+// owner's updates reach the writer (the handler's goroutine) over channels.
+type wsConn struct {
+	s        *Server
+	c        *websocket.Conn
+	sub      *subscriber
+	combined bool
+	streams  map[string]wsStream // by name
+	replies  chan any
+	// byKey maps a series to the names it is subscribed under, for the
+	// writer; the reader sends it a fresh copy after each change.
+	byKey chan map[seriesKey][]string
+}
+
+func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
+	combined := r.URL.Path == "/stream" || strings.HasPrefix(r.URL.Path, "/stream/")
+	var initial []string
+	if combined {
+		if v := r.URL.Query().Get("streams"); v != "" {
+			initial = strings.Split(v, "/")
+		}
+	} else if name, ok := strings.CutPrefix(r.URL.Path, "/ws/"); ok && strings.Contains(name, "@") {
+		// /ws/<stream>. Anything else after /ws/ (ccxt.pro asks for
+		// /ws/0) is a connection without streams yet.
+		initial = []string{name}
+	}
+	var streams []wsStream
+	for _, n := range initial {
+		st, err := parseStream(n)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, codeParamOutOfRange, err.Error())
+			return
+		}
+		streams = append(streams, st)
+	}
+	if len(streams) > wsMaxStreams {
+		writeError(w, http.StatusBadRequest, codeParamOutOfRange, fmt.Sprintf("too many streams: at most %d per connection", wsMaxStreams))
+		return
+	}
+	// Market data for any origin, as Binance serves it.
+	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	if err != nil {
+		return // Accept has answered
+	}
+	conn := &wsConn{s: s, c: c, sub: &subscriber{ch: make(chan schema.Kline, s.cfg.StreamBuffer)}, combined: combined,
+		streams: map[string]wsStream{}, replies: make(chan any, 16), byKey: make(chan map[seriesKey][]string, 1)}
+	conn.serve(r.Context(), streams)
+}
+
+func (w *wsConn) serve(ctx context.Context, initial []wsStream) {
+	defer func() { _ = w.s.change(w.s.ctx, subChange{sub: w.sub, leave: true}) }()
+	if err := w.subscribe(ctx, initial); err != nil {
+		w.c.Close(websocket.StatusGoingAway, "the server is stopping")
+		return
+	}
+	// Whichever side ends the connection closes it with its reason (a
+	// cancelled Read or Write would drop it without one); the other then
+	// fails on it and returns.
+	combined := w.combined // from here on the reader's
+	left := make(chan struct{})
+	go func() {
+		defer close(left)
+		if r := w.read(ctx); r.status != 0 {
+			w.c.Close(r.status, r.text)
+		}
+	}()
+	if r := w.write(ctx, combined, left); r.status != 0 {
+		w.c.Close(r.status, r.text)
+	}
+	w.c.CloseNow()
+	<-left
+}
+
+type closeReason struct {
+	status websocket.StatusCode
+	text   string
+}
+
+// subscribe adds streams, tells the owner and the writer.
+func (w *wsConn) subscribe(ctx context.Context, sts []wsStream) error {
+	var add []seriesKey
+	for _, st := range sts {
+		if _, ok := w.streams[st.name]; !ok {
+			w.streams[st.name] = st
+			add = append(add, st.key)
+		}
+	}
+	w.publish()
+	return w.s.change(ctx, subChange{sub: w.sub, add: add})
+}
+
+func (w *wsConn) unsubscribe(ctx context.Context, names []string) error {
+	var remove []seriesKey
+	for _, n := range names {
+		st, ok := w.streams[n]
+		if !ok {
+			continue
+		}
+		delete(w.streams, n)
+		still := false
+		for _, o := range w.streams {
+			still = still || o.key == st.key
+		}
+		if !still {
+			remove = append(remove, st.key)
+		}
+	}
+	w.publish()
+	return w.s.change(ctx, subChange{sub: w.sub, remove: remove})
+}
+
+// publish hands the writer the current names of each series (the newest
+// replaces one it has not taken yet).
+func (w *wsConn) publish() {
+	m := map[seriesKey][]string{}
+	for _, st := range w.streams {
+		m[st.key] = append(m[st.key], st.name)
+	}
+	select {
+	case <-w.byKey:
+	default:
+	}
+	w.byKey <- m
+}
+
+// read answers the client's requests until it leaves, and says why the
+// connection should close.
+func (w *wsConn) read(ctx context.Context) closeReason {
+	var window time.Time
+	n := 0
+	for {
+		_, data, err := w.c.Read(ctx)
+		if err != nil {
+			return closeReason{}
+		}
+		now := time.Now()
+		if now.Sub(window) >= time.Second {
+			window, n = now, 0
+		}
+		if n++; n > wsMaxMessages {
+			return closeReason{websocket.StatusPolicyViolation, wsTooManyMessages}
+		}
+		reply := w.handle(ctx, data)
+		select {
+		case w.replies <- reply:
+		default:
+			// The writer is stuck: the client does not read its replies.
+			return closeReason{websocket.StatusPolicyViolation, wsTooSlow}
+		}
+	}
+}
+
+// handle answers one request as Binance does.
+func (w *wsConn) handle(ctx context.Context, data []byte) any {
+	var req wsRequest
+	if err := json.Unmarshal(data, &req); err != nil {
+		var raw map[string]json.RawMessage
+		if json.Unmarshal(data, &raw) != nil {
+			return wsError{Code: 3, Msg: "Invalid JSON: " + err.Error()}
+		}
+		return wsError{Code: 2, Msg: "Invalid request: " + err.Error(), ID: raw["id"]}
+	}
+	bad := func(msg string) any { return wsError{Code: 2, Msg: "Invalid request: " + msg, ID: req.ID} }
+	if len(req.ID) > 0 && string(req.ID) != "null" {
+		var id uint64
+		var sid string
+		if json.Unmarshal(req.ID, &id) != nil && (json.Unmarshal(req.ID, &sid) != nil || len(sid) > 36) {
+			return bad("request ID must be an unsigned integer or a string of at most 36 characters")
+		}
+	}
+	names := func() ([]string, error) {
+		out := make([]string, 0, len(req.Params))
+		for _, p := range req.Params {
+			var s string
+			if json.Unmarshal(p, &s) != nil {
+				return nil, errors.New("stream names must be strings")
+			}
+			out = append(out, s)
+		}
+		return out, nil
+	}
+	switch req.Method {
+	case "":
+		return bad("missing field `method`")
+	case "SUBSCRIBE", "UNSUBSCRIBE":
+		ns, err := names()
+		if err != nil {
+			return bad(err.Error())
+		}
+		if req.Method == "UNSUBSCRIBE" {
+			if err := w.unsubscribe(ctx, ns); err != nil {
+				return bad(err.Error())
+			}
+			return wsReply{ID: req.ID}
+		}
+		var sts []wsStream
+		for _, n := range ns {
+			st, err := parseStream(n)
+			if err != nil {
+				return bad(err.Error())
+			}
+			sts = append(sts, st)
+		}
+		added := 0
+		for _, st := range sts {
+			if _, ok := w.streams[st.name]; !ok {
+				added++
+			}
+		}
+		if len(w.streams)+added > wsMaxStreams {
+			return bad(fmt.Sprintf("too many streams: at most %d per connection", wsMaxStreams))
+		}
+		if err := w.subscribe(ctx, sts); err != nil {
+			return bad(err.Error())
+		}
+		return wsReply{ID: req.ID}
+	case "LIST_SUBSCRIPTIONS":
+		list := make([]string, 0, len(w.streams))
+		for n := range w.streams {
+			list = append(list, n)
+		}
+		slices.Sort(list)
+		return wsReply{Result: list, ID: req.ID}
+	case "SET_PROPERTY", "GET_PROPERTY":
+		var prop string
+		if len(req.Params) == 0 || json.Unmarshal(req.Params[0], &prop) != nil {
+			return bad("property name must be a string")
+		}
+		if prop != "combined" {
+			return wsError{Code: 0, Msg: "Unknown property", ID: req.ID}
+		}
+		if req.Method == "GET_PROPERTY" {
+			return wsReply{Result: w.combinedNow(), ID: req.ID}
+		}
+		var v bool
+		if len(req.Params) != 2 || json.Unmarshal(req.Params[1], &v) != nil {
+			return wsError{Code: 1, Msg: "Invalid value type: expected Boolean", ID: req.ID}
+		}
+		w.setCombined(v)
+		return wsReply{ID: req.ID}
+	}
+	return bad(fmt.Sprintf("unknown variant `%s`, expected one of `SUBSCRIBE`, `UNSUBSCRIBE`, `LIST_SUBSCRIPTIONS`, `SET_PROPERTY`, `GET_PROPERTY`", req.Method))
+}
+
+// setCombined travels to the writer among the replies, before the reply
+// to the SET_PROPERTY that asked for it, so that it takes effect in order.
+type setCombined bool
+
+func (w *wsConn) combinedNow() bool { return w.combined }
+
+// setCombined is the reader's: it keeps its own copy (GET_PROPERTY) and
+// tells the writer.
+func (w *wsConn) setCombined(v bool) {
+	w.combined = v
+	select {
+	case w.replies <- setCombined(v):
+	default: // the writer is stuck; the reply after this one fails the same way
+	}
+}
+
+// write sends updates, replies and pings until the context ends, the
+// client stops reading, or the owner cuts it off.
+func (w *wsConn) write(ctx context.Context, combined bool, left <-chan struct{}) closeReason {
+	ping := time.NewTicker(wsPingEvery)
+	defer ping.Stop()
+	byKey := map[seriesKey][]string{}
+	for {
+		select {
+		case <-ctx.Done():
+			return closeReason{websocket.StatusGoingAway, "the server is stopping"}
+		case <-left:
+			return closeReason{}
+		case m := <-w.byKey:
+			byKey = m
+		case r := <-w.replies:
+			if c, ok := r.(setCombined); ok {
+				combined = bool(c)
+				continue
+			}
+			if err := w.send(ctx, r); err != nil {
+				return closeReason{}
+			}
+		case k, open := <-w.sub.ch:
+			if !open {
+				return closeReason{websocket.StatusPolicyViolation, wsTooSlow}
+			}
+			// The names may have changed since the owner sent it.
+			select {
+			case m := <-w.byKey:
+				byKey = m
+			default:
+			}
+			ev := event(&k, time.Now())
+			for _, name := range byKey[seriesKey{k.Symbol, k.Period}] {
+				var msg any = ev
+				if combined {
+					msg = struct {
+						Stream string      `json:"stream"`
+						Data   streamEvent `json:"data"`
+					}{name, ev}
+				}
+				if err := w.send(ctx, msg); err != nil {
+					return closeReason{websocket.StatusPolicyViolation, wsTooSlow}
+				}
+			}
+		case <-ping.C:
+			pctx, cancel := context.WithTimeout(ctx, wsPongWithin)
+			err := w.c.Ping(pctx)
+			cancel()
+			if err != nil {
+				return closeReason{websocket.StatusPolicyViolation, "no pong within a minute"}
+			}
+		}
+	}
+}
+
+func (w *wsConn) send(ctx context.Context, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, wsWriteTimeout)
+	defer cancel()
+	return w.c.Write(wctx, websocket.MessageText, b)
+}
