@@ -28,7 +28,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 the newest candles of every symbol and period: GET /api/v3/klines and
 uiKlines as Binance's endpoints (same parameters, limits, arrays and error
 codes), /api/v3/ping, /api/v3/time and /api/v3/exchangeInfo for the symbols
-held,
+held, Binance's websocket kline streams on /ws and /stream,
 GET /api/v1/stream?symbol=&interval= (Server-Sent Events of each update, as
 Binance's websocket kline events), a live chart page on /, and /metrics,
 /healthz, /readyz.`)
@@ -39,6 +39,7 @@ Binance's websocket kline events), a live chart page on /, and /metrics,
 	fs.StringVar(&cfg.HTTP, "http", def.HTTP, "address of the API, the stream and the chart page")
 	fs.IntVar(&cfg.Keep, "keep", def.Keep, "candles kept per (symbol, period), the newest")
 	quotes := fs.String("quote-assets", strings.Join(def.QuoteAssets, ","), "exchangeInfo: a symbol's quote asset is the longest of these it ends with; the rest is its base asset")
+	fs.IntVar(&cfg.StreamBuffer, "stream-buffer", def.StreamBuffer, "updates queued for one websocket or SSE client before it is cut off as too slow")
 	fs.StringVar(&cfg.CORSOrigin, "cors-origin", def.CORSOrigin, "Access-Control-Allow-Origin of the API (empty: none, same-origin pages only)")
 	var logs logFlags
 	logs.register(fs)
