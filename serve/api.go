@@ -316,3 +316,13 @@ func sameInZone(p engine.Period, off int64) bool {
 	open := p.Open(0)
 	return off%(p.Next(open)-open) == 0
 }
+
+// handleIntervals lists the intervals of which candles are held (those the
+// pipeline computes), for the page to offer and to name.
+func (s *Server) handleIntervals(w http.ResponseWriter, r *http.Request) {
+	a, err := s.ask(r.Context(), query{})
+	if err != nil {
+		return
+	}
+	writeJSON(w, a.intervals)
+}

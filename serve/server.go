@@ -113,9 +113,10 @@ type request struct {
 }
 
 type answer struct {
-	klines  []schema.Kline
-	known   bool
-	symbols []string
+	klines    []schema.Kline
+	known     bool
+	symbols   []string
+	intervals []string
 }
 
 // seriesKey names the candles of one symbol and period.
@@ -192,6 +193,7 @@ func (s *Server) Run(ctx context.Context) error {
 	mux.HandleFunc("GET /ws/", s.handleWS)
 	mux.HandleFunc("GET /stream", s.handleWS)
 	mux.HandleFunc("GET /api/v1/symbols", s.handleSymbols)
+	mux.HandleFunc("GET /api/v1/intervals", s.handleIntervals)
 	mux.Handle("GET /", pageHandler())
 	for _, r := range s.extra {
 		mux.Handle(r.pattern, r.h)
@@ -277,7 +279,7 @@ func (s *Server) own(ctx context.Context) {
 			}
 		case r := <-s.queries:
 			if r.q.symbol == "" {
-				r.reply <- answer{symbols: st.symbolList()}
+				r.reply <- answer{symbols: st.symbolList(), intervals: st.intervalList()}
 				continue
 			}
 			k, known := st.klines(r.q)

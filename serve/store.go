@@ -18,7 +18,8 @@ import (
 // appends one, so it costs O(1); a late one is found by binary search.
 type store struct {
 	keep    int
-	np      int // periods per symbol
+	np      int    // periods per symbol
+	held    uint32 // bit p: some candle of period p was seen
 	symbols map[string]int32
 	names   []string
 	series  [][]schema.Kline
@@ -42,6 +43,7 @@ func (s *store) put(k *schema.Kline) bool {
 		s.names = append(s.names, k.Symbol)
 		s.series = append(s.series, make([][]schema.Kline, s.np)...)
 	}
+	s.held |= 1 << p
 	idx := int(sym)*s.np + int(p)
 	ser := s.series[idx]
 	n := len(ser)
@@ -120,5 +122,17 @@ func (s *store) klines(q query) ([]schema.Kline, bool) {
 func (s *store) symbolList() []string {
 	out := slices.Clone(s.names)
 	slices.Sort(out)
+	return out
+}
+
+// intervalList is the intervals of which some candle is held, in
+// canonical order: those the pipeline computes.
+func (s *store) intervalList() []string {
+	var out []string
+	for _, p := range engine.AllPeriods() {
+		if s.held&(1<<p) != 0 {
+			out = append(out, p.String())
+		}
+	}
 	return out
 }

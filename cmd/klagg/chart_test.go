@@ -85,6 +85,7 @@ func TestDemoChart(t *testing.T) {
 		LoadedAt      int64        `json:"loadedAt"`
 		FirstUpdateAt int64        `json:"firstUpdateAt"`
 		Error         string       `json:"error"`
+		Transport     string       `json:"transport"`
 	}
 	var stateJSON string
 	var png []byte
@@ -118,6 +119,9 @@ func TestDemoChart(t *testing.T) {
 	if state.Error != "" {
 		t.Fatalf("the page reports %q", state.Error)
 	}
+	if state.Transport != "websocket" {
+		t.Errorf("updates came over %q, want Binance's websocket stream", state.Transport)
+	}
 	if wait := state.FirstUpdateAt - state.LoadedAt; wait > 2000 || wait < 0 {
 		t.Fatalf("first stream update %d ms after the page loaded; want within 2 s", wait)
 	}
@@ -147,6 +151,86 @@ func TestDemoChart(t *testing.T) {
 		t.Fatalf("the page shows %d candles, the API %d", len(state.Candles), len(rows))
 	}
 	t.Logf("page and API agree on %d candles (%d final on the page)", len(state.Candles), finals)
+
+	pageChecks(t, bctx, addr, symbol)
+}
+
+// pageChecks opens the page as a person would in other ways: loading
+// older candles at the left edge, a symbol klagg does not hold, an
+// interval it does not compute (neither reloads the page), and a phone's
+// 390 px viewport, of which it leaves a screenshot.
+func pageChecks(t *testing.T, bctx context.Context, addr, symbol string) {
+	poll := func(expr string) chromedp.Action[chromedp.Void] {
+		return chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingTimeout(20*time.Second))
+	}
+	state := func() string {
+		s, _ := chromedp.Run(bctx, chromedp.Evaluate[string](`JSON.stringify({notice: window.klagg.notice, candles: window.klagg.candles.length, older: window.klagg.olderLoads, url: location.search})`))
+		return s
+	}
+	// One candle a load: the chart starts at its left edge and asks for
+	// the older ones, with endTime, as scrolling left does.
+	older := fmt.Sprintf("http://%s/?symbol=%s&interval=1m&limit=1", addr, symbol)
+	if err := chromedp.Do(bctx, chromedp.Navigate(older),
+		poll(`window.klagg && window.klagg.olderLoads > 0 && window.klagg.candles.length >= 2`)); err != nil {
+		t.Errorf("older candles at the left edge: %v (page %s)", err, state())
+	}
+	for _, tc := range []struct{ query, notice, shot string }{
+		{"?symbol=NOPE&interval=1m", "Unknown symbol NOPE", "chart-unknown-symbol.png"},
+		{"?symbol=" + symbol + "&interval=1s", "Interval 1s is not computed; computed: 1m, 3m, 5m", ""},
+	} {
+		u := fmt.Sprintf("http://%s/%s", addr, tc.query)
+		err := chromedp.Do(bctx, chromedp.Navigate(u),
+			poll(fmt.Sprintf(`window.klagg && window.klagg.notice.includes(%q)`, tc.notice)),
+			chromedp.Evaluate[chromedp.Void](`window.stillHere = true`),
+			chromedp.Sleep(3*time.Second))
+		if err == nil {
+			var here bool
+			if here, err = chromedp.Run(bctx, chromedp.Evaluate[bool](`window.stillHere === true`)); err == nil && !here {
+				err = fmt.Errorf("the page reloaded itself")
+			}
+		}
+		if err == nil && tc.shot != "" {
+			var png []byte
+			if png, err = chromedp.Run(bctx, chromedp.CaptureScreenshot()); err == nil {
+				err = os.WriteFile(filepath.Join(artifactDir(t), tc.shot), png, 0o644)
+			}
+		}
+		if err != nil {
+			t.Errorf("%s: %v (page %s)", tc.query, err, state())
+		}
+	}
+
+	// A phone: the header wraps above the chart instead of covering it.
+	var png []byte
+	var layout struct{ HeaderBottom, ChartTop, ChartHeight, Width float64 }
+	err := chromedp.Do(bctx, chromedp.EmulateViewport(390, 844),
+		chromedp.Navigate(fmt.Sprintf("http://%s/?symbol=%s&interval=1m", addr, symbol)),
+		poll(`window.klagg && window.klagg.candles.length > 0`),
+		chromedp.Sleep(500*time.Millisecond))
+	if err == nil {
+		var js string
+		js, err = chromedp.Run(bctx, chromedp.Evaluate[string](`JSON.stringify({HeaderBottom: document.querySelector("header").getBoundingClientRect().bottom,
+			ChartTop: document.getElementById("chart").getBoundingClientRect().top,
+			ChartHeight: document.getElementById("chart").getBoundingClientRect().height, Width: document.documentElement.scrollWidth})`))
+		if err == nil {
+			err = json.Unmarshal([]byte(js), &layout)
+		}
+	}
+	if err == nil {
+		png, err = chromedp.Run(bctx, chromedp.CaptureScreenshot())
+	}
+	if err != nil {
+		t.Fatalf("390 px: %v (page %s)", err, state())
+	}
+	shot := filepath.Join(artifactDir(t), "chart-390px.png")
+	if err := os.WriteFile(shot, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot at 390 px: %s; layout %+v", shot, layout)
+	if layout.ChartTop < layout.HeaderBottom || layout.ChartHeight < 300 || layout.Width > 390 {
+		t.Errorf("at 390 px the header ends at %.0f, the chart starts at %.0f and is %.0f high, the page is %.0f wide",
+			layout.HeaderBottom, layout.ChartTop, layout.ChartHeight, layout.Width)
+	}
 }
 
 func apiKlines(t *testing.T, u string) [][]any {
