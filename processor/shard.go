@@ -234,7 +234,14 @@ func (s *shard) drain(kind drainKind) drained {
 	now := s.r.clock()
 	nowMs := now.UnixMilli()
 	lag := max(0, s.hw-(s.last+1)) + s.queued.Load()
-	s.agg.AdvanceClock(nowMs, lag == 0)
+	if s.draining && kind == drainFinals {
+		// The pieces of a full drain belong together, state included,
+		// and a finals-only delivery would drop their state: nothing now.
+		return drained{partition: s.partition, position: -1, lag: lag}
+	}
+	if !s.draining { // nothing may move between the pieces of one snapshot
+		s.agg.AdvanceClock(nowMs, lag == 0)
+	}
 	finalsOnly := false
 	switch kind {
 	case drainTick:

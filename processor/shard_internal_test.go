@@ -208,3 +208,62 @@ func TestShardBacklog(t *testing.T) {
 		t.Fatalf("%d records drained, want %d", finals, want)
 	}
 }
+
+// TestShardDrainInPieces: while a full drain is handed over in pieces, the
+// shard changes nothing: the wall clock does not move its watermark, and a
+// finals-only request gets nothing rather than a piece without its state.
+func TestShardDrainInPieces(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	cfg := DefaultConfig()
+	cfg.Engine.Periods, _ = engine.ParsePeriods("1m")
+	cfg.Engine.MaxPending = 10
+	enc, err := schema.NewKlineEncoder(schema.FramingSingleObject, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	codec, err := schema.NewStateCodec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &runtime{cfg: cfg, log: slog.New(slog.DiscardHandler), clock: func() time.Time { return now }, stats: &Stats{},
+		obs: nopObserver{}, klineEnc: enc, stateCodec: codec}
+	agg, err := engine.NewAggregator(cfg.Engine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := r.newShard(0, agg)
+	// 50 symbols trading now, live: the wall clock would close their
+	// candles a minute later.
+	var recs []*kgo.Record
+	for i := range 50 {
+		tr := schema.Trade{Symbol: fmt.Appendf(nil, "S%02dUSDT", i), AggID: 1, Price: 100, Quantity: 1, Time: now.Add(-time.Second).UnixMilli()}
+		recs = append(recs, &kgo.Record{Key: tr.Symbol, Value: schema.AppendBinanceJSON(nil, &tr), Offset: int64(i)})
+	}
+	give(s, recs, 50, 49)
+	d := s.drain(drainTxn)
+	if !d.partial || !s.draining || len(d.first) > 10 {
+		t.Fatalf("first piece: partial %v, draining %v, %d records", d.partial, s.draining, len(d.first))
+	}
+	now = now.Add(2 * time.Minute) // the clock would close every candle
+	if f := s.drain(drainFinals); len(f.first)+len(f.states) != 0 {
+		t.Fatalf("a finals-only request during pieces got %d klines, %d states", len(f.first), len(f.states))
+	}
+	opens, states := len(d.first), 0
+	for d.partial {
+		d = s.drain(drainTxn)
+		for _, rec := range d.first {
+			var k schema.Kline
+			if err := schema.DecodeKline(rec.Value, &k); err != nil {
+				t.Fatal(err)
+			}
+			if k.IsFinal {
+				t.Fatalf("a final candle between the pieces of one snapshot: %+v", k)
+			}
+		}
+		opens += len(d.first)
+		states += len(d.states)
+	}
+	if opens != 50 || states != 50 || d.position != 49 {
+		t.Fatalf("the snapshot: %d open candles, %d states, position %d; want 50, 50, 49", opens, states, d.position)
+	}
+}
