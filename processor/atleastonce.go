@@ -78,24 +78,6 @@ func (r *runtime) pollLoop(ctx context.Context) error {
 	}
 }
 
-func (r *runtime) nextFlush() <-chan struct{} {
-	r.flushedMu.Lock()
-	defer r.flushedMu.Unlock()
-	if r.flushed == nil {
-		r.flushed = make(chan struct{})
-	}
-	return r.flushed
-}
-
-func (r *runtime) signalFlushed() {
-	r.flushedMu.Lock()
-	defer r.flushedMu.Unlock()
-	if r.flushed != nil {
-		close(r.flushed)
-		r.flushed = nil
-	}
-}
-
 func (r *runtime) flushLoop(ctx context.Context) {
 	t := time.NewTicker(r.cfg.FlushInterval)
 	defer t.Stop()
@@ -151,9 +133,6 @@ func (r *runtime) flushLocked(ctx context.Context, cl *kgo.Client, only []int32,
 		kind = drainAll
 	}
 	results := r.deliverPieces(ctx, cl, targets, kind)
-	if only == nil {
-		r.signalFlushed()
-	}
 	if len(results) == 0 {
 		return
 	}

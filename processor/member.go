@@ -290,9 +290,7 @@ type runtime struct {
 
 	// flushMu serializes flushes (the periodic one, a revoke's, the final
 	// one), the loss of partitions and shard restarts.
-	flushMu   sync.Mutex
-	flushed   chan struct{}
-	flushedMu sync.Mutex
+	flushMu sync.Mutex
 	// restarts holds the partitions whose shard must be rebuilt; the
 	// flusher adds, the poll loop takes. A set: it can neither block the
 	// flusher nor lose a request.
