@@ -12,6 +12,27 @@ import (
 	"github.com/klagg/klagg/schema"
 )
 
+// testShard is a shard of partition 0 over a runtime with just what a
+// shard uses, driven on the test's goroutine (its own is not started).
+func testShard(t *testing.T, cfg Config, clock func() time.Time) *shard {
+	t.Helper()
+	enc, err := schema.NewKlineEncoder(schema.FramingSingleObject, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	codec, err := schema.NewStateCodec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &runtime{cfg: cfg, log: slog.New(slog.DiscardHandler), clock: clock, stats: &Stats{}, obs: nopObserver{},
+		klineEnc: enc, stateCodec: codec}
+	agg, err := engine.NewAggregator(cfg.Engine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.newShard(0, agg)
+}
+
 // give hands a fetch to s as the poll loop does, on the test's goroutine.
 func give(s *shard, recs []*kgo.Record, hw, end int64) {
 	s.queued.Add(int64(len(recs)))
@@ -28,21 +49,7 @@ func TestShardCatchUpFlush(t *testing.T) {
 	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 	clock := func() time.Time { return now }
 	cfg := DefaultConfig()
-	enc, err := schema.NewKlineEncoder(schema.FramingSingleObject, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	codec, err := schema.NewStateCodec()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &runtime{cfg: cfg, log: slog.New(slog.DiscardHandler), clock: clock, stats: &Stats{}, obs: nopObserver{},
-		klineEnc: enc, stateCodec: codec}
-	agg, err := engine.NewAggregator(cfg.Engine)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := r.newShard(0, agg)
+	s := testShard(t, cfg, clock)
 
 	// Two symbols' trades, one a minute, an hour ago in trade time.
 	start := now.Add(-time.Hour).UnixMilli()
@@ -132,21 +139,7 @@ func TestShardBacklog(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Engine.Periods, _ = engine.ParsePeriods("1m,5m")
 	cfg.Engine.MaxPending = 500
-	enc, err := schema.NewKlineEncoder(schema.FramingSingleObject, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	codec, err := schema.NewStateCodec()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &runtime{cfg: cfg, log: slog.New(slog.DiscardHandler), clock: func() time.Time { return now }, stats: &Stats{},
-		obs: nopObserver{}, klineEnc: enc, stateCodec: codec}
-	agg, err := engine.NewAggregator(cfg.Engine)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := r.newShard(0, agg)
+	s := testShard(t, cfg, func() time.Time { return now })
 	// 200 symbols trade once at the start, then one trade a minute for
 	// two hours: each minute closes 200 candles.
 	start := now.Add(-24 * time.Hour).UnixMilli()
@@ -217,21 +210,7 @@ func TestShardDrainInPieces(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Engine.Periods, _ = engine.ParsePeriods("1m")
 	cfg.Engine.MaxPending = 10
-	enc, err := schema.NewKlineEncoder(schema.FramingSingleObject, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	codec, err := schema.NewStateCodec()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &runtime{cfg: cfg, log: slog.New(slog.DiscardHandler), clock: func() time.Time { return now }, stats: &Stats{},
-		obs: nopObserver{}, klineEnc: enc, stateCodec: codec}
-	agg, err := engine.NewAggregator(cfg.Engine)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := r.newShard(0, agg)
+	s := testShard(t, cfg, func() time.Time { return now })
 	// 50 symbols trading now, live: the wall clock would close their
 	// candles a minute later.
 	var recs []*kgo.Record

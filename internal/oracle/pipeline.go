@@ -110,22 +110,7 @@ func Produce(ctx context.Context, cl *kgo.Client, topic string, recs []Record) e
 // clock never moves the watermark) and returns the final candles and the
 // number of records each refusal class should send to the dead-letter topic.
 func Expected(recs []Record, periods []engine.Period, grace time.Duration) (final map[Key]schema.Kline, refused int) {
-	refs := map[int32]*Reference{}
-	now := time.Now().UnixMilli()
-	for _, r := range recs {
-		ref := refs[r.Partition]
-		if ref == nil {
-			ref = New(periods, grace, time.Minute)
-			refs[r.Partition] = ref
-		}
-		if r.Bad != nil {
-			refused++
-			continue
-		}
-		if ref.Trade(r.Trade, now) != engine.Folded {
-			refused++
-		}
-	}
+	refs, refused := shards(recs, periods, grace, false)
 	final = map[Key]schema.Kline{}
 	for _, ref := range refs {
 		f, _ := ref.Candles()
@@ -134,6 +119,26 @@ func Expected(recs []Record, periods []engine.Period, grace time.Duration) (fina
 		}
 	}
 	return final, refused
+}
+
+// shards runs one Reference per partition over recs, as a backfill (the
+// wall clock never moves the watermark), and counts the records refused.
+func shards(recs []Record, periods []engine.Period, grace time.Duration, noFlat bool) (map[int32]*Reference, int) {
+	refs := map[int32]*Reference{}
+	refused := 0
+	now := time.Now().UnixMilli()
+	for _, r := range recs {
+		ref := refs[r.Partition]
+		if ref == nil {
+			ref = New(periods, grace, time.Minute)
+			ref.NoFlat = noFlat
+			refs[r.Partition] = ref
+		}
+		if r.Bad != nil || ref.Trade(r.Trade, now) != engine.Folded {
+			refused++
+		}
+	}
+	return refs, refused
 }
 
 // Emitted is what a klines topic holds, folded the way ReplacingMergeTree

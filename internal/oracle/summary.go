@@ -80,19 +80,7 @@ func ts(ms int64) string { return time.UnixMilli(ms).UTC().Format(time.RFC3339) 
 
 // ExpectedSummary is Expected's final candles for recs, summarised.
 func ExpectedSummary(recs []Record, periods []engine.Period, grace time.Duration, noFlat bool, sample func(string) bool) *Summary {
-	refs := map[int32]*Reference{}
-	now := time.Now().UnixMilli()
-	for _, r := range recs {
-		ref := refs[r.Partition]
-		if ref == nil {
-			ref = New(periods, grace, time.Minute)
-			ref.NoFlat = noFlat
-			refs[r.Partition] = ref
-		}
-		if r.Bad == nil {
-			ref.Trade(r.Trade, now)
-		}
-	}
+	refs, _ := shards(recs, periods, grace, noFlat)
 	s := newSummary()
 	for _, ref := range refs {
 		// EachCandle gives each series in order; the order of the series
