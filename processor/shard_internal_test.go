@@ -8,6 +8,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
@@ -137,7 +138,7 @@ func TestShardCatchUpFlush(t *testing.T) {
 func TestShardBacklog(t *testing.T) {
 	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 	cfg := DefaultConfig()
-	cfg.Engine.Periods, _ = engine.ParsePeriods("1m,5m")
+	cfg.Engine.Periods, _ = period.ParseList("1m,5m")
 	cfg.Engine.MaxPending = 500
 	s := testShard(t, cfg, func() time.Time { return now })
 	// 200 symbols trade once at the start, then one trade a minute for
@@ -208,7 +209,7 @@ func TestShardBacklog(t *testing.T) {
 func TestShardDrainInPieces(t *testing.T) {
 	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 	cfg := DefaultConfig()
-	cfg.Engine.Periods, _ = engine.ParsePeriods("1m")
+	cfg.Engine.Periods, _ = period.ParseList("1m")
 	cfg.Engine.MaxPending = 10
 	s := testShard(t, cfg, func() time.Time { return now })
 	// 50 symbols trading now, live: the wall clock would close their

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/klagg/klagg/processor/engine"
+	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -51,7 +51,7 @@ func parseQuery(w http.ResponseWriter, r *http.Request) (query, bool) {
 		}
 	}
 	q.symbol = v.Get("symbol")
-	p, err := engine.ParsePeriod(v.Get("interval"))
+	p, err := period.Parse(v.Get("interval"))
 	if err != nil {
 		writeError(w, http.StatusBadRequest, codeBadInterval, "Invalid interval.")
 		return q, false
@@ -214,7 +214,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, codeMandatoryParam, "Mandatory parameter 'symbol' or 'interval' was not sent, was empty/null, or malformed.")
 		return
 	}
-	if _, err := engine.ParsePeriod(interval); err != nil {
+	if _, err := period.Parse(interval); err != nil {
 		writeError(w, http.StatusBadRequest, codeBadInterval, "Invalid interval.")
 		return
 	}
@@ -306,11 +306,11 @@ func parseTimeZone(tz string) (int64, bool) {
 // zone offset by off from UTC: a fixed-length period whose length divides
 // the offset (1m and 1h at +08:00; not 1d, nor 1h at +05:45). Months never,
 // unless off is 0.
-func sameInZone(p engine.Period, off int64) bool {
+func sameInZone(p period.Period, off int64) bool {
 	if off == 0 {
 		return true
 	}
-	if p == engine.Period1M {
+	if p == period.P1M {
 		return false
 	}
 	open := p.Open(0)

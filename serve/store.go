@@ -4,7 +4,7 @@ import (
 	"slices"
 	"sort"
 
-	"github.com/klagg/klagg/processor/engine"
+	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -26,13 +26,13 @@ type store struct {
 }
 
 func newStore(keep int) *store {
-	return &store{keep: keep, np: len(engine.AllPeriods()), symbols: map[string]int32{}}
+	return &store{keep: keep, np: len(period.All()), symbols: map[string]int32{}}
 }
 
 // put records k unless a newer version of its candle is held. It reports
 // whether k changed the store.
 func (s *store) put(k *schema.Kline) bool {
-	p, err := engine.ParsePeriod(k.Period)
+	p, err := period.Parse(k.Period)
 	if err != nil {
 		return false
 	}
@@ -83,7 +83,7 @@ func (s *store) put(k *schema.Kline) bool {
 // query is a /api/v3/klines request, in Binance's terms.
 type query struct {
 	symbol     string
-	period     engine.Period
+	period     period.Period
 	start, end int64 // open time bounds, inclusive; -1 when not given
 	limit      int
 }
@@ -129,7 +129,7 @@ func (s *store) symbolList() []string {
 // canonical order: those the pipeline computes.
 func (s *store) intervalList() []string {
 	var out []string
-	for _, p := range engine.AllPeriods() {
+	for _, p := range period.All() {
 		if s.held&(1<<p) != 0 {
 			out = append(out, p.String())
 		}

@@ -12,7 +12,7 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/klagg/klagg/processor/engine"
+	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -56,7 +56,7 @@ func parseStream(name string) (wsStream, error) {
 	if !ok {
 		return wsStream{}, fmt.Errorf("stream %q: klagg serves kline streams only", name)
 	}
-	p, err := engine.ParsePeriod(interval)
+	p, err := period.Parse(interval)
 	if err != nil {
 		return wsStream{}, fmt.Errorf("stream %q: invalid interval %q", name, interval)
 	}

@@ -15,8 +15,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/processor"
-	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -111,12 +111,12 @@ func refusal(st *schema.SymbolState, t *schema.Trade) string {
 // has) already closed by the watermark of every shard, as the engine's
 // rule for a new symbol says against its own shard's watermark.
 func newSymbolRule(states map[string]schema.SymbolState) func(*schema.Trade) string {
-	seen := map[engine.Period]bool{}
+	seen := map[period.Period]bool{}
 	watermark := int64(math.MaxInt64)
 	for _, st := range states {
 		watermark = min(watermark, st.Watermark)
 		for _, c := range st.Candles {
-			if p, err := engine.ParsePeriod(c.Period); err == nil {
+			if p, err := period.Parse(c.Period); err == nil {
 				seen[p] = true
 			}
 		}

@@ -20,8 +20,8 @@ import (
 	"github.com/lmittmann/tint"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/processor"
-	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 	"github.com/klagg/klagg/serve"
 )
@@ -299,7 +299,7 @@ stops one cleanly.`)
 	fs.StringVar(&c.KlinesTopic, "klines-topic", c.KlinesTopic, "topic the klines are published to (created if missing)")
 	fs.StringVar(&c.StateTopic, "state-topic", c.StateTopic, "compacted topic of shard state (created if missing)")
 	fs.StringVar(&c.DLQTopic, "dlq-topic", c.DLQTopic, "dead-letter topic for refused trades (created if missing)")
-	fs.StringVar(&rf.periods, "periods", engine.DefaultPeriods, "candle periods, comma-separated, from 1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M")
+	fs.StringVar(&rf.periods, "periods", period.DefaultList, "candle periods, comma-separated, from 1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M")
 	fs.StringVar(&rf.inputFormat, "input-format", c.InputFormat.String(), "trade encoding: binance-json or avro")
 	fs.StringVar(&c.SchemaRegistry, "schema-registry", "", "schema registry URL; klines are then Confluent-framed (default: Avro single-object encoding)")
 	fs.DurationVar(&c.FlushInterval, "flush-interval", c.FlushInterval, "how often changed candles are published and offsets committed")
@@ -336,7 +336,7 @@ func (rf *runFlags) finish(getenv func(string) string) error {
 			rf.cfg.Brokers = append(rf.cfg.Brokers, b)
 		}
 	}
-	periods, err := engine.ParsePeriods(rf.periods)
+	periods, err := period.ParseList(rf.periods)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("--periods: %w", err))
 	} else {

@@ -15,8 +15,8 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/processor"
-	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -33,7 +33,7 @@ single-object encoding.`)
 	brokers := fs.String("brokers", strings.Join(def.Brokers, ","), "Kafka bootstrap brokers, comma-separated")
 	topic := fs.String("klines-topic", def.KlinesTopic, "topic to read")
 	symbol := fs.String("symbol", "", "only this symbol")
-	period := fs.String("period", "", "only this period (1m, 1h, 1M, …)")
+	onlyPeriod := fs.String("period", "", "only this period (1m, 1h, 1M, …)")
 	finalOnly := fs.Bool("final-only", false, "only final candles")
 	fromBeginning := fs.Bool("from-beginning", false, "read the topic from its start (default: only new records)")
 	format := fs.String("format", "table", "output: table or json (one object per line)")
@@ -47,8 +47,8 @@ single-object encoding.`)
 		return 0
 	}
 	errs := []error{perr} // with the checks below: every problem at once
-	if *period != "" {
-		if _, err := engine.ParsePeriod(*period); err != nil {
+	if *onlyPeriod != "" {
+		if _, err := period.Parse(*onlyPeriod); err != nil {
 			errs = append(errs, fmt.Errorf("--period: %w", err))
 		}
 	}
@@ -126,7 +126,7 @@ single-object encoding.`)
 				undecodable++
 				return
 			}
-			if (*symbol != "" && k.Symbol != *symbol) || (*period != "" && k.Period != *period) || (*finalOnly && !k.IsFinal) {
+			if (*symbol != "" && k.Symbol != *symbol) || (*onlyPeriod != "" && k.Period != *onlyPeriod) || (*finalOnly && !k.IsFinal) {
 				return
 			}
 			if *format == "json" {

@@ -10,6 +10,7 @@ import (
 	"math"
 	"time"
 
+	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
@@ -30,7 +31,7 @@ type symbolState struct {
 
 // Reference is the model of one shard (one trades partition).
 type Reference struct {
-	periods               []engine.Period
+	periods               []period.Period
 	grace, liveWindow     int64
 	W                     int64 // the watermark
 	acceptedAt, acceptedT int64
@@ -42,7 +43,7 @@ type Reference struct {
 }
 
 // New returns an empty shard model.
-func New(periods []engine.Period, grace, live time.Duration) *Reference {
+func New(periods []period.Period, grace, live time.Duration) *Reference {
 	return &Reference{periods: periods, grace: grace.Milliseconds(), liveWindow: live.Milliseconds(),
 		W: math.MinInt64, symbols: map[string]*symbolState{}}
 }

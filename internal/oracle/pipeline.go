@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
@@ -109,7 +110,7 @@ func Produce(ctx context.Context, cl *kgo.Client, topic string, recs []Record) e
 // Expected runs one Reference per partition over recs (a backfill: the wall
 // clock never moves the watermark) and returns the final candles and the
 // number of records each refusal class should send to the dead-letter topic.
-func Expected(recs []Record, periods []engine.Period, grace time.Duration) (final map[Key]schema.Kline, refused int) {
+func Expected(recs []Record, periods []period.Period, grace time.Duration) (final map[Key]schema.Kline, refused int) {
 	refs, refused := shards(recs, periods, grace, false)
 	final = map[Key]schema.Kline{}
 	for _, ref := range refs {
@@ -123,7 +124,7 @@ func Expected(recs []Record, periods []engine.Period, grace time.Duration) (fina
 
 // shards runs one Reference per partition over recs, as a backfill (the
 // wall clock never moves the watermark), and counts the records refused.
-func shards(recs []Record, periods []engine.Period, grace time.Duration, noFlat bool) (map[int32]*Reference, int) {
+func shards(recs []Record, periods []period.Period, grace time.Duration, noFlat bool) (map[int32]*Reference, int) {
 	refs := map[int32]*Reference{}
 	refused := 0
 	now := time.Now().UnixMilli()

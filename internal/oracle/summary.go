@@ -9,7 +9,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/klagg/klagg/processor/engine"
+	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -55,7 +55,7 @@ func (s *Summary) add(k *schema.Kline, sample func(string) bool, contiguous bool
 		s.problem("%s %s: final candle %s after %s (duplicate or out of order)", k.Symbol, k.Period, ts(k.OpenTime), ts(se.Last))
 		return
 	case contiguous:
-		if p, err := engine.ParsePeriod(k.Period); err == nil && p.Next(se.Last) != k.OpenTime {
+		if p, err := period.Parse(k.Period); err == nil && p.Next(se.Last) != k.OpenTime {
 			s.problem("%s %s: final candle %s follows %s: a gap", k.Symbol, k.Period, ts(k.OpenTime), ts(se.Last))
 		}
 	}
@@ -79,7 +79,7 @@ func (s *Summary) problem(format string, args ...any) {
 func ts(ms int64) string { return time.UnixMilli(ms).UTC().Format(time.RFC3339) }
 
 // ExpectedSummary is Expected's final candles for recs, summarised.
-func ExpectedSummary(recs []Record, periods []engine.Period, grace time.Duration, noFlat bool, sample func(string) bool) *Summary {
+func ExpectedSummary(recs []Record, periods []period.Period, grace time.Duration, noFlat bool, sample func(string) bool) *Summary {
 	refs, _ := shards(recs, periods, grace, noFlat)
 	s := newSummary()
 	for _, ref := range refs {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/klagg/klagg/partition"
+	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -20,7 +21,7 @@ const LevelTrace = slog.Level(-8)
 // from DefaultConfig.
 type Config struct {
 	// Periods are the candle periods, in canonical order (ParsePeriods).
-	Periods []Period
+	Periods []period.Period
 	// Grace is how far the watermark trails the greatest accepted trade
 	// time (DESIGN.md §2).
 	Grace time.Duration
@@ -57,7 +58,7 @@ const (
 
 // DefaultConfig returns DESIGN.md's defaults.
 func DefaultConfig() Config {
-	periods, err := ParsePeriods(DefaultPeriods)
+	periods, err := period.ParseList(period.DefaultList)
 	if err != nil {
 		panic(err) // a constant: covered by every test
 	}
@@ -79,17 +80,17 @@ func (c Config) Validate() error {
 	if len(c.Periods) == 0 {
 		errs = append(errs, errors.New("engine: no periods"))
 	}
-	var seen [numPeriods]bool
+	var seen [period.Count]bool
 	for i, p := range c.Periods {
 		switch {
-		case p >= numPeriods:
-			errs = append(errs, fmt.Errorf("engine: period %d: %w", p, ErrUnknownPeriod))
+		case p >= period.Count:
+			errs = append(errs, fmt.Errorf("engine: period %d: %w", p, period.ErrUnknown))
 		case seen[p]:
 			errs = append(errs, fmt.Errorf("engine: period %s listed twice", p))
 		case i > 0 && p < c.Periods[i-1]:
 			errs = append(errs, fmt.Errorf("engine: periods not in canonical order at %s", p))
 		}
-		if p < numPeriods {
+		if p < period.Count {
 			seen[p] = true
 		}
 	}
@@ -246,7 +247,7 @@ type accum struct {
 // the last Drain. It is owned by one goroutine and is not safe for
 // concurrent use; see the package doc for the rules it implements.
 type Aggregator struct {
-	periods     []Period
+	periods     []period.Period
 	periodNames []string
 	nP          int
 	graceMs     int64
@@ -303,7 +304,7 @@ func NewAggregator(cfg Config, opts ...Option) (*Aggregator, error) {
 	o := applyOptions(opts)
 	nP := len(cfg.Periods)
 	a := &Aggregator{
-		periods:        append([]Period(nil), cfg.Periods...),
+		periods:        append([]period.Period(nil), cfg.Periods...),
 		nP:             nP,
 		graceMs:        cfg.Grace.Milliseconds(),
 		liveMs:         cfg.LiveWindow.Milliseconds(),
@@ -330,7 +331,7 @@ func NewAggregator(cfg Config, opts ...Option) (*Aggregator, error) {
 		a.periodNames = append(a.periodNames, p.String())
 		a.minNext[i] = math.MaxInt64
 		a.all = append(a.all, i)
-		if i > 0 && nests(p, a.periods[0]) {
+		if i > 0 && p.NestsIn(a.periods[0]) {
 			a.lazy = append(a.lazy, i)
 		} else {
 			a.direct = append(a.direct, i)
@@ -516,24 +517,6 @@ func (a *Aggregator) propagate(sym int32) {
 	*ac = accum{trades: trades{firstID: -1}}
 }
 
-// nests reports whether every boundary of p is one of fine's.
-func nests(p, fine Period) bool {
-	fl := periodLengths[fine]
-	switch {
-	case fine == Period1M || fine == Period1w && p == Period1M:
-		return false
-	case p == Period1M:
-		return msDay%fl == 0 // months start at midnight
-	}
-	offset := func(q Period) int64 {
-		if q == Period1w {
-			return msMondayOffset
-		}
-		return 0
-	}
-	return periodLengths[p]%fl == 0 && (offset(p)-offset(fine))%fl == 0
-}
-
 // lateForNewSymbol: a new symbol has no slots yet, so its trade is late when
 // the candle it would open is already closed by the watermark.
 func (a *Aggregator) lateForNewSymbol(t int64) bool {
@@ -562,7 +545,7 @@ func (a *Aggregator) addSymbol(name []byte) int32 {
 }
 
 // startSlot opens the slot's first candle at the one containing t.
-func (a *Aggregator) startSlot(c *candle, p Period, t int64) {
+func (a *Aggregator) startSlot(c *candle, p period.Period, t int64) {
 	open := p.Open(t)
 	*c = candle{openTime: open, nextOpen: p.Next(open), trades: trades{firstID: -1, lastID: -1}}
 	pi := a.periodIndex(p)
@@ -570,7 +553,7 @@ func (a *Aggregator) startSlot(c *candle, p Period, t int64) {
 	a.minNextAll = min(a.minNextAll, c.nextOpen)
 }
 
-func (a *Aggregator) periodIndex(p Period) int {
+func (a *Aggregator) periodIndex(p period.Period) int {
 	for i, q := range a.periods {
 		if q == p {
 			return i
@@ -999,9 +982,9 @@ func (a *Aggregator) checkState(st *schema.SymbolState, latest int64) error {
 	if st.Watermark < schema.MinTradeTime-a.graceMs && st.Watermark != math.MinInt64 {
 		return bad("watermark before 2010")
 	}
-	var seen [numPeriods]bool
+	var seen [period.Count]bool
 	for _, cs := range st.Candles {
-		p, err := ParsePeriod(cs.Period)
+		p, err := period.Parse(cs.Period)
 		if err != nil {
 			return bad("%v", err)
 		}

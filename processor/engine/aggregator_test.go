@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
@@ -13,7 +14,7 @@ import (
 func newAgg(t testing.TB, periods string) *engine.Aggregator {
 	t.Helper()
 	cfg := engine.DefaultConfig()
-	ps, err := engine.ParsePeriods(periods)
+	ps, err := period.ParseList(periods)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,7 +247,7 @@ func TestRestoreRefusesBadState(t *testing.T) {
 // TestSteadyStateAllocatesNothing: once the arrays and the batch have grown,
 // folding and draining allocate nothing.
 func TestSteadyStateAllocatesNothing(t *testing.T) {
-	a := newAgg(t, engine.DefaultPeriods)
+	a := newAgg(t, period.DefaultList)
 	syms := [][]byte{[]byte("AAA"), []byte("BBB"), []byte("CCC")}
 	tr := schema.Trade{Price: 1, Quantity: 1, FirstID: 1, LastID: 1, Time: ms("2024-05-01T10:00:00Z")}
 	var b engine.Batch
@@ -308,7 +309,7 @@ func TestDrainFinalsHoldsOpenCandles(t *testing.T) {
 // (with state) come only at whole watermark steps.
 func TestWatermarkSweepIsBounded(t *testing.T) {
 	cfg := engine.DefaultConfig()
-	cfg.Periods, _ = engine.ParsePeriods("1m,5m,1h")
+	cfg.Periods, _ = period.ParseList("1m,5m,1h")
 	cfg.MaxPending = 2000
 	a, err := engine.NewAggregator(cfg)
 	if err != nil {
@@ -363,7 +364,7 @@ func TestWatermarkSweepIsBounded(t *testing.T) {
 // candles with trades.
 func TestFlatNoneLeavesGaps(t *testing.T) {
 	cfg := engine.DefaultConfig()
-	cfg.Periods, _ = engine.ParsePeriods("1m")
+	cfg.Periods, _ = period.ParseList("1m")
 	cfg.Flat = engine.FlatNone
 	a, err := engine.NewAggregator(cfg)
 	if err != nil {
@@ -418,4 +419,12 @@ func TestDrainSomeInPieces(t *testing.T) {
 			}
 		})
 	}
+}
+
+func ms(s string) int64 {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		panic(err)
+	}
+	return t.UnixMilli()
 }

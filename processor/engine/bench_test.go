@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
@@ -22,7 +23,7 @@ func BenchmarkAggregatorFold(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			b.ReportAllocs()
-			a := newAgg(b, engine.DefaultPeriods)
+			a := newAgg(b, period.DefaultList)
 			syms := make([][]byte, nSym)
 			for i := range syms {
 				syms[i] = fmt.Appendf(nil, "SYM%04dUSDT", i)

@@ -19,7 +19,7 @@
 // # Rules (DESIGN.md §2, Binance is the reference)
 //
 //   - A trade is bucketed by its trade time into each period's candle
-//     (Period.Open; 1w opens Monday 00:00 UTC, 1M is the calendar month).
+//     (period.Period.Open; 1w opens Monday 00:00 UTC, 1M is the calendar month).
 //   - A trade whose aggregate id is not above its symbol's highest is a
 //     Duplicate; a trade whose candle has ended for any period is Late and
 //     is refused for all of them. Neither changes anything.

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
@@ -17,7 +18,7 @@ func FuzzRestore(f *testing.F) {
 		f.Add(b)
 	}
 	{
-		a := newAgg(f, engine.DefaultPeriods)
+		a := newAgg(f, period.DefaultList)
 		fd := feed(f, a)
 		fd.trade("BTCUSDT", "2024-05-01T10:00:10Z", 5, 1, backfillNow)
 		fd.trade("BTCUSDT", "2024-05-01T10:07:10Z", 6, 2, backfillNow)
@@ -39,7 +40,7 @@ func FuzzRestore(f *testing.F) {
 		if err := codec.Decode(value, &st); err != nil {
 			return
 		}
-		a := newAgg(t, engine.DefaultPeriods)
+		a := newAgg(t, period.DefaultList)
 		if err := a.Restore([]schema.SymbolState{st}, backfillNow); err != nil {
 			return
 		}
@@ -51,7 +52,7 @@ func FuzzRestore(f *testing.F) {
 		if len(b.States) != 1 {
 			t.Fatalf("%d state records after one symbol's trade", len(b.States))
 		}
-		if err := newAgg(t, engine.DefaultPeriods).Restore(b.States, backfillNow); err != nil {
+		if err := newAgg(t, period.DefaultList).Restore(b.States, backfillNow); err != nil {
 			t.Fatalf("the engine's own state does not restore: %v", err)
 		}
 	})

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/klagg/klagg/internal/oracle"
+	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
@@ -261,13 +262,13 @@ func runReference(t *testing.T, spec streamSpec) {
 	rng := rand.New(rand.NewPCG(spec.seed, 99))
 	evs := genStream(spec)
 	cfg := engine.DefaultConfig()
-	cfg.Periods = engine.AllPeriods()
+	cfg.Periods = period.All()
 	if !spec.shortGaps {
 		// 1s across gaps of days makes millions of flat candles.
 		cfg.Periods = cfg.Periods[1:]
 	}
 	if spec.periods != "" {
-		ps, err := engine.ParsePeriods(spec.periods)
+		ps, err := period.ParseList(spec.periods)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,4 +1,4 @@
-package engine
+package period
 
 import (
 	"errors"
@@ -12,23 +12,24 @@ type Period uint8
 // The periods, shortest first. The order is the canonical order klagg uses
 // for the slots of a symbol.
 const (
-	Period1s Period = iota
-	Period1m
-	Period3m
-	Period5m
-	Period15m
-	Period30m
-	Period1h
-	Period2h
-	Period4h
-	Period6h
-	Period8h
-	Period12h
-	Period1d
-	Period3d
-	Period1w
-	Period1M
-	numPeriods
+	P1s Period = iota
+	P1m
+	P3m
+	P5m
+	P15m
+	P30m
+	P1h
+	P2h
+	P4h
+	P6h
+	P8h
+	P12h
+	P1d
+	P3d
+	P1w
+	P1M
+	// Count is the number of periods.
+	Count
 )
 
 const (
@@ -41,65 +42,65 @@ const (
 	msMondayOffset = 4 * msDay
 )
 
-var periodNames = [numPeriods]string{
+var periodNames = [Count]string{
 	"1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M",
 }
 
 // Fixed lengths; 0 for the calendar month, which has none.
-var periodLengths = [numPeriods]int64{
+var periodLengths = [Count]int64{
 	msSecond, msMinute, 3 * msMinute, 5 * msMinute, 15 * msMinute, 30 * msMinute,
 	msHour, 2 * msHour, 4 * msHour, 6 * msHour, 8 * msHour, 12 * msHour,
 	msDay, 3 * msDay, msWeek, 0,
 }
 
-// DefaultPeriods is DESIGN.md's default list: every period but 1s.
-const DefaultPeriods = "1m,3m,5m,15m,30m,1h,2h,4h,6h,8h,12h,1d,3d,1w,1M"
+// DefaultList is DESIGN.md's default list: every period but 1s.
+const DefaultList = "1m,3m,5m,15m,30m,1h,2h,4h,6h,8h,12h,1d,3d,1w,1M"
 
-// ErrUnknownPeriod is wrapped by ParsePeriod and ParsePeriods for a name
+// ErrUnknown is wrapped by Parse and ParseList for a name
 // that is not one of the sixteen Binance intervals.
-var ErrUnknownPeriod = errors.New("unknown period")
+var ErrUnknown = errors.New("unknown period")
 
 // String returns the Binance name of p ("1m", "1M", ...).
 func (p Period) String() string {
-	if p >= numPeriods {
+	if p >= Count {
 		return fmt.Sprintf("Period(%d)", uint8(p))
 	}
 	return periodNames[p]
 }
 
-// ParsePeriod parses one Binance interval name. Names are case-sensitive:
+// Parse parses one Binance interval name. Names are case-sensitive:
 // "1m" is a minute and "1M" a month, as on Binance.
-func ParsePeriod(s string) (Period, error) {
+func Parse(s string) (Period, error) {
 	for i, n := range periodNames {
 		if n == s {
 			return Period(i), nil
 		}
 	}
-	return 0, fmt.Errorf("engine: period %q: %w (want one of %s)", s, ErrUnknownPeriod, strings.Join(periodNames[:], " "))
+	return 0, fmt.Errorf("period: %q: %w (want one of %s)", s, ErrUnknown, strings.Join(periodNames[:], " "))
 }
 
-// ParsePeriods parses a comma-separated list and returns it in canonical
+// ParseList parses a comma-separated list and returns it in canonical
 // order (shortest first). Every bad or repeated name is reported.
-func ParsePeriods(list string) ([]Period, error) {
-	var seen [numPeriods]bool
+func ParseList(list string) ([]Period, error) {
+	var seen [Count]bool
 	var errs []error
 	for _, name := range strings.Split(list, ",") {
 		name = strings.TrimSpace(name)
-		p, err := ParsePeriod(name)
+		p, err := Parse(name)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		if seen[p] {
-			errs = append(errs, fmt.Errorf("engine: period %q listed twice", name))
+			errs = append(errs, fmt.Errorf("period: %q listed twice", name))
 		}
 		seen[p] = true
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	out := make([]Period, 0, numPeriods)
-	for p := range numPeriods {
+	out := make([]Period, 0, Count)
+	for p := range Count {
 		if seen[p] {
 			out = append(out, p)
 		}
@@ -107,9 +108,9 @@ func ParsePeriods(list string) ([]Period, error) {
 	return out, nil
 }
 
-// AllPeriods returns the sixteen periods in canonical order.
-func AllPeriods() []Period {
-	out := make([]Period, numPeriods)
+// All returns the sixteen periods in canonical order.
+func All() []Period {
+	out := make([]Period, Count)
 	for i := range out {
 		out[i] = Period(i)
 	}
@@ -120,9 +121,9 @@ func AllPeriods() []Period {
 // contains t.
 func (p Period) Open(t int64) int64 {
 	switch p {
-	case Period1w:
+	case P1w:
 		return floorDiv(t-msMondayOffset, msWeek)*msWeek + msMondayOffset
-	case Period1M:
+	case P1M:
 		y, m, _ := civilFromDays(floorDiv(t, msDay))
 		return daysFromCivil(y, m, 1) * msDay
 	default:
@@ -134,7 +135,7 @@ func (p Period) Open(t int64) int64 {
 // Next returns the open time of the candle after the one that opens at open.
 // open must be a value returned by Open.
 func (p Period) Next(open int64) int64 {
-	if p == Period1M {
+	if p == P1M {
 		y, m, _ := civilFromDays(floorDiv(open, msDay))
 		m++
 		if m > 12 {
@@ -191,4 +192,24 @@ func daysFromCivil(y, m, d int64) int64 {
 	doy := (153*mp+2)/5 + d - 1
 	doe := yoe*365 + yoe/4 - yoe/100 + doy
 	return era*146097 + doe - 719468
+}
+
+// NestsIn reports whether every boundary of p is one of fine's: then a
+// candle of p is exactly the candles of fine it spans, which the engine
+// relies on to update p from fine's trades in bulk.
+func (p Period) NestsIn(fine Period) bool {
+	fl := periodLengths[fine]
+	switch {
+	case fine == P1M || fine == P1w && p == P1M:
+		return false
+	case p == P1M:
+		return msDay%fl == 0 // months start at midnight
+	}
+	offset := func(q Period) int64 {
+		if q == P1w {
+			return msMondayOffset
+		}
+		return 0
+	}
+	return periodLengths[p]%fl == 0 && (offset(p)-offset(fine))%fl == 0
 }

@@ -1,4 +1,4 @@
-package engine
+package period
 
 import (
 	"math/rand/v2"
@@ -6,13 +6,13 @@ import (
 )
 
 // TestNests checks the claim the lazy periods rest on against the period
-// arithmetic: where nests(p, fine), every boundary of p is one of fine's;
+// arithmetic: where p.NestsIn(fine), every boundary of p is one of fine's;
 // where not, some boundary of p is not.
 func TestNests(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
-	for fine := range numPeriods {
-		for p := fine + 1; p < numPeriods; p++ {
-			claim := nests(p, fine)
+	for fine := range Count {
+		for p := fine + 1; p < Count; p++ {
+			claim := p.NestsIn(fine)
 			always := true
 			for range 5000 {
 				t0 := rng.Int64N(ms2100) + msDay
@@ -23,11 +23,11 @@ func TestNests(t *testing.T) {
 				}
 			}
 			if claim != always {
-				t.Errorf("nests(%s, %s) = %v, but the boundaries say %v", p, fine, claim, always)
+				t.Errorf("%s.NestsIn(%s) = %v, but the boundaries say %v", p, fine, claim, always)
 			}
 		}
 	}
-	if !nests(Period1M, Period1m) || nests(Period5m, Period3m) || !nests(Period1w, Period3m) {
+	if !P1M.NestsIn(P1m) || P5m.NestsIn(P3m) || !P1w.NestsIn(P3m) {
 		t.Error("nests disagrees with the cases worked by hand")
 	}
 }

@@ -1,4 +1,4 @@
-package engine_test
+package period_test
 
 import (
 	"errors"
@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/klagg/klagg/processor/engine"
+	"github.com/klagg/klagg/period"
 )
 
 func ms(s string) int64 {
@@ -48,7 +48,7 @@ func TestPeriodAlignment(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.period+"@"+tt.at, func(t *testing.T) {
-			p, err := engine.ParsePeriod(tt.period)
+			p, err := period.Parse(tt.period)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -71,28 +71,28 @@ func TestPeriodAgainstTimePackage(t *testing.T) {
 	for range 20000 {
 		at := lo + rng.Int64N(hi-lo)
 		tm := time.UnixMilli(at).UTC()
-		for _, p := range engine.AllPeriods() {
+		for _, p := range period.All() {
 			var want, wantNext time.Time
 			switch p {
-			case engine.Period1M:
+			case period.P1M:
 				want = time.Date(tm.Year(), tm.Month(), 1, 0, 0, 0, 0, time.UTC)
 				wantNext = want.AddDate(0, 1, 0)
-			case engine.Period1w:
+			case period.P1w:
 				back := (int(tm.Weekday()) + 6) % 7 // days since Monday
 				want = time.Date(tm.Year(), tm.Month(), tm.Day()-back, 0, 0, 0, 0, time.UTC)
 				wantNext = want.AddDate(0, 0, 7)
 			default:
-				d := map[engine.Period]time.Duration{
-					engine.Period1s: time.Second, engine.Period1m: time.Minute,
-					engine.Period3m: 3 * time.Minute, engine.Period5m: 5 * time.Minute,
-					engine.Period15m: 15 * time.Minute, engine.Period30m: 30 * time.Minute,
-					engine.Period1h: time.Hour, engine.Period2h: 2 * time.Hour,
-					engine.Period4h: 4 * time.Hour, engine.Period6h: 6 * time.Hour,
-					engine.Period8h: 8 * time.Hour, engine.Period12h: 12 * time.Hour,
-					engine.Period1d: 24 * time.Hour, engine.Period3d: 72 * time.Hour,
+				d := map[period.Period]time.Duration{
+					period.P1s: time.Second, period.P1m: time.Minute,
+					period.P3m: 3 * time.Minute, period.P5m: 5 * time.Minute,
+					period.P15m: 15 * time.Minute, period.P30m: 30 * time.Minute,
+					period.P1h: time.Hour, period.P2h: 2 * time.Hour,
+					period.P4h: 4 * time.Hour, period.P6h: 6 * time.Hour,
+					period.P8h: 8 * time.Hour, period.P12h: 12 * time.Hour,
+					period.P1d: 24 * time.Hour, period.P3d: 72 * time.Hour,
 				}[p]
 				want = tm.Truncate(d) // Truncate counts from the zero time; for these lengths it equals epoch alignment
-				if p == engine.Period3d {
+				if p == period.P3d {
 					days := at / 86400000
 					want = time.UnixMilli(days / 3 * 3 * 86400000).UTC()
 				}
@@ -108,19 +108,19 @@ func TestPeriodAgainstTimePackage(t *testing.T) {
 }
 
 func TestParsePeriods(t *testing.T) {
-	got, err := engine.ParsePeriods("1M, 1m,1w")
+	got, err := period.ParseList("1M, 1m,1w")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 3 || got[0] != engine.Period1m || got[1] != engine.Period1w || got[2] != engine.Period1M {
+	if len(got) != 3 || got[0] != period.P1m || got[1] != period.P1w || got[2] != period.P1M {
 		t.Fatalf("got %v", got)
 	}
-	def, err := engine.ParsePeriods(engine.DefaultPeriods)
+	def, err := period.ParseList(period.DefaultList)
 	if err != nil || len(def) != 15 {
 		t.Fatalf("default periods: %v, %v", def, err)
 	}
-	_, err = engine.ParsePeriods("1m,7m,1m,2d")
-	if !errors.Is(err, engine.ErrUnknownPeriod) {
+	_, err = period.ParseList("1m,7m,1m,2d")
+	if !errors.Is(err, period.ErrUnknown) {
 		t.Fatalf("want ErrUnknownPeriod, got %v", err)
 	}
 	for _, want := range []string{`"7m"`, `"2d"`, `"1m" listed twice`} {
