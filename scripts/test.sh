@@ -13,9 +13,10 @@ if [ -n "$out" ]; then echo "gofmt needed:"; echo "$out"; exit 1; fi
 echo "== go vet"
 go vet ./...
 
-echo "== chdb (embedded ClickHouse, from PyPI) for the ClickHouse test"
-# Pinned (integration/testdata/requirements.txt): the test proves the
-# repository's SQL on this ClickHouse. The venv is rebuilt when the pins change.
+echo "== Python test venv from PyPI: chdb (embedded ClickHouse), ccxt, freqtrade"
+# Pinned (integration/testdata/requirements.txt): the tests prove the
+# repository's SQL on this ClickHouse, and klagg serve to these Binance
+# clients. The venv is rebuilt when the pins change.
 reqs=integration/testdata/requirements.txt
 venv=$repo/.cache/chdb-$(sha256sum "$reqs" | cut -c1-12)
 if ! "$venv/bin/python" -c "import chdb" 2>/dev/null; then
@@ -23,8 +24,10 @@ if ! "$venv/bin/python" -c "import chdb" 2>/dev/null; then
 	python3 -m venv "$venv"
 	"$venv/bin/pip" install --quiet --disable-pip-version-check -r "$reqs"
 fi
-export KLAGG_TEST_PYTHON=$venv/bin/python
+export KLAGG_TEST_PYTHON=$venv/bin/python KLAGG_TEST_FREQTRADE=$venv/bin/freqtrade
 "$KLAGG_TEST_PYTHON" -c 'import chdb; print("chdb", chdb.__version__, "- ClickHouse", chdb.query("SELECT version()", "TSV").data().strip())'
+"$KLAGG_TEST_PYTHON" -c 'import ccxt; print("ccxt", ccxt.__version__)'
+"$KLAGG_TEST_FREQTRADE" --version | tail -1
 
 echo "== chromium and prometheus (Debian's packages) for the chart page and dashboard tests"
 missing=()

@@ -523,3 +523,68 @@ func TestCcxtPro(t *testing.T) {
 	}
 	t.Logf("ccxt.pro: %d updates, %d candles, the closed ones equal to the oracle's", got.Updates, len(got.Candles))
 }
+
+// TestFreqtrade: freqtrade's download-data, configured as the README says
+// (its binance exchange through ccxt, pointed at klagg, with only_from_ccxt
+// so that it never asks Binance's archive), writes a day and more of 1m
+// candles that equal the oracle's final ones, every one of them.
+func TestFreqtrade(t *testing.T) {
+	freqtrade := os.Getenv("KLAGG_TEST_FREQTRADE")
+	if freqtrade == "" {
+		t.Skip("KLAGG_TEST_FREQTRADE (freqtrade in the test venv; scripts/test.sh installs it) is unset")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+	defer cancel()
+	recs := oracle.Market(oracle.MarketSpec{Seed: 31, Symbols: 2, Trades: 20_000, Partitions: 2,
+		Start: time.Date(2024, 5, 1, 0, 0, 0, 0, time.UTC), StepMs: 8000}) // to 2024-05-02 20:26
+	base, cfg, _ := pipeline(t, ctx, recs, 5000)
+	final, _ := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
+	var want []schema.Kline
+	for k, c := range final {
+		if k.Symbol == "SYM000USDT" && k.Period == "1m" {
+			want = append(want, c)
+		}
+	}
+	sort.Slice(want, func(i, j int) bool { return want[i].OpenTime < want[j].OpenTime })
+
+	dir := t.TempDir()
+	ccxtConfig := map[string]any{"urls": map[string]any{"api": map[string]any{"public": base + "/api/v3"}},
+		"options": map[string]any{"fetchMarkets": map[string]any{"types": []string{"spot"}}}}
+	config, _ := json.Marshal(map[string]any{
+		"exchange": map[string]any{"name": "binance", "only_from_ccxt": true,
+			"ccxt_config": ccxtConfig, "ccxt_async_config": ccxtConfig, "pair_whitelist": []string{"SYM000/USDT"}},
+		"stake_currency": "USDT", "dry_run": true, "trading_mode": "spot", "dataformat_ohlcv": "json",
+	})
+	if err := os.WriteFile(dir+"/config.json", config, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"create-userdir", "--userdir", dir + "/user"},
+		{"download-data", "--config", dir + "/config.json", "--userdir", dir + "/user", "--datadir", dir + "/data",
+			"--pairs", "SYM000/USDT", "--timeframes", "1m", "--timerange", "20240501-20240503"},
+	} {
+		cmd := exec.CommandContext(ctx, freqtrade, args...)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("freqtrade %s: %v\n%s", args[0], err, out)
+		}
+	}
+	data, err := os.ReadFile(dir + "/data/SYM000_USDT-1m.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got [][6]float64
+	if err := json.Unmarshal(data, &got); err != nil {
+		t.Fatalf("%v: %.200s", err, data)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("freqtrade wrote %d candles; the oracle has %d final ones", len(got), len(want))
+	}
+	for i, w := range want {
+		g := got[i]
+		if int64(g[0]) != w.OpenTime || g[1] != w.Open || g[2] != w.High || g[3] != w.Low || g[4] != w.Close || math.Abs(g[5]-w.Volume) > 1e-9*w.Volume {
+			t.Fatalf("candle %d: freqtrade %v, oracle %+v", i, g, w)
+		}
+	}
+	t.Logf("freqtrade download-data: %d candles, all equal to the oracle's final ones", len(got))
+}
