@@ -50,7 +50,7 @@ const (
 	// no trade: Binance's rule, and the default.
 	FlatAll FlatPolicy = "all"
 	// FlatNone emits no candle for a period without trades: the reader
-	// fills gaps (ClickHouse's WITH FILL, a chart's whitespace), as most
+	// fills gaps (deploy/clickhouse/queries/fill-gaps.sql, a chart's whitespace), as most
 	// stream processors leave them. Output then grows with trades, not
 	// with symbols × time.
 	FlatNone FlatPolicy = "none"
@@ -68,10 +68,10 @@ func DefaultConfig() Config {
 
 // DefaultMaxPending is Config.MaxPending's default. A candle on its way to
 // the broker (queued, copied into a batch, encoded, buffered by the
-// producer) takes about 700 bytes, and a shard may hold one full queue
-// while the previous one is delivered: some 25 MB per shard at most. A
-// smaller queue means more, smaller deliveries (4,096 halved an
-// exactly-once catch-up's speed; see the README's scaling table).
+// producer) takes roughly 700 bytes by the sizes of those structures, and
+// a shard may hold one full queue while the previous one is delivered:
+// some 25 MB per shard. A smaller queue means more, smaller deliveries
+// (see the README's scaling section for what 4,096 cost).
 const DefaultMaxPending = 16_384
 
 // Validate reports every problem of c at once.
