@@ -68,13 +68,15 @@ type catchUp struct {
 	cmd     *exec.Cmd
 	log     *lockedBuffer
 	metrics string
+	done    chan struct{} // closed once the process has exited and been reaped
+	err     error         // its exit status, once done
 }
 
 // startMember runs bin as a member of group over topic; its outputs are
 // named after the group.
 func startMember(tb testing.TB, bin, topic, group string, flags ...string) *catchUp {
 	tb.Helper()
-	c := &catchUp{log: &lockedBuffer{}, metrics: freeAddr(tb)}
+	c := &catchUp{log: &lockedBuffer{}, metrics: freeAddr(tb), done: make(chan struct{})}
 	args := append([]string{"run", "--brokers", strings.Join(brokers, ","), "--group", group,
 		"--trades-topic", topic, "--klines-topic", group + "-klines", "--state-topic", group + "-state",
 		"--dlq-topic", group + "-dlq", "--metrics-addr", c.metrics, "--log-format", "json"}, flags...)
@@ -83,7 +85,14 @@ func startMember(tb testing.TB, bin, topic, group string, flags ...string) *catc
 	if err := c.cmd.Start(); err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { c.cmd.Process.Kill(); c.cmd.Wait() })
+	go func() {
+		c.err = c.cmd.Wait()
+		close(c.done)
+	}()
+	tb.Cleanup(func() {
+		c.cmd.Process.Kill()
+		<-c.done
+	})
 	return c
 }
 
@@ -102,8 +111,10 @@ func (c *catchUp) waitCommitted(tb testing.TB, topic, group string, limit time.D
 		if ok, err := oracle.Committed(context.Background(), adm, group, topic); err == nil && ok {
 			return
 		}
-		if c.cmd.ProcessState != nil || syscall.Kill(c.cmd.Process.Pid, 0) != nil {
-			tb.Fatalf("member exited; its log:\n%s", tail(c.log.String()))
+		select {
+		case <-c.done:
+			tb.Fatalf("member exited (%v); its log:\n%s", c.err, tail(c.log.String()))
+		default:
 		}
 		if time.Since(start) > limit {
 			tb.Fatalf("not caught up after %s; log:\n%s", limit, tail(c.log.String()))
@@ -135,12 +146,10 @@ func (c *catchUp) counter(tb testing.TB, name string) float64 {
 func (c *catchUp) stop(tb testing.TB) {
 	tb.Helper()
 	c.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- c.cmd.Wait() }()
 	select {
-	case err := <-done:
-		if err != nil {
-			tb.Fatalf("member exited with %v; log:\n%s", err, tail(c.log.String()))
+	case <-c.done:
+		if c.err != nil {
+			tb.Fatalf("member exited with %v; log:\n%s", c.err, tail(c.log.String()))
 		}
 	case <-time.After(2 * time.Minute):
 		tb.Fatalf("member did not stop; log:\n%s", tail(c.log.String()))
@@ -277,7 +286,7 @@ func TestBacklogMemoryBound(t *testing.T) {
 				waitCommits(t, c, group, topic)
 				killedPeak = peakRSS(c.cmd.Process.Pid)
 				c.cmd.Process.Kill()
-				c.cmd.Wait()
+				<-c.done
 			}
 			r := catchUpBacklog(t, bin, topic, group, 15*time.Minute, flags...)
 			killed := ""

@@ -102,18 +102,8 @@ func (r *runtime) transactLoop(ctx context.Context) error {
 		if behind {
 			interval = max(interval, catchUpInterval)
 		}
-		due := r.clock().Sub(lastEnd) >= interval || tx.records >= r.cfg.MaxTransactionRecords
-		// Back-pressure: a backlogged shard folds nothing until its final
-		// candles are taken. They go into the open transaction now, and
-		// nothing more is read until the shards have room: the
-		// transaction grows (up to MaxTransactionRecords), the member's
-		// memory does not.
-		roomy := true
-		if queued, backlogged := r.backlog(); backlogged || queued >= int64(r.cfg.MaxQueued) {
-			r.produceFinals(&tx)
-			roomy = false
-			due = due || tx.failed || tx.records >= r.cfg.MaxTransactionRecords
-		}
+		roomy := r.makeRoom(&tx)
+		due := r.clock().Sub(lastEnd) >= interval || tx.records >= r.cfg.MaxTransactionRecords || tx.failed
 		if wait := interval - r.clock().Sub(lastEnd); wait > 0 && !due && roomy {
 			pctx, cancel := context.WithTimeout(ctx, wait)
 			fetches := r.sess.PollRecords(pctx, 10_000)
@@ -243,6 +233,19 @@ func (r *runtime) rebuild(ctx context.Context) {
 
 // shutdownBound bounds the last transaction of a member told to stop.
 const shutdownBound = 30 * time.Second
+
+// makeRoom is exactly-once's back-pressure, and reports whether the shards
+// have room to be given more. A backlogged shard folds nothing until its
+// final candles are taken: they go into the open transaction now, and
+// nothing more is read until the shards have room. The transaction grows
+// (up to MaxTransactionRecords), the member's memory does not.
+func (r *runtime) makeRoom(tx *txnState) bool {
+	if queued, backlogged := r.backlog(); backlogged || queued >= int64(r.cfg.MaxQueued) {
+		r.produceFinals(tx)
+		return false
+	}
+	return true
+}
 
 // produceFinals drains the final candles of every shard into the open
 // transaction and waits for the broker to acknowledge them, which makes

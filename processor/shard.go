@@ -222,6 +222,31 @@ func (s *shard) deadLetter(rec *kgo.Record, reason schema.Reason, err error) {
 // state and commits again.
 const catchUpHold = 5 * time.Second
 
+// finalsOnly decides whether a drain of kind hands over only the final
+// candles, and keeps wantFull: whether a full drain is owed once the
+// watermark step in progress is done.
+func (s *shard) finalsOnly(kind drainKind, lag int64, now time.Time) bool {
+	if s.draining {
+		return false // the rest of a full drain
+	}
+	only := false
+	switch kind {
+	case drainTick:
+		only = lag > s.foldedSinceDrain && now.Sub(s.fullDrainAt) < catchUpHold
+	case drainTxn, drainFinals:
+		only = kind == drainFinals || len(s.held) > 0
+	}
+	if !only && kind != drainAll && !s.agg.Consistent() {
+		// State only at whole watermark steps; drainAll (revoke,
+		// shutdown) lets Drain finish the step instead.
+		only, s.wantFull = true, true
+	}
+	if !only {
+		s.wantFull = false
+	}
+	return only
+}
+
 // drain hands the flusher what changed. At a tick, a shard that is
 // catching up (more records wait to be read than it folded since its last
 // drain) only delivers the candles that became final, for up to
@@ -242,24 +267,7 @@ func (s *shard) drain(kind drainKind) drained {
 	if !s.draining { // nothing may move between the pieces of one snapshot
 		s.agg.AdvanceClock(nowMs, lag == 0)
 	}
-	finalsOnly := false
-	switch kind {
-	case drainTick:
-		finalsOnly = lag > s.foldedSinceDrain && now.Sub(s.fullDrainAt) < catchUpHold
-	case drainTxn, drainFinals:
-		finalsOnly = kind == drainFinals || len(s.held) > 0
-	}
-	if s.draining {
-		finalsOnly = false // the rest of a full drain
-	}
-	if !finalsOnly && kind != drainAll && !s.agg.Consistent() {
-		// State only at whole watermark steps; drainAll (revoke,
-		// shutdown) lets Drain finish the step instead.
-		finalsOnly, s.wantFull = true, true
-	}
-	if !finalsOnly {
-		s.wantFull = false
-	}
+	finalsOnly := s.finalsOnly(kind, lag, now)
 	dirty := s.agg.DirtyLen()
 	partial := finalsOnly && kind == drainTxn
 	if finalsOnly {

@@ -84,7 +84,8 @@ func parseQuery(w http.ResponseWriter, r *http.Request) (query, bool) {
 			writeError(w, http.StatusBadRequest, codeParamOutOfRange, "Data sent for parameter 'limit' is not valid.")
 			return q, false
 		}
-		// Binance answers a larger limit with its maximum, not an error.
+		// Binance is reported to answer a larger limit with its maximum,
+		// not an error (not checkable from here: no route to Binance).
 		q.limit = min(n, maxLimit)
 	}
 	if tz := v.Get("timeZone"); tz != "" {

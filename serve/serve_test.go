@@ -423,14 +423,7 @@ func TestCcxt(t *testing.T) {
 	recs := oracle.Market(oracle.MarketSpec{Seed: 21, Symbols: 2, Trades: 20_000, Partitions: 2,
 		Start: time.Date(2024, 5, 1, 0, 0, 0, 0, time.UTC), StepMs: 8000}) // some 2,660 minutes
 	base, cfg, _ := pipeline(t, ctx, recs, 5000)
-	final, _ := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
-	var want []schema.Kline
-	for k, c := range final {
-		if k.Symbol == "SYM000USDT" && k.Period == "1m" {
-			want = append(want, c)
-		}
-	}
-	sort.Slice(want, func(i, j int) bool { return want[i].OpenTime < want[j].OpenTime })
+	want := finalSeries(recs, cfg, "SYM000USDT", "1m")
 
 	out, err := exec.CommandContext(ctx, python, "testdata/ccxt_ohlcv.py", base, "SYM000/USDT", "1m",
 		strconv.FormatInt(want[0].OpenTime, 10)).Output()
@@ -538,14 +531,7 @@ func TestFreqtrade(t *testing.T) {
 	recs := oracle.Market(oracle.MarketSpec{Seed: 31, Symbols: 2, Trades: 20_000, Partitions: 2,
 		Start: time.Date(2024, 5, 1, 0, 0, 0, 0, time.UTC), StepMs: 8000}) // to 2024-05-02 20:26
 	base, cfg, _ := pipeline(t, ctx, recs, 5000)
-	final, _ := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
-	var want []schema.Kline
-	for k, c := range final {
-		if k.Symbol == "SYM000USDT" && k.Period == "1m" {
-			want = append(want, c)
-		}
-	}
-	sort.Slice(want, func(i, j int) bool { return want[i].OpenTime < want[j].OpenTime })
+	want := finalSeries(recs, cfg, "SYM000USDT", "1m")
 
 	dir := t.TempDir()
 	ccxtConfig := map[string]any{"urls": map[string]any{"api": map[string]any{"public": base + "/api/v3"}},
@@ -587,4 +573,17 @@ func TestFreqtrade(t *testing.T) {
 		}
 	}
 	t.Logf("freqtrade download-data: %d candles, all equal to the oracle's final ones", len(got))
+}
+
+// finalSeries is the oracle's final candles of one series, oldest first.
+func finalSeries(recs []oracle.Record, cfg processor.Config, symbol, period string) []schema.Kline {
+	final, _ := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
+	var out []schema.Kline
+	for k, c := range final {
+		if k.Symbol == symbol && k.Period == period {
+			out = append(out, c)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].OpenTime < out[j].OpenTime })
+	return out
 }

@@ -3,7 +3,6 @@ package serve
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -254,60 +253,18 @@ func (w *wsConn) handle(ctx context.Context, data []byte) any {
 		}
 		return wsError{Code: 2, Msg: "Invalid request: " + err.Error(), ID: raw["id"]}
 	}
-	bad := func(msg string) any { return wsError{Code: 2, Msg: "Invalid request: " + msg, ID: req.ID} }
 	if len(req.ID) > 0 && string(req.ID) != "null" {
 		var id uint64
 		var sid string
 		if json.Unmarshal(req.ID, &id) != nil && (json.Unmarshal(req.ID, &sid) != nil || len(sid) > 36) {
-			return bad("request ID must be an unsigned integer or a string of at most 36 characters")
+			return req.invalid("request ID must be an unsigned integer or a string of at most 36 characters")
 		}
-	}
-	names := func() ([]string, error) {
-		out := make([]string, 0, len(req.Params))
-		for _, p := range req.Params {
-			var s string
-			if json.Unmarshal(p, &s) != nil {
-				return nil, errors.New("stream names must be strings")
-			}
-			out = append(out, s)
-		}
-		return out, nil
 	}
 	switch req.Method {
 	case "":
-		return bad("missing field `method`")
+		return req.invalid("missing field `method`")
 	case "SUBSCRIBE", "UNSUBSCRIBE":
-		ns, err := names()
-		if err != nil {
-			return bad(err.Error())
-		}
-		if req.Method == "UNSUBSCRIBE" {
-			if err := w.unsubscribe(ctx, ns); err != nil {
-				return bad(err.Error())
-			}
-			return wsReply{ID: req.ID}
-		}
-		var sts []wsStream
-		for _, n := range ns {
-			st, err := parseStream(n)
-			if err != nil {
-				return bad(err.Error())
-			}
-			sts = append(sts, st)
-		}
-		added := 0
-		for _, st := range sts {
-			if _, ok := w.streams[st.name]; !ok {
-				added++
-			}
-		}
-		if len(w.streams)+added > wsMaxStreams {
-			return bad(fmt.Sprintf("too many streams: at most %d per connection", wsMaxStreams))
-		}
-		if err := w.subscribe(ctx, sts); err != nil {
-			return bad(err.Error())
-		}
-		return wsReply{ID: req.ID}
+		return w.handleStreams(ctx, &req)
 	case "LIST_SUBSCRIPTIONS":
 		list := make([]string, 0, len(w.streams))
 		for n := range w.streams {
@@ -316,31 +273,77 @@ func (w *wsConn) handle(ctx context.Context, data []byte) any {
 		slices.Sort(list)
 		return wsReply{Result: list, ID: req.ID}
 	case "SET_PROPERTY", "GET_PROPERTY":
-		var prop string
-		if len(req.Params) == 0 || json.Unmarshal(req.Params[0], &prop) != nil {
-			return bad("property name must be a string")
+		return w.handleProperty(&req)
+	}
+	return req.invalid(fmt.Sprintf("unknown variant `%s`, expected one of `SUBSCRIBE`, `UNSUBSCRIBE`, `LIST_SUBSCRIPTIONS`, `SET_PROPERTY`, `GET_PROPERTY`", req.Method))
+}
+
+// invalid is Binance's error reply to a request it cannot carry out.
+func (req *wsRequest) invalid(msg string) wsError {
+	return wsError{Code: 2, Msg: "Invalid request: " + msg, ID: req.ID}
+}
+
+// handleStreams answers SUBSCRIBE and UNSUBSCRIBE.
+func (w *wsConn) handleStreams(ctx context.Context, req *wsRequest) any {
+	names := make([]string, 0, len(req.Params))
+	for _, p := range req.Params {
+		var s string
+		if json.Unmarshal(p, &s) != nil {
+			return req.invalid("stream names must be strings")
 		}
-		if prop != "combined" {
-			return wsError{Code: 0, Msg: "Unknown property", ID: req.ID}
+		names = append(names, s)
+	}
+	if req.Method == "UNSUBSCRIBE" {
+		if err := w.unsubscribe(ctx, names); err != nil {
+			return req.invalid(err.Error())
 		}
-		if req.Method == "GET_PROPERTY" {
-			return wsReply{Result: w.combinedNow(), ID: req.ID}
-		}
-		var v bool
-		if len(req.Params) != 2 || json.Unmarshal(req.Params[1], &v) != nil {
-			return wsError{Code: 1, Msg: "Invalid value type: expected Boolean", ID: req.ID}
-		}
-		w.setCombined(v)
 		return wsReply{ID: req.ID}
 	}
-	return bad(fmt.Sprintf("unknown variant `%s`, expected one of `SUBSCRIBE`, `UNSUBSCRIBE`, `LIST_SUBSCRIPTIONS`, `SET_PROPERTY`, `GET_PROPERTY`", req.Method))
+	var sts []wsStream
+	added := 0
+	for _, n := range names {
+		st, err := parseStream(n)
+		if err != nil {
+			return req.invalid(err.Error())
+		}
+		if _, ok := w.streams[st.name]; !ok {
+			added++
+		}
+		sts = append(sts, st)
+	}
+	if len(w.streams)+added > wsMaxStreams {
+		return req.invalid(fmt.Sprintf("too many streams: at most %d per connection", wsMaxStreams))
+	}
+	if err := w.subscribe(ctx, sts); err != nil {
+		return req.invalid(err.Error())
+	}
+	return wsReply{ID: req.ID}
+}
+
+// handleProperty answers SET_PROPERTY and GET_PROPERTY; "combined" is the
+// only property, as on Binance.
+func (w *wsConn) handleProperty(req *wsRequest) any {
+	var prop string
+	if len(req.Params) == 0 || json.Unmarshal(req.Params[0], &prop) != nil {
+		return req.invalid("property name must be a string")
+	}
+	if prop != "combined" {
+		return wsError{Code: 0, Msg: "Unknown property", ID: req.ID}
+	}
+	if req.Method == "GET_PROPERTY" {
+		return wsReply{Result: w.combined, ID: req.ID}
+	}
+	var v bool
+	if len(req.Params) != 2 || json.Unmarshal(req.Params[1], &v) != nil {
+		return wsError{Code: 1, Msg: "Invalid value type: expected Boolean", ID: req.ID}
+	}
+	w.setCombined(v)
+	return wsReply{ID: req.ID}
 }
 
 // setCombined travels to the writer among the replies, before the reply
 // to the SET_PROPERTY that asked for it, so that it takes effect in order.
 type setCombined bool
-
-func (w *wsConn) combinedNow() bool { return w.combined }
 
 // setCombined is the reader's: it keeps its own copy (GET_PROPERTY) and
 // tells the writer.

@@ -393,28 +393,8 @@ func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
 	}
 	a.MarkOffset(offset)
 	sym, known := a.symbols.Lookup(t.Symbol)
-	if known {
-		if offset <= a.restoredOffset[sym] {
-			return Replayed
-		}
-		if t.AggID <= a.lastAggID[sym] {
-			return Duplicate
-		}
-		// A lazy period's candle opens no later than the finest one's, so
-		// the direct periods decide, once the finest has started (it may
-		// not have, if it was added since the state was written).
-		base := int(sym) * a.nP
-		check := a.direct
-		if a.candles[base].nextOpen == 0 {
-			check = a.all
-		}
-		for _, i := range check {
-			if t.Time < a.candles[base+i].openTime {
-				return Late
-			}
-		}
-	} else if t.Time < a.watermark && a.lateForNewSymbol(t.Time) {
-		return Late
+	if out := a.refusal(t, sym, known, offset); out != Folded {
+		return out
 	}
 
 	// Accepted.
@@ -430,12 +410,7 @@ func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
 	if known && !a.Consistent() {
 		// The step stopped half way: close it for this symbol first, or
 		// its trade would reach a coarse candle the step is closing.
-		base := int(sym) * a.nP
-		for i := range a.nP {
-			if c := &a.candles[base+i]; c.nextOpen != 0 && c.nextOpen <= a.stepTo {
-				a.roll(base+i, a.stepTo)
-			}
-		}
+		a.finishStepFor(sym)
 	}
 	if !known {
 		sym = a.addSymbol(t.Symbol)
@@ -481,6 +456,48 @@ func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
 		}
 	}
 	return Folded
+}
+
+// refusal is Replayed, Duplicate or Late for a trade Fold must not fold,
+// else Folded.
+func (a *Aggregator) refusal(t *schema.Trade, sym int32, known bool, offset int64) Outcome {
+	if !known {
+		if t.Time < a.watermark && a.lateForNewSymbol(t.Time) {
+			return Late
+		}
+		return Folded
+	}
+	if offset <= a.restoredOffset[sym] {
+		return Replayed
+	}
+	if t.AggID <= a.lastAggID[sym] {
+		return Duplicate
+	}
+	// A lazy period's candle opens no later than the finest one's, so the
+	// direct periods decide, once the finest has started (it may not have,
+	// if it was added since the state was written).
+	base := int(sym) * a.nP
+	check := a.direct
+	if a.candles[base].nextOpen == 0 {
+		check = a.all
+	}
+	for _, i := range check {
+		if t.Time < a.candles[base+i].openTime {
+			return Late
+		}
+	}
+	return Folded
+}
+
+// finishStepFor rolls sym's slots that the watermark step in progress has
+// yet to reach, as the rest of the step will.
+func (a *Aggregator) finishStepFor(sym int32) {
+	base := int(sym) * a.nP
+	for i := range a.nP {
+		if c := &a.candles[base+i]; c.nextOpen != 0 && c.nextOpen <= a.stepTo {
+			a.roll(base+i, a.stepTo)
+		}
+	}
 }
 
 // rollTo starts slot idx, or rolls it, when t lies past its candle.
