@@ -1,0 +1,127 @@
+package decimal
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"math/big"
+	"strconv"
+)
+
+// ErrAvroBytes is wrapped for Avro decimal bytes that do not hold a value
+// of the type read.
+var ErrAvroBytes = errors.New("decimal: avro bytes out of range")
+
+// AppendAvro appends f's unscaled integer as the Avro decimal logical
+// type's bytes: big-endian two's complement, as few bytes as hold it (0 is
+// one zero byte), the same bytes hamba/avro and Java's BigDecimal write.
+// The Avro length prefix is the caller's.
+func (f Fixed) AppendAvro(dst []byte) []byte {
+	v := int64(f)
+	n := 8
+	for n > 1 {
+		top := byte(v >> (8*n - 8))
+		next := byte(v >> (8*n - 16))
+		if top == 0 && next&0x80 == 0 || top == 0xFF && next&0x80 != 0 {
+			n--
+			continue
+		}
+		break
+	}
+	for i := n - 1; i >= 0; i-- {
+		dst = append(dst, byte(v>>(8*i)))
+	}
+	return dst
+}
+
+// AppendAvro appends w's unscaled integer as Avro decimal bytes.
+func (w Wide) AppendAvro(dst []byte) []byte { return appendAvroU128(dst, w.hi, w.lo) }
+
+func appendAvroU128(dst []byte, hi, lo uint64) []byte {
+	if hi == 0 && lo <= math.MaxInt64 {
+		return Fixed(lo).AppendAvro(dst)
+	}
+	var buf [17]byte
+	for i := range 8 {
+		buf[1+i] = byte(hi >> (56 - 8*i))
+		buf[9+i] = byte(lo >> (56 - 8*i))
+	}
+	s := 1
+	for s < 16 && buf[s] == 0 {
+		s++
+	}
+	if buf[s]&0x80 != 0 {
+		s-- // a leading zero keeps the value positive
+	}
+	return append(dst, buf[s:]...)
+}
+
+// FixedFromAvro reads Avro decimal bytes into a Fixed (same scale).
+func FixedFromAvro(b []byte) (Fixed, error) {
+	if len(b) == 0 || len(b) > 8 {
+		return 0, fmt.Errorf("%w: %d bytes for a 64-bit value", ErrAvroBytes, len(b))
+	}
+	v := int64(int8(b[0])) // sign-extends
+	for _, c := range b[1:] {
+		v = v<<8 | int64(c)
+	}
+	return Fixed(v), nil
+}
+
+// WideFromAvro reads Avro decimal bytes into a Wide (same scale); a
+// negative value is ErrAvroBytes.
+func WideFromAvro(b []byte) (Wide, error) {
+	if len(b) == 0 || len(b) > 16 {
+		return Wide{}, fmt.Errorf("%w: %d bytes for a 128-bit value", ErrAvroBytes, len(b))
+	}
+	if b[0]&0x80 != 0 {
+		return Wide{}, fmt.Errorf("%w: negative", ErrAvroBytes)
+	}
+	var w Wide
+	for _, c := range b {
+		w.hi = w.hi<<8 | w.lo>>56
+		w.lo = w.lo<<8 | uint64(c)
+	}
+	return w, nil
+}
+
+// QuoteFromAvro reads Avro decimal bytes (scale QuoteScale) into a Quote.
+func QuoteFromAvro(b []byte) (Quote, error) {
+	w, err := WideFromAvro(b)
+	return Quote(w), err
+}
+
+// AppendAvro appends s's unscaled integer as Avro decimal bytes.
+func (s Quote) AppendAvro(dst []byte) []byte { return appendAvroU128(dst, s.hi, s.lo) }
+
+// FromFloat returns the unscaled integer at scale digits of f's shortest
+// decimal (the text strconv prints for it), rounded half to even when that
+// text has more than scale fractional digits; exact reports that it did
+// not. It is how values that older klagg versions kept as doubles become
+// decimals: a double parsed from text of at most 17 significant digits
+// prints as that text again, so prices come back exactly.
+func FromFloat(f float64, scale int) (n *big.Int, exact bool, err error) {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return nil, false, fmt.Errorf("%w: %v", ErrRange, f)
+	}
+	r, ok := new(big.Rat).SetString(strconv.FormatFloat(f, 'g', -1, 64))
+	if !ok {
+		return nil, false, fmt.Errorf("%w: %v", ErrSyntax, f)
+	}
+	r.Mul(r, new(big.Rat).SetInt(new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(scale)), nil)))
+	if r.IsInt() {
+		return new(big.Int).Set(r.Num()), true, nil
+	}
+	return roundHalfEven(r), false, nil
+}
+
+// roundHalfEven rounds r to an integer, ties to even.
+func roundHalfEven(r *big.Rat) *big.Int {
+	q, m := new(big.Int).DivMod(r.Num(), r.Denom(), new(big.Int)) // floor, 0 <= m < denom
+	twice := new(big.Int).Lsh(m, 1)
+	switch c := twice.Cmp(r.Denom()); {
+	case c > 0, c == 0 && q.Bit(0) == 1:
+		q.Add(q, big.NewInt(1))
+	}
+	return q
+}
