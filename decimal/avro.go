@@ -1,6 +1,7 @@
 package decimal
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -124,4 +125,30 @@ func roundHalfEven(r *big.Rat) *big.Int {
 		q.Add(q, big.NewInt(1))
 	}
 	return q
+}
+
+// Bytes16 returns w's unscaled integer as 16 big-endian bytes: the Avro
+// fixed(16) decimal of klagg's state records.
+func (w Wide) Bytes16() (b [16]byte) {
+	binary.BigEndian.PutUint64(b[:8], w.hi)
+	binary.BigEndian.PutUint64(b[8:], w.lo)
+	return b
+}
+
+// WideFrom16 reads Bytes16's form; a negative value is ErrAvroBytes.
+func WideFrom16(b [16]byte) (Wide, error) {
+	w := Wide{hi: binary.BigEndian.Uint64(b[:8]), lo: binary.BigEndian.Uint64(b[8:])}
+	if w.hi>>63 != 0 {
+		return Wide{}, fmt.Errorf("%w: negative", ErrAvroBytes)
+	}
+	return w, nil
+}
+
+// Bytes16 returns s's unscaled integer as 16 big-endian bytes.
+func (s Quote) Bytes16() [16]byte { return Wide(s).Bytes16() }
+
+// QuoteFrom16 reads Bytes16's form; a negative value is ErrAvroBytes.
+func QuoteFrom16(b [16]byte) (Quote, error) {
+	w, err := WideFrom16(b)
+	return Quote(w), err
 }

@@ -7,6 +7,7 @@ import (
 	"math/big"
 	"math/bits"
 	"strconv"
+	"strings"
 )
 
 // Scale is the fractional digits of Fixed and Wide: Binance's eight.
@@ -247,7 +248,11 @@ func (w Wide) Append(dst []byte) []byte {
 func (w Wide) String() string { return string(w.Append(nil)) }
 
 // Float64 returns the nearest float64, for display only.
-func (w Wide) Float64() float64 { return float64(w.hi)*0x1p64/unit + float64(w.lo)/unit }
+func (w Wide) Float64() float64 {
+	var buf [48]byte
+	f, _ := strconv.ParseFloat(string(w.Append(buf[:0])), 64) // the text is always a valid number
+	return f
+}
 
 // Big returns w's unscaled integer.
 func (w Wide) Big() *big.Int { return u128Big(w.hi, w.lo) }
@@ -346,4 +351,68 @@ func bigU128(n *big.Int) (hi, lo uint64, err error) {
 	}
 	lo = new(big.Int).And(n, new(big.Int).SetUint64(math.MaxUint64)).Uint64()
 	return new(big.Int).Rsh(n, 64).Uint64(), lo, nil
+}
+
+// MarshalText returns Append's text, so JSON carries Binance's strings.
+func (f Fixed) MarshalText() ([]byte, error) { return f.Append(nil), nil }
+
+// UnmarshalText parses text with ParseFixed.
+func (f *Fixed) UnmarshalText(b []byte) error {
+	v, err := ParseFixed(b)
+	if err != nil {
+		return fmt.Errorf("%w: %q", err, b)
+	}
+	*f = v
+	return nil
+}
+
+// MarshalText returns Append's text.
+func (w Wide) MarshalText() ([]byte, error) { return w.Append(nil), nil }
+
+// UnmarshalText parses a non-negative decimal of at most Scale fractional
+// digits.
+func (w *Wide) UnmarshalText(b []byte) error {
+	v, err := ParseWide(string(b))
+	if err != nil {
+		return err
+	}
+	*w = v
+	return nil
+}
+
+// ParseWide parses a non-negative decimal of at most Scale fractional
+// digits into a Wide. It is for tests, files and tools, not hot paths.
+func ParseWide(s string) (Wide, error) {
+	r, ok := new(big.Rat).SetString(s)
+	if !ok || strings.ContainsAny(s, "/") {
+		return Wide{}, fmt.Errorf("%w: %q", ErrSyntax, s)
+	}
+	r.Mul(r, new(big.Rat).SetInt64(unit))
+	if !r.IsInt() {
+		return Wide{}, fmt.Errorf("%w: %q", ErrPrecision, s)
+	}
+	return WideFromBig(r.Num())
+}
+
+// Rat returns f's exact value.
+func (f Fixed) Rat() *big.Rat { return new(big.Rat).SetFrac(big.NewInt(int64(f)), big.NewInt(unit)) }
+
+// Rat returns w's exact value.
+func (w Wide) Rat() *big.Rat { return new(big.Rat).SetFrac(w.Big(), big.NewInt(unit)) }
+
+// UnmarshalJSON reads a JSON number or a string holding one.
+func (f *Fixed) UnmarshalJSON(b []byte) error {
+	return f.UnmarshalText(unquote(b))
+}
+
+// UnmarshalJSON reads a JSON number or a string holding one.
+func (w *Wide) UnmarshalJSON(b []byte) error {
+	return w.UnmarshalText(unquote(b))
+}
+
+func unquote(b []byte) []byte {
+	if len(b) >= 2 && b[0] == '"' && b[len(b)-1] == '"' {
+		return b[1 : len(b)-1]
+	}
+	return b
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/klagg/klagg/decimal"
 	"github.com/klagg/klagg/internal/oracle"
 	"github.com/klagg/klagg/processor"
 	"github.com/klagg/klagg/schema"
@@ -291,7 +292,7 @@ func live(b *testing.B, g processor.Guarantee) {
 				agg++
 				raw++
 				sym := fmt.Sprintf("LIVE%04d", agg%symbols)
-				tr := schema.Trade{Symbol: []byte(sym), AggID: agg, Price: 100 + float64(agg%7), Quantity: 1,
+				tr := schema.Trade{Symbol: []byte(sym), AggID: agg, Price: decimal.Fixed(100+agg%7) * 100_000_000, Quantity: 100_000_000,
 					FirstID: raw, LastID: raw, Time: now.UnixMilli()}
 				mu.Lock()
 				waiting[sym] = append(waiting[sym], pending{raw, now})

@@ -2,6 +2,7 @@ package processor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/twmb/franz-go/pkg/sr"
@@ -24,6 +25,10 @@ func (r *runtime) setupEncoders(ctx context.Context) error {
 	}
 	subject := r.cfg.KlinesTopic + "-value"
 	ss, err := rcl.CreateSchema(ctx, subject, sr.Schema{Schema: schema.KlineSchemaText, Type: sr.TypeAvro})
+	var re *sr.ResponseError
+	if errors.As(err, &re) && re.ErrorCode == sr.ErrIncompatibleSchema.Code {
+		return &IncompatibleSchemaError{Subject: subject, Registry: r.cfg.SchemaRegistry, Err: err}
+	}
 	if err != nil {
 		return fmt.Errorf("processor: register the kline schema under %q at %s: %w", subject, r.cfg.SchemaRegistry, err)
 	}
@@ -31,3 +36,24 @@ func (r *runtime) setupEncoders(ctx context.Context) error {
 	r.klineEnc, err = schema.NewKlineEncoder(schema.FramingConfluent, ss.ID)
 	return err
 }
+
+// IncompatibleSchemaError is returned by Run when the registry refuses the
+// kline schema under the subject's compatibility setting: the subject holds
+// kline schema 1 (doubles, klagg before decimal candles), and Avro has no
+// promotion from double to decimal, so BACKWARD or FORWARD refuses schema
+// 2. Error says how to proceed.
+type IncompatibleSchemaError struct {
+	Subject, Registry string
+	Err               error
+}
+
+func (e *IncompatibleSchemaError) Error() string {
+	return fmt.Sprintf("processor: the registry at %s refuses kline schema 2 (decimal prices and volumes) under %q: "+
+		"its compatibility setting does not allow a double to become a decimal (%v). Either let the subject take it once: "+
+		"curl -X PUT -H 'Content-Type: application/json' -d '{\"compatibility\":\"NONE\"}' %s/config/%s, "+
+		"start klagg, then set the level back; or publish to a new topic (--klines-topic) whose readers expect decimals",
+		e.Registry, e.Subject, e.Err, e.Registry, e.Subject)
+}
+
+// Unwrap returns the registry's error.
+func (e *IncompatibleSchemaError) Unwrap() error { return e.Err }

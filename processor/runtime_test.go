@@ -3,7 +3,10 @@ package processor_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net/http"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -14,7 +17,10 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"github.com/twmb/franz-go/pkg/sr"
+	"github.com/twmb/franz-go/pkg/sr/srfake"
 
+	"github.com/klagg/klagg/decimal"
 	"github.com/klagg/klagg/internal/oracle"
 	"github.com/klagg/klagg/partition"
 	"github.com/klagg/klagg/processor"
@@ -137,6 +143,72 @@ func TestRunRefusesMismatchedTopics(t *testing.T) {
 	if err := processor.Run(t.Context(), cfg); !errors.Is(err, processor.ErrTopicMissing) {
 		t.Fatalf("missing trades topic: %v", err)
 	}
+}
+
+// TestRegistryRefusesKlineSchema2: a subject that holds kline schema 1
+// under BACKWARD compatibility refuses schema 2, as Confluent's registry
+// does (srfake does not check compatibility: an interceptor answers as the
+// registry would). klagg stops at start-up, before it creates anything,
+// with an error that names the subject and both ways forward; once the
+// subject's level is NONE, it starts.
+func TestRegistryRefusesKlineSchema2(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	reg := srfake.New(srfake.WithGlobalCompat(sr.CompatBackward))
+	defer reg.Close()
+	v1, err := os.ReadFile("../schema/kline.v1.avsc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := reg.RegisterSchema("klines-value", sr.Schema{Schema: string(v1), Type: sr.TypeAvro}); err != nil {
+		t.Fatal(err)
+	}
+	var none atomic.Bool // the subject's level is NONE
+	reg.Intercept(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != http.MethodPost || r.URL.Path != "/subjects/klines-value/versions" || none.Load() {
+			return false
+		}
+		w.Header().Set("Content-Type", "application/vnd.schemaregistry.v1+json")
+		w.WriteHeader(http.StatusConflict)
+		fmt.Fprintf(w, `{"error_code":409,"message":"Schema being registered is incompatible with an earlier schema for subject \"klines-value\""}`)
+		return true
+	})
+	cfg := processor.DefaultConfig()
+	cfg.Brokers = cluster.ListenAddrs()
+	cfg.SchemaRegistry = reg.URL()
+	err = processor.Run(t.Context(), cfg)
+	var ise *processor.IncompatibleSchemaError
+	if !errors.As(err, &ise) || ise.Subject != "klines-value" || !strings.Contains(err.Error(), `{"compatibility":"NONE"}`) ||
+		!strings.Contains(err.Error(), "--klines-topic") {
+		t.Fatalf("got %v", err)
+	}
+	if topics, _ := kadm.NewClient(mustClient(t, cluster)).ListTopics(t.Context()); topics.Has("klines") {
+		t.Fatal("klagg created its topics before the registry accepted the schema")
+	}
+	none.Store(true)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- processor.Run(ctx, cfg) }()
+	waitFor(t, 20*time.Second, "schema 2 registered", func() bool {
+		s, ok := reg.GetSchema("klines-value", 2)
+		return ok && s.Schema.Schema == schema.KlineSchemaText
+	})
+	cancel()
+	if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatalf("after NONE: %v", err)
+	}
+}
+
+func mustClient(t *testing.T, c *kfake.Cluster) *kgo.Client {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return cl
 }
 
 // TestDeliveryFailureRestartsShard: while the broker refuses produce
@@ -364,7 +436,7 @@ func testTransactionalTrades(t *testing.T, g processor.Guarantee) {
 		if err := prod.BeginTransaction(); err != nil {
 			t.Fatal(err)
 		}
-		tr := schema.Trade{Symbol: []byte("TXNUSDT"), AggID: int64(i + 1), Price: 10 + float64(i), Quantity: 1,
+		tr := schema.Trade{Symbol: []byte("TXNUSDT"), AggID: int64(i + 1), Price: decimal.Fixed(10+i) * 100_000_000, Quantity: 100_000_000,
 			FirstID: int64(i + 1), LastID: int64(i + 1), Time: minuteEnd.Add(-time.Duration(3-i) * 100 * time.Millisecond).UnixMilli()}
 		if err := prod.ProduceSync(ctx, &kgo.Record{Key: tr.Symbol, Value: schema.AppendBinanceJSON(nil, &tr)}).FirstErr(); err != nil {
 			t.Fatal(err)

@@ -9,6 +9,8 @@ import (
 
 	"github.com/hamba/avro/v2"
 	"github.com/hamba/avro/v2/soe"
+
+	"github.com/klagg/klagg/decimal"
 )
 
 // The schemas, embedded so the binary needs no files.
@@ -23,6 +25,14 @@ var (
 	// resolves their records into the current one.
 	//go:embed state.v1.avsc
 	stateSchemaV1Text string
+	//go:embed state.v2.avsc
+	stateSchemaV2Text string
+	// Kline and trade schema 1 carried prices and volumes as doubles;
+	// readers still take records written with them.
+	//go:embed kline.v1.avsc
+	klineSchemaV1Text string
+	//go:embed trade.v1.avsc
+	tradeSchemaV1Text string
 )
 
 // Parsed schemas. They are compiled into the binary, so failing to parse
@@ -31,6 +41,9 @@ var (
 	KlineSchema = avro.MustParse(KlineSchemaText)
 	TradeSchema = avro.MustParse(TradeSchemaText)
 	StateSchema = avro.MustParse(StateSchemaText)
+
+	klineSchemaV1 = avro.MustParse(klineSchemaV1Text)
+	tradeSchemaV1 = avro.MustParse(tradeSchemaV1Text)
 )
 
 // Framing is how an Avro body is wrapped in a Kafka record value.
@@ -124,6 +137,20 @@ func appendDouble(b []byte, f float64) []byte {
 	return binary.LittleEndian.AppendUint64(b, math.Float64bits(f))
 }
 
+// appendFixed appends f as an Avro decimal (bytes).
+func appendFixed(b []byte, f decimal.Fixed) []byte {
+	var buf [8]byte
+	d := f.AppendAvro(buf[:0])
+	return append(appendLong(b, int64(len(d))), d...)
+}
+
+// appendWide appends w as an Avro decimal (bytes).
+func appendWide(b []byte, w decimal.Wide) []byte {
+	var buf [17]byte
+	d := w.AppendAvro(buf[:0])
+	return append(appendLong(b, int64(len(d))), d...)
+}
+
 func appendString(b []byte, s string) []byte {
 	return append(appendLong(b, int64(len(s))), s...)
 }
@@ -184,6 +211,30 @@ func (r *avroReader) double() float64 {
 	f := math.Float64frombits(binary.LittleEndian.Uint64(r.b[r.i:]))
 	r.i += 8
 	return f
+}
+
+func (r *avroReader) fixed() decimal.Fixed {
+	b := r.bytes()
+	if r.err != nil {
+		return 0
+	}
+	f, err := decimal.FixedFromAvro(b)
+	if err != nil {
+		r.err = err
+	}
+	return f
+}
+
+func (r *avroReader) wide() decimal.Wide {
+	b := r.bytes()
+	if r.err != nil {
+		return decimal.Wide{}
+	}
+	w, err := decimal.WideFromAvro(b)
+	if err != nil {
+		r.err = err
+	}
+	return w
 }
 
 // bytes returns a string's bytes, aliasing the buffer.

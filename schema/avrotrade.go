@@ -1,7 +1,10 @@
 package schema
 
 import (
+	"errors"
 	"fmt"
+
+	"github.com/klagg/klagg/decimal"
 )
 
 // InputFormat is the encoding of the trades topic's values.
@@ -40,51 +43,106 @@ func ParseInputFormat(s string) (InputFormat, error) {
 // told apart by the first byte) into t. It checks syntax only; call
 // ValidateConfig.Validate for the value rules. Errors are *InvalidTradeError.
 // t.Symbol aliases value.
+//
+// A single-object record of trade schema 1 (doubles) is read too, each
+// double taken as its shortest decimal, which for a price or quantity
+// printed with at most 17 significant digits is that text again. A
+// Confluent-framed record is trade schema 2 unless its id is in v1IDs.
 func DecodeAvroTrade(value []byte, t *Trade) error {
-	_, _, body, err := Unframe(value, TradeSchema)
-	if err != nil {
+	return decodeAvroTrade(value, t, nil)
+}
+
+func decodeAvroTrade(value []byte, t *Trade, v1IDs map[int]bool) error {
+	f, id, body, err := Unframe(value, TradeSchema)
+	switch {
+	case errors.Is(err, ErrWrongFingerprint) && string(value[2:10]) == string(tradeV1Fingerprint[:]):
+		return decodeAvroTradeV1(value[10:], t)
+	case err != nil:
 		return invalid(ReasonMalformed, "", err)
+	case f == FramingConfluent && v1IDs[id]:
+		return decodeAvroTradeV1(body, t)
 	}
 	return DecodeAvroTradeBody(body, t)
 }
 
-// DecodeAvroTradeBody decodes an unframed trade.avsc body.
+var tradeV1Fingerprint = fingerprint(tradeSchemaV1)
+
+// DecodeAvroTradeBody decodes an unframed trade.avsc (schema 2) body.
 func DecodeAvroTradeBody(body []byte, t *Trade) error {
 	r := avroReader{b: body}
-	*t = Trade{
-		Symbol:     r.bytes(),
-		AggID:      r.long(),
-		Price:      r.double(),
-		Quantity:   r.double(),
-		FirstID:    r.long(),
-		LastID:     r.long(),
-		Time:       r.long(),
-		BuyerMaker: r.boolean(),
-	}
+	*t = Trade{Symbol: r.bytes(), AggID: r.long()}
+	price, qty := r.bytes(), r.bytes()
+	t.FirstID, t.LastID, t.Time, t.BuyerMaker = r.long(), r.long(), r.long(), r.boolean()
 	if err := r.end(); err != nil {
 		*t = Trade{}
 		return invalid(ReasonMalformed, "", err)
 	}
+	var err error
+	if t.Price, err = decimal.FixedFromAvro(price); err != nil {
+		return decimalReason(err, ReasonInvalidPrice, "price")
+	}
+	if t.Quantity, err = decimal.FixedFromAvro(qty); err != nil {
+		return decimalReason(err, ReasonInvalidQuantity, "quantity")
+	}
 	return nil
 }
 
-// AppendAvroTradeBody appends t as a trade.avsc body.
+func decodeAvroTradeV1(body []byte, t *Trade) error {
+	r := avroReader{b: body}
+	*t = Trade{Symbol: r.bytes(), AggID: r.long()}
+	price, qty := r.double(), r.double()
+	t.FirstID, t.LastID, t.Time, t.BuyerMaker = r.long(), r.long(), r.long(), r.boolean()
+	if err := r.end(); err != nil {
+		*t = Trade{}
+		return invalid(ReasonMalformed, "", err)
+	}
+	var err error
+	if t.Price, err = legacyFixed(price); err != nil {
+		return decimalReason(err, ReasonInvalidPrice, "price")
+	}
+	if t.Quantity, err = legacyFixed(qty); err != nil {
+		return decimalReason(err, ReasonInvalidQuantity, "quantity")
+	}
+	return nil
+}
+
+// AppendAvroTradeBody appends t as a trade.avsc (schema 2) body.
 func AppendAvroTradeBody(b []byte, t *Trade) []byte {
 	b = appendLong(b, int64(len(t.Symbol)))
 	b = append(b, t.Symbol...)
 	b = appendLong(b, t.AggID)
-	b = appendDouble(b, t.Price)
-	b = appendDouble(b, t.Quantity)
+	b = appendFixed(b, t.Price)
+	b = appendFixed(b, t.Quantity)
 	b = appendLong(b, t.FirstID)
 	b = appendLong(b, t.LastID)
 	b = appendLong(b, t.Time)
 	return appendBool(b, t.BuyerMaker)
 }
 
+// AppendAvroTradeBodyV1 appends t as a trade schema 1 body (doubles), as
+// producers written for older klagg versions do.
+func AppendAvroTradeBodyV1(b []byte, t *Trade) []byte {
+	b = appendLong(b, int64(len(t.Symbol)))
+	b = append(b, t.Symbol...)
+	b = appendLong(b, t.AggID)
+	b = appendDouble(b, t.Price.Float64())
+	b = appendDouble(b, t.Quantity.Float64())
+	b = appendLong(b, t.FirstID)
+	b = appendLong(b, t.LastID)
+	b = appendLong(b, t.Time)
+	return appendBool(b, t.BuyerMaker)
+}
+
+// TradeSchemaV1Text is trade schema 1, for producers and tests of it.
+var TradeSchemaV1Text = tradeSchemaV1Text
+
 // TradeDecoder turns a trades record into a validated Trade.
 type TradeDecoder struct {
 	Format   InputFormat
 	Validate ValidateConfig
+	// V1IDs are the registry ids of trade schema 1 (doubles), for
+	// Confluent-framed records; single-object ones name their schema.
+	V1IDs map[int]bool
 }
 
 // Decode decodes and validates one record; nowMs is the wall clock in Unix
@@ -94,7 +152,7 @@ func (d *TradeDecoder) Decode(key, value []byte, nowMs int64, t *Trade) error {
 	var err error
 	switch d.Format {
 	case InputAvro:
-		err = DecodeAvroTrade(value, t)
+		err = decodeAvroTrade(value, t, d.V1IDs)
 	default:
 		err = DecodeBinanceJSON(value, key, t)
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/hamba/avro/v2"
 
+	"github.com/klagg/klagg/decimal"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -46,10 +47,10 @@ func BenchmarkDecodeBinanceJSON(b *testing.B) {
 			if err := json.Unmarshal(value, &ev); err != nil {
 				b.Fatal(err)
 			}
-			if _, err := ev.P.Float64(); err != nil {
+			if _, err := decimal.ParseFixed([]byte(ev.P)); err != nil {
 				b.Fatal(err)
 			}
-			if _, err := ev.Q.Float64(); err != nil {
+			if _, err := decimal.ParseFixed([]byte(ev.Q)); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -76,9 +77,10 @@ func BenchmarkEncodeKline(b *testing.B) {
 		b.ReportAllocs()
 		var out bytes.Buffer
 		e := avro.NewEncoderForSchema(schema.KlineSchema, &out)
+		h := hambaOf(&k) // decimals as *big.Rat, built once
 		for b.Loop() {
 			out.Reset()
-			if err := e.Encode(&k); err != nil {
+			if err := e.Encode(&h); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -87,7 +89,7 @@ func BenchmarkEncodeKline(b *testing.B) {
 }
 
 func BenchmarkDecodeAvroTrade(b *testing.B) {
-	tr := schema.Trade{Symbol: []byte("BTCUSDT"), AggID: 1, Price: 37000.5, Quantity: 0.25, FirstID: 1, LastID: 2, Time: now}
+	tr := schema.Trade{Symbol: []byte("BTCUSDT"), AggID: 1, Price: fx("37000.5"), Quantity: fx("0.25"), FirstID: 1, LastID: 2, Time: now}
 	value := frameSOE(b, schema.AppendAvroTradeBody(nil, &tr))
 	b.ReportAllocs()
 	var out schema.Trade

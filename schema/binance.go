@@ -3,6 +3,8 @@ package schema
 import (
 	"errors"
 	"strconv"
+
+	"github.com/klagg/klagg/decimal"
 )
 
 // The decoder below is hand-written because encoding/json costs about 2 µs
@@ -184,14 +186,14 @@ func (s *jsonScanner) member(key []byte, depth int) error {
 			t.Price, err = s.decimal()
 			s.seen |= fieldP
 			if err != nil {
-				return invalid(ReasonInvalidPrice, "p", err)
+				return decimalReason(err, ReasonInvalidPrice, "p")
 			}
 			return nil
 		case 'q':
 			t.Quantity, err = s.decimal()
 			s.seen |= fieldQ
 			if err != nil {
-				return invalid(ReasonInvalidQuantity, "q", err)
+				return decimalReason(err, ReasonInvalidQuantity, "q")
 			}
 			return nil
 		case 'f':
@@ -319,9 +321,10 @@ func (s *jsonScanner) int() (int64, error) {
 }
 
 // decimal reads a price or quantity: a JSON number, or a string holding one
-// (Binance sends strings). NaN, Inf, hex and underscores are refused by the
-// grammar before strconv sees them.
-func (s *jsonScanner) decimal() (float64, error) {
+// (Binance sends strings), straight into a decimal.Fixed: no float on the
+// way, so "28165.47000000" is 2816547000000 × 10^-8 exactly. NaN, Inf, hex
+// and underscores are refused by the grammar.
+func (s *jsonScanner) decimal() (decimal.Fixed, error) {
 	var num []byte
 	if s.i < len(s.b) && s.b[s.i] == '"' {
 		v, esc, err := s.str()
@@ -344,49 +347,7 @@ func (s *jsonScanner) decimal() (float64, error) {
 		s.i = end
 		num = s.b[start:end]
 	}
-	if f, ok := fastDecimal(num); ok {
-		return f, nil
-	}
-	// string(num) does not escape, so for numbers up to 32 bytes the
-	// conversion uses a stack buffer and allocates nothing.
-	f, err := strconv.ParseFloat(string(num), 64)
-	if err != nil {
-		return 0, errDecimal // out of range
-	}
-	return f, nil
-}
-
-var pow10 = [...]float64{1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
-	1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22}
-
-// fastDecimal converts a plain decimal (digits, an optional fraction, no
-// sign or exponent) whose digits fit 2^53 and whose fraction has at most 22
-// digits: both m and 10^k are then exact float64s, and IEEE division rounds
-// m/10^k correctly, so the result equals strconv.ParseFloat's. Anything
-// else reports !ok and goes to strconv.
-func fastDecimal(b []byte) (float64, bool) {
-	var m uint64
-	frac := -1
-	for i, c := range b {
-		switch {
-		case c >= '0' && c <= '9':
-			m = m*10 + uint64(c-'0')
-			if m >= 1<<53 {
-				return 0, false
-			}
-		case c == '.' && frac < 0:
-			frac = len(b) - i - 1
-		default:
-			return 0, false
-		}
-	}
-	if frac < 0 {
-		frac = 0
-	}
-	if frac >= len(pow10) {
-		return 0, false
-	}
-	return float64(m) / pow10[frac], true
+	return decimal.ParseFixed(num)
 }
 
 // scanNumber matches the JSON number grammar at b[i:] and returns its end.
@@ -534,9 +495,9 @@ func AppendBinanceJSON(b []byte, t *Trade) []byte {
 	b = append(b, `","a":`...)
 	b = strconv.AppendInt(b, t.AggID, 10)
 	b = append(b, `,"p":"`...)
-	b = strconv.AppendFloat(b, t.Price, 'f', -1, 64)
+	b = t.Price.Append(b)
 	b = append(b, `","q":"`...)
-	b = strconv.AppendFloat(b, t.Quantity, 'f', -1, 64)
+	b = t.Quantity.Append(b)
 	b = append(b, `","f":`...)
 	b = strconv.AppendInt(b, t.FirstID, 10)
 	b = append(b, `,"l":`...)

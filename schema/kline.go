@@ -2,28 +2,34 @@ package schema
 
 import (
 	"fmt"
+
+	"github.com/hamba/avro/v2"
+
+	"github.com/klagg/klagg/decimal"
 )
 
 // Kline is one candle as published on the klines topic; the field order and
-// names follow kline.avsc. OpenTime and CloseTime are Unix milliseconds.
+// names follow kline.avsc (schema 2). OpenTime and CloseTime are Unix
+// milliseconds. Prices and volumes are exact decimals of eight fractional
+// digits; in JSON they are Binance's strings ("28165.47000000").
 type Kline struct {
-	Symbol              string  `avro:"symbol" json:"symbol"`
-	Period              string  `avro:"period" json:"period"`
-	OpenTime            int64   `avro:"open_time" json:"open_time"`
-	CloseTime           int64   `avro:"close_time" json:"close_time"`
-	Open                float64 `avro:"open" json:"open"`
-	High                float64 `avro:"high" json:"high"`
-	Low                 float64 `avro:"low" json:"low"`
-	Close               float64 `avro:"close" json:"close"`
-	Volume              float64 `avro:"volume" json:"volume"`
-	QuoteVolume         float64 `avro:"quote_volume" json:"quote_volume"`
-	TradeCount          int64   `avro:"trade_count" json:"trade_count"`
-	TakerBuyVolume      float64 `avro:"taker_buy_volume" json:"taker_buy_volume"`
-	TakerBuyQuoteVolume float64 `avro:"taker_buy_quote_volume" json:"taker_buy_quote_volume"`
-	FirstTradeID        int64   `avro:"first_trade_id" json:"first_trade_id"`
-	LastTradeID         int64   `avro:"last_trade_id" json:"last_trade_id"`
-	IsFinal             bool    `avro:"is_final" json:"is_final"`
-	Version             int64   `avro:"version" json:"version"`
+	Symbol              string        `json:"symbol"`
+	Period              string        `json:"period"`
+	OpenTime            int64         `json:"open_time"`
+	CloseTime           int64         `json:"close_time"`
+	Open                decimal.Fixed `json:"open"`
+	High                decimal.Fixed `json:"high"`
+	Low                 decimal.Fixed `json:"low"`
+	Close               decimal.Fixed `json:"close"`
+	Volume              decimal.Wide  `json:"volume"`
+	QuoteVolume         decimal.Wide  `json:"quote_volume"`
+	TradeCount          int64         `json:"trade_count"`
+	TakerBuyVolume      decimal.Wide  `json:"taker_buy_volume"`
+	TakerBuyQuoteVolume decimal.Wide  `json:"taker_buy_quote_volume"`
+	FirstTradeID        int64         `json:"first_trade_id"`
+	LastTradeID         int64         `json:"last_trade_id"`
+	IsFinal             bool          `json:"is_final"`
+	Version             int64         `json:"version"`
 }
 
 // KlineEncoder writes klines in one framing. It is immutable and safe for
@@ -57,15 +63,15 @@ func AppendKlineBody(b []byte, k *Kline) []byte {
 	b = appendString(b, k.Period)
 	b = appendLong(b, k.OpenTime)
 	b = appendLong(b, k.CloseTime)
-	b = appendDouble(b, k.Open)
-	b = appendDouble(b, k.High)
-	b = appendDouble(b, k.Low)
-	b = appendDouble(b, k.Close)
-	b = appendDouble(b, k.Volume)
-	b = appendDouble(b, k.QuoteVolume)
+	b = appendFixed(b, k.Open)
+	b = appendFixed(b, k.High)
+	b = appendFixed(b, k.Low)
+	b = appendFixed(b, k.Close)
+	b = appendWide(b, k.Volume)
+	b = appendWide(b, k.QuoteVolume)
 	b = appendLong(b, k.TradeCount)
-	b = appendDouble(b, k.TakerBuyVolume)
-	b = appendDouble(b, k.TakerBuyQuoteVolume)
+	b = appendWide(b, k.TakerBuyVolume)
+	b = appendWide(b, k.TakerBuyQuoteVolume)
 	b = appendLong(b, k.FirstTradeID)
 	b = appendLong(b, k.LastTradeID)
 	b = appendBool(b, k.IsFinal)
@@ -73,8 +79,14 @@ func AppendKlineBody(b []byte, k *Kline) []byte {
 }
 
 // DecodeKline decodes a framed kline value (either framing) into k. The
-// strings are copied, so k outlives value.
+// strings are copied, so k outlives value. A single-object record of kline
+// schema 1 (doubles) is read too, each double taken as its shortest
+// decimal (FromFloat); a Confluent-framed one is taken to be schema 2,
+// since its id means nothing without the registry.
 func DecodeKline(value []byte, k *Kline) error {
+	if fp, body, err := UnframeSingleObject(value); err == nil && string(fp[:]) == string(klineV1Fingerprint[:]) {
+		return decodeKlineV1(body, k)
+	}
 	_, _, body, err := Unframe(value, KlineSchema)
 	if err != nil {
 		return fmt.Errorf("schema: decode kline: %w", err)
@@ -85,15 +97,15 @@ func DecodeKline(value []byte, k *Kline) error {
 		Period:              string(r.bytes()),
 		OpenTime:            r.long(),
 		CloseTime:           r.long(),
-		Open:                r.double(),
-		High:                r.double(),
-		Low:                 r.double(),
-		Close:               r.double(),
-		Volume:              r.double(),
-		QuoteVolume:         r.double(),
+		Open:                r.fixed(),
+		High:                r.fixed(),
+		Low:                 r.fixed(),
+		Close:               r.fixed(),
+		Volume:              r.wide(),
+		QuoteVolume:         r.wide(),
 		TradeCount:          r.long(),
-		TakerBuyVolume:      r.double(),
-		TakerBuyQuoteVolume: r.double(),
+		TakerBuyVolume:      r.wide(),
+		TakerBuyQuoteVolume: r.wide(),
 		FirstTradeID:        r.long(),
 		LastTradeID:         r.long(),
 		IsFinal:             r.boolean(),
@@ -103,4 +115,72 @@ func DecodeKline(value []byte, k *Kline) error {
 		return fmt.Errorf("schema: decode kline: %w", err)
 	}
 	return nil
+}
+
+var klineV1Fingerprint = fingerprint(klineSchemaV1)
+
+func fingerprint(s avro.Schema) (fp [8]byte) {
+	b, err := s.FingerprintUsing(avro.CRC64AvroLE)
+	if err != nil {
+		panic(err) // a compiled-in schema: covered by every test
+	}
+	copy(fp[:], b)
+	return fp
+}
+
+func decodeKlineV1(body []byte, k *Kline) error {
+	r := avroReader{b: body}
+	*k = Kline{Symbol: string(r.bytes()), Period: string(r.bytes()), OpenTime: r.long(), CloseTime: r.long()}
+	var err error
+	fixed := func(f float64) decimal.Fixed {
+		v, e := legacyFixed(f)
+		err = firstErr(err, e)
+		return v
+	}
+	wide := func(f float64) decimal.Wide {
+		v, e := legacyWide(f, decimal.Scale)
+		err = firstErr(err, e)
+		return v
+	}
+	k.Open, k.High, k.Low, k.Close = fixed(r.double()), fixed(r.double()), fixed(r.double()), fixed(r.double())
+	k.Volume, k.QuoteVolume = wide(r.double()), wide(r.double())
+	k.TradeCount = r.long()
+	k.TakerBuyVolume, k.TakerBuyQuoteVolume = wide(r.double()), wide(r.double())
+	k.FirstTradeID, k.LastTradeID, k.IsFinal, k.Version = r.long(), r.long(), r.boolean(), r.long()
+	if e := r.end(); e != nil {
+		err = e
+	}
+	if err != nil {
+		return fmt.Errorf("schema: decode kline schema 1: %w", err)
+	}
+	return nil
+}
+
+func firstErr(err, e error) error {
+	if err != nil {
+		return err
+	}
+	return e
+}
+
+// legacyFixed converts a double of an older schema to the Fixed of its
+// shortest decimal, rounded half to even at eight digits.
+func legacyFixed(f float64) (decimal.Fixed, error) {
+	n, _, err := decimal.FromFloat(f, decimal.Scale)
+	if err != nil {
+		return 0, err
+	}
+	if !n.IsInt64() {
+		return 0, fmt.Errorf("%w: %v", decimal.ErrRange, f)
+	}
+	return decimal.Fixed(n.Int64()), nil
+}
+
+// legacyWide is legacyFixed for sums, at scale digits.
+func legacyWide(f float64, scale int) (decimal.Wide, error) {
+	n, _, err := decimal.FromFloat(f, scale)
+	if err != nil {
+		return decimal.Wide{}, err
+	}
+	return decimal.WideFromBig(n)
 }

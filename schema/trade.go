@@ -3,8 +3,9 @@ package schema
 import (
 	"errors"
 	"fmt"
-	"math"
 	"time"
+
+	"github.com/klagg/klagg/decimal"
 )
 
 // Trade is one aggregate trade, as Binance's aggTrade event carries it.
@@ -14,14 +15,14 @@ import (
 // (string(t.Symbol)) to keep it.
 type Trade struct {
 	Symbol     []byte
-	AggID      int64   // aggregate trade id ("a"), increasing per symbol
-	Price      float64 // "p"
-	Quantity   float64 // "q"
-	FirstID    int64   // first raw trade id ("f")
-	LastID     int64   // last raw trade id ("l")
-	Time       int64   // trade time ("T"), Unix milliseconds
-	BuyerMaker bool    // "m": true when the buyer was the maker, so the seller was the taker
-	EventTime  int64   // "E", Unix milliseconds; 0 when absent
+	AggID      int64         // aggregate trade id ("a"), increasing per symbol
+	Price      decimal.Fixed // "p", exact
+	Quantity   decimal.Fixed // "q", exact
+	FirstID    int64         // first raw trade id ("f")
+	LastID     int64         // last raw trade id ("l")
+	Time       int64         // trade time ("T"), Unix milliseconds
+	BuyerMaker bool          // "m": true when the buyer was the maker, so the seller was the taker
+	EventTime  int64         // "E", Unix milliseconds; 0 when absent
 }
 
 // Reason says why a trade was refused. Its String is the value of the
@@ -36,20 +37,22 @@ const (
 	ReasonWrongEvent             // "e" is present and not "aggTrade"
 	ReasonInvalidSymbol          // empty, or a byte outside [A-Za-z0-9._/:-]
 	ReasonSymbolTooLong          // longer than MaxSymbolLen
-	ReasonInvalidPrice           // NaN, ±Inf, zero, negative or not a decimal
-	ReasonInvalidQuantity        // NaN, ±Inf, zero, negative or not a decimal
+	ReasonInvalidPrice           // zero, negative or not a decimal
+	ReasonInvalidQuantity        // zero, negative or not a decimal
 	ReasonInvalidTradeIDs        // negative ids, or last_trade_id < first_trade_id
 	ReasonFutureTime             // trade time beyond the wall clock plus the max skew
 	ReasonAncientTime            // trade time before 2010-01-01
 	ReasonDuplicate              // aggregate id not above the symbol's highest accepted id
 	ReasonLate                   // the trade's candle is already final for some period
+	ReasonExcessPrecision        // price or quantity has more than eight fractional digits
+	ReasonOutOfRange             // price or quantity above 92,233,720,368.54775807, or a candle's sums would pass 2^125
 	numReasons
 )
 
 var reasonNames = [numReasons]string{
 	"none", "malformed", "missing_field", "wrong_event", "invalid_symbol", "symbol_too_long",
 	"invalid_price", "invalid_quantity", "invalid_trade_ids", "future_time", "ancient_time",
-	"duplicate", "late",
+	"duplicate", "late", "excess_precision", "out_of_range",
 }
 
 func (r Reason) String() string {
@@ -174,10 +177,10 @@ func (c ValidateConfig) Validate(t *Trade, nowMs int64) error {
 	if r := ValidSymbol(t.Symbol); r != ReasonNone {
 		return invalid(r, "symbol", nil)
 	}
-	if !positiveFinite(t.Price) {
+	if t.Price <= 0 {
 		return invalid(ReasonInvalidPrice, "price", nil)
 	}
-	if !positiveFinite(t.Quantity) {
+	if t.Quantity <= 0 {
 		return invalid(ReasonInvalidQuantity, "quantity", nil)
 	}
 	if t.AggID < 0 || t.FirstID < 0 || t.LastID < t.FirstID {
@@ -192,6 +195,15 @@ func (c ValidateConfig) Validate(t *Trade, nowMs int64) error {
 	return nil
 }
 
-func positiveFinite(f float64) bool {
-	return f > 0 && f <= math.MaxFloat64 // false for NaN, +Inf, zero and negatives
+// decimalReason classifies a decimal parse error of field: too many
+// digits and out of range have their own reasons, anything else is an
+// invalid price or quantity (bad).
+func decimalReason(err error, bad Reason, field string) error {
+	switch {
+	case errors.Is(err, decimal.ErrPrecision):
+		return invalid(ReasonExcessPrecision, field, err)
+	case errors.Is(err, decimal.ErrRange), errors.Is(err, decimal.ErrAvroBytes):
+		return invalid(ReasonOutOfRange, field, err)
+	}
+	return invalid(bad, field, err)
 }

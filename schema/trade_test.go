@@ -2,10 +2,12 @@ package schema_test
 
 import (
 	"errors"
-	"math"
 	"strings"
 	"testing"
 
+	"github.com/hamba/avro/v2"
+
+	"github.com/klagg/klagg/decimal"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -14,7 +16,7 @@ const now = int64(1_700_000_000_000) // 2023-11-14
 const goodJSON = `{"e":"aggTrade","E":1699999999999,"s":"BTCUSDT","a":26129,"p":"0.01633102","q":"4.70443515","f":27781,"l":27781,"T":1699999999998,"m":true,"M":true}`
 
 func TestDecodeBinanceJSON(t *testing.T) {
-	want := schema.Trade{Symbol: []byte("BTCUSDT"), AggID: 26129, Price: 0.01633102, Quantity: 4.70443515,
+	want := schema.Trade{Symbol: []byte("BTCUSDT"), AggID: 26129, Price: fx("0.01633102"), Quantity: fx("4.70443515"),
 		FirstID: 27781, LastID: 27781, Time: 1699999999998, BuyerMaker: true, EventTime: 1699999999999}
 	tests := []struct {
 		name  string
@@ -88,7 +90,11 @@ func TestBadInput(t *testing.T) {
 		{"oversized symbol", r(`"BTCUSDT"`, `"`+strings.Repeat("X", 33)+`"`).Replace(goodJSON), "", schema.ReasonSymbolTooLong, "symbol"},
 		{"price NaN", r(`"0.01633102"`, `"NaN"`).Replace(goodJSON), "", schema.ReasonInvalidPrice, "p"},
 		{"price Inf", r(`"0.01633102"`, `"Infinity"`).Replace(goodJSON), "", schema.ReasonInvalidPrice, "p"},
-		{"price overflow", r(`"0.01633102"`, `"1e999"`).Replace(goodJSON), "", schema.ReasonInvalidPrice, "p"},
+		{"price overflow", r(`"0.01633102"`, `"1e999"`).Replace(goodJSON), "", schema.ReasonOutOfRange, "p"},
+		{"price past the Fixed range", r(`"0.01633102"`, `"92233720368.54775808"`).Replace(goodJSON), "", schema.ReasonOutOfRange, "p"},
+		{"price with nine decimals", r(`"0.01633102"`, `"0.016331025"`).Replace(goodJSON), "", schema.ReasonExcessPrecision, "p"},
+		{"quantity with nine decimals", r(`"4.70443515"`, `4.704435151`).Replace(goodJSON), "", schema.ReasonExcessPrecision, "q"},
+		{"quantity tiny exponent", r(`"4.70443515"`, `"1e-9"`).Replace(goodJSON), "", schema.ReasonExcessPrecision, "q"},
 		{"price hex", r(`"0.01633102"`, `"0x1p-2"`).Replace(goodJSON), "", schema.ReasonInvalidPrice, "p"},
 		{"price zero", r(`"0.01633102"`, `"0.00000000"`).Replace(goodJSON), "", schema.ReasonInvalidPrice, "price"},
 		{"price negative", r(`"0.01633102"`, `"-1.5"`).Replace(goodJSON), "", schema.ReasonInvalidPrice, "price"},
@@ -113,16 +119,15 @@ func TestBadInput(t *testing.T) {
 
 	// The value rules hold for Avro input too.
 	avroDec := schema.TradeDecoder{Format: schema.InputAvro, Validate: schema.ValidateConfig{MaxSkew: schema.DefaultMaxSkew}}
-	good := schema.Trade{Symbol: []byte("ETHUSDT"), AggID: 5, Price: 2000.5, Quantity: 0.25, FirstID: 10, LastID: 12, Time: now - 5}
+	good := schema.Trade{Symbol: []byte("ETHUSDT"), AggID: 5, Price: fx("2000.5"), Quantity: fx("0.25"), FirstID: 10, LastID: 12, Time: now - 5}
 	avroTests := []struct {
 		name   string
 		mutate func(*schema.Trade)
 		reason schema.Reason
 	}{
-		{"price NaN", func(t *schema.Trade) { t.Price = math.NaN() }, schema.ReasonInvalidPrice},
-		{"price +Inf", func(t *schema.Trade) { t.Price = math.Inf(1) }, schema.ReasonInvalidPrice},
-		{"quantity -Inf", func(t *schema.Trade) { t.Quantity = math.Inf(-1) }, schema.ReasonInvalidQuantity},
-		{"quantity negative zero", func(t *schema.Trade) { t.Quantity = math.Copysign(0, -1) }, schema.ReasonInvalidQuantity},
+		{"price zero", func(t *schema.Trade) { t.Price = 0 }, schema.ReasonInvalidPrice},
+		{"price negative", func(t *schema.Trade) { t.Price = -1 }, schema.ReasonInvalidPrice},
+		{"quantity negative", func(t *schema.Trade) { t.Quantity = -fx("0.5") }, schema.ReasonInvalidQuantity},
 		{"oversized symbol", func(t *schema.Trade) { t.Symbol = []byte(strings.Repeat("A", 64)) }, schema.ReasonSymbolTooLong},
 		{"future", func(t *schema.Trade) { t.Time = now + 3_600_000 }, schema.ReasonFutureTime},
 		{"negative first id", func(t *schema.Trade) { t.FirstID = -5 }, schema.ReasonInvalidTradeIDs},
@@ -136,6 +141,28 @@ func TestBadInput(t *testing.T) {
 			checkInvalid(t, avroDec.Decode(nil, value, now, &out), tt.reason, "")
 		})
 	}
+	t.Run("avro/decimal wider than 64 bits", func(t *testing.T) {
+		body := schema.AppendAvroTradeBody(nil, &good)
+		// Re-write the price (after symbol, id) as nine bytes.
+		head := 1 + len(good.Symbol) + 1
+		plen := int(body[head]) / 2
+		wide := append(append(append([]byte{}, body[:head]...), 18, 0, 1, 2, 3, 4, 5, 6, 7, 8), body[head+1+plen:]...)
+		var out schema.Trade
+		checkInvalid(t, avroDec.Decode(nil, frameSOE(t, wide), now, &out), schema.ReasonOutOfRange, "price")
+	})
+	t.Run("avro/schema 1 (doubles)", func(t *testing.T) {
+		var out schema.Trade
+		if err := avroDec.Decode(nil, frameV1(t, schema.AppendAvroTradeBodyV1(nil, &good)), now, &out); err != nil || !equalTrade(out, good) {
+			t.Fatalf("got %+v, %v", out, err)
+		}
+		// Confluent-framed, schema 1 is known by its registry id.
+		v1 := avroDec
+		v1.V1IDs = map[int]bool{7: true}
+		value := append([]byte{0, 0, 0, 0, 7}, schema.AppendAvroTradeBodyV1(nil, &good)...)
+		if err := v1.Decode(nil, value, now, &out); err != nil || !equalTrade(out, good) {
+			t.Fatalf("confluent schema 1: got %+v, %v", out, err)
+		}
+	})
 	t.Run("avro/good", func(t *testing.T) {
 		var out schema.Trade
 		if err := avroDec.Decode(nil, frameSOE(t, schema.AppendAvroTradeBody(nil, &good)), now, &out); err != nil || !equalTrade(out, good) {
@@ -179,6 +206,38 @@ func checkInvalid(t *testing.T, err error, reason schema.Reason, field string) {
 	}
 }
 
+// fx parses a test's decimal literal.
+func fx(s string) decimal.Fixed {
+	v, err := decimal.ParseFixed([]byte(s))
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+// wd parses a test's decimal literal into a Wide.
+func wd(s string) decimal.Wide {
+	v, err := decimal.ParseWide(s)
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+// frameV1 frames a trade schema 1 body, single-object.
+func frameV1(t testing.TB, body []byte) []byte {
+	t.Helper()
+	s, err := avro.Parse(schema.TradeSchemaV1Text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := schema.Prefix(schema.FramingSingleObject, s, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(p, body...)
+}
+
 func frameSOE(t testing.TB, body []byte) []byte {
 	t.Helper()
 	p, err := schema.Prefix(schema.FramingSingleObject, schema.TradeSchema, 0)
@@ -197,15 +256,15 @@ func TestReasonsAreDistinct(t *testing.T) {
 		}
 		seen[s] = true
 	}
-	if len(seen) != 12 {
-		t.Fatalf("%d reasons, want 12", len(seen))
+	if len(seen) != 14 {
+		t.Fatalf("%d reasons, want 14", len(seen))
 	}
 }
 
 func TestAppendBinanceJSONRoundTrip(t *testing.T) {
 	for _, tr := range []schema.Trade{
-		{Symbol: []byte("BTCUSDT"), AggID: 1, Price: 0.01633102, Quantity: 4.70443515, FirstID: 3, LastID: 9, Time: now, BuyerMaker: true},
-		{Symbol: []byte("X"), AggID: 1 << 62, Price: 1e-8, Quantity: 123456789.5, FirstID: 0, LastID: 0, Time: now, EventTime: now + 1},
+		{Symbol: []byte("BTCUSDT"), AggID: 1, Price: fx("0.01633102"), Quantity: fx("4.70443515"), FirstID: 3, LastID: 9, Time: now, BuyerMaker: true},
+		{Symbol: []byte("X"), AggID: 1 << 62, Price: 1, Quantity: decimal.MaxFixed, FirstID: 0, LastID: 0, Time: now, EventTime: now + 1},
 	} {
 		var back schema.Trade
 		if err := schema.DecodeBinanceJSON(schema.AppendBinanceJSON(nil, &tr), nil, &back); err != nil {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/klagg/klagg/decimal"
 	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/schema"
 )
@@ -146,23 +147,16 @@ func (s *Server) handleKlines(w http.ResponseWriter, r *http.Request) {
 func AppendBinanceKline(b []byte, k *schema.Kline) []byte {
 	b = append(b, '[')
 	b = strconv.AppendInt(b, k.OpenTime, 10)
-	for _, f := range [...]float64{k.Open, k.High, k.Low, k.Close, k.Volume} {
-		b = appendDecimal(append(b, ','), f)
+	for _, f := range [...]decimal.Fixed{k.Open, k.High, k.Low, k.Close} {
+		b = append(f.Append(append(b, ',', '"')), '"')
 	}
+	b = append(k.Volume.Append(append(b, ',', '"')), '"')
 	b = strconv.AppendInt(append(b, ','), k.CloseTime, 10)
-	b = appendDecimal(append(b, ','), k.QuoteVolume)
+	b = append(k.QuoteVolume.Append(append(b, ',', '"')), '"')
 	b = strconv.AppendInt(append(b, ','), k.TradeCount, 10)
-	b = appendDecimal(append(b, ','), k.TakerBuyVolume)
-	b = appendDecimal(append(b, ','), k.TakerBuyQuoteVolume)
+	b = append(k.TakerBuyVolume.Append(append(b, ',', '"')), '"')
+	b = append(k.TakerBuyQuoteVolume.Append(append(b, ',', '"')), '"')
 	return append(b, `,"0"]`...)
-}
-
-// appendDecimal writes f as Binance does: a quoted decimal with eight
-// places.
-func appendDecimal(b []byte, f float64) []byte {
-	b = append(b, '"')
-	b = strconv.AppendFloat(b, f, 'f', 8, 64)
-	return append(b, '"')
 }
 
 // streamEvent is one candle update on the stream, shaped like Binance's
@@ -196,13 +190,12 @@ type streamKline struct {
 }
 
 func event(k *schema.Kline, now time.Time) streamEvent {
-	d := func(f float64) string { return strconv.FormatFloat(f, 'f', 8, 64) }
 	return streamEvent{Event: "kline", Time: now.UnixMilli(), Symbol: k.Symbol, K: streamKline{
 		OpenTime: k.OpenTime, CloseTime: k.CloseTime, Symbol: k.Symbol, Interval: k.Period,
 		FirstID: k.FirstTradeID, LastID: k.LastTradeID,
-		Open: d(k.Open), Close: d(k.Close), High: d(k.High), Low: d(k.Low), Volume: d(k.Volume),
-		Trades: k.TradeCount, Final: k.IsFinal, QuoteVolume: d(k.QuoteVolume),
-		TakerVolume: d(k.TakerBuyVolume), TakerQuote: d(k.TakerBuyQuoteVolume), Ignore: "0", Version: k.Version,
+		Open: k.Open.String(), Close: k.Close.String(), High: k.High.String(), Low: k.Low.String(), Volume: k.Volume.String(),
+		Trades: k.TradeCount, Final: k.IsFinal, QuoteVolume: k.QuoteVolume.String(),
+		TakerVolume: k.TakerBuyVolume.String(), TakerQuote: k.TakerBuyQuoteVolume.String(), Ignore: "0", Version: k.Version,
 	}}
 }
 

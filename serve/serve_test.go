@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net/http"
 	"net/url"
 	"os"
@@ -22,6 +21,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/klagg/klagg/decimal"
 	"github.com/klagg/klagg/internal/oracle"
 	"github.com/klagg/klagg/processor"
 	"github.com/klagg/klagg/schema"
@@ -129,16 +129,26 @@ func binance(t *testing.T, symbol, period string, body []byte) []schema.Kline {
 	if err := json.Unmarshal(body, &rows); err != nil {
 		t.Fatalf("%s: %v", body, err)
 	}
-	num := func(v any) float64 {
+	text := func(v any) string {
 		s, ok := v.(string)
-		if !ok {
-			t.Fatalf("%v is not a decimal string", v)
+		if !ok || !strings.Contains(s, ".") || len(s)-strings.Index(s, ".") != 9 {
+			t.Fatalf("%v is not a decimal string of eight places", v)
 		}
-		f, err := strconv.ParseFloat(s, 64)
-		if err != nil {
+		return s
+	}
+	num := func(v any) decimal.Fixed {
+		var f decimal.Fixed
+		if err := f.UnmarshalText([]byte(text(v))); err != nil {
 			t.Fatal(err)
 		}
 		return f
+	}
+	wide := func(v any) decimal.Wide {
+		var w decimal.Wide
+		if err := w.UnmarshalText([]byte(text(v))); err != nil {
+			t.Fatal(err)
+		}
+		return w
 	}
 	out := make([]schema.Kline, 0, len(rows))
 	for _, r := range rows {
@@ -146,22 +156,30 @@ func binance(t *testing.T, symbol, period string, body []byte) []schema.Kline {
 			t.Fatalf("row %v: want Binance's 12 fields", r)
 		}
 		out = append(out, schema.Kline{Symbol: symbol, Period: period, OpenTime: int64(r[0].(float64)),
-			Open: num(r[1]), High: num(r[2]), Low: num(r[3]), Close: num(r[4]), Volume: num(r[5]),
-			CloseTime: int64(r[6].(float64)), QuoteVolume: num(r[7]), TradeCount: int64(r[8].(float64)),
-			TakerBuyVolume: num(r[9]), TakerBuyQuoteVolume: num(r[10])})
+			Open: num(r[1]), High: num(r[2]), Low: num(r[3]), Close: num(r[4]), Volume: wide(r[5]),
+			CloseTime: int64(r[6].(float64)), QuoteVolume: wide(r[7]), TradeCount: int64(r[8].(float64)),
+			TakerBuyVolume: wide(r[9]), TakerBuyQuoteVolume: wide(r[10])})
 	}
 	return out
 }
 
-// same compares what Binance's array carries: no ids, no final flag, and
-// decimals of eight places.
+// same compares what Binance's array carries (no ids, no final flag),
+// every decimal exactly.
 func same(a, b schema.Kline) bool {
-	// Eight decimal places round by up to 5e-9; sums agree to 1e-9 relative.
-	near := func(x, y float64) bool { return math.Abs(x-y) <= 5e-9+1e-9*math.Abs(y) }
 	return a.OpenTime == b.OpenTime && a.CloseTime == b.CloseTime && a.TradeCount == b.TradeCount &&
-		near(a.Open, b.Open) && near(a.High, b.High) && near(a.Low, b.Low) && near(a.Close, b.Close) &&
-		near(a.Volume, b.Volume) && near(a.QuoteVolume, b.QuoteVolume) &&
-		near(a.TakerBuyVolume, b.TakerBuyVolume) && near(a.TakerBuyQuoteVolume, b.TakerBuyQuoteVolume)
+		a.Open == b.Open && a.High == b.High && a.Low == b.Low && a.Close == b.Close &&
+		a.Volume == b.Volume && a.QuoteVolume == b.QuoteVolume &&
+		a.TakerBuyVolume == b.TakerBuyVolume && a.TakerBuyQuoteVolume == b.TakerBuyQuoteVolume
+}
+
+// flt is what a client that parses Binance's strings into floats (ccxt,
+// freqtrade) holds for v: the double nearest its exact value.
+func flt(v interface{ Append([]byte) []byte }) float64 {
+	f, err := strconv.ParseFloat(string(v.Append(nil)), 64)
+	if err != nil {
+		panic(err)
+	}
+	return f
 }
 
 // TestKlinesAPI: after a replay, /api/v3/klines answers for several symbols,
@@ -451,10 +469,9 @@ func TestCcxt(t *testing.T) {
 	if len(got.Candles) < len(want) || len(got.Candles) > len(want)+1 {
 		t.Fatalf("%d candles from ccxt; the oracle has %d final ones", len(got.Candles), len(want))
 	}
-	close := func(x, y float64) bool { return x == y || math.Abs(x-y) <= 1e-9*math.Max(math.Abs(x), math.Abs(y)) }
 	for i, w := range want {
 		g := got.Candles[i]
-		if int64(g[0]) != w.OpenTime || g[1] != w.Open || g[2] != w.High || g[3] != w.Low || g[4] != w.Close || !close(g[5], w.Volume) {
+		if int64(g[0]) != w.OpenTime || g[1] != flt(w.Open) || g[2] != flt(w.High) || g[3] != flt(w.Low) || g[4] != flt(w.Close) || g[5] != flt(w.Volume) {
 			t.Fatalf("candle %d: ccxt %v, oracle %+v", i, g, w)
 		}
 	}
@@ -510,7 +527,7 @@ func TestCcxtPro(t *testing.T) {
 	}
 	for _, g := range got.Candles[:len(got.Candles)-1] { // the newest may still be open
 		w, ok := final[oracle.Key{Symbol: "SYM000USDT", Period: "1m", Open: int64(g[0])}]
-		if !ok || g[1] != w.Open || g[2] != w.High || g[3] != w.Low || g[4] != w.Close || math.Abs(g[5]-w.Volume) > 1e-9*w.Volume {
+		if !ok || g[1] != flt(w.Open) || g[2] != flt(w.High) || g[3] != flt(w.Low) || g[4] != flt(w.Close) || g[5] != flt(w.Volume) {
 			t.Errorf("ccxt.pro holds %v; the oracle's final candle is %+v", g, w)
 		}
 	}
@@ -568,7 +585,7 @@ func TestFreqtrade(t *testing.T) {
 	}
 	for i, w := range want {
 		g := got[i]
-		if int64(g[0]) != w.OpenTime || g[1] != w.Open || g[2] != w.High || g[3] != w.Low || g[4] != w.Close || math.Abs(g[5]-w.Volume) > 1e-9*w.Volume {
+		if int64(g[0]) != w.OpenTime || g[1] != flt(w.Open) || g[2] != flt(w.High) || g[3] != flt(w.Low) || g[4] != flt(w.Close) || g[5] != flt(w.Volume) {
 			t.Fatalf("candle %d: freqtrade %v, oracle %+v", i, g, w)
 		}
 	}

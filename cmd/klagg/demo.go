@@ -385,8 +385,8 @@ func (v *klineView) render(w io.Writer, n int, now time.Time) {
 				continue
 			}
 			fmt.Fprintf(w, "%-10.10s %-5s %11s %11s %11s %11s %11s %7d  %s\n", k.Symbol,
-				time.UnixMilli(k.OpenTime).UTC().Format("15:04"), decimal(k.Open, 11), decimal(k.High, 11),
-				decimal(k.Low, 11), decimal(k.Close, 11), decimal(k.Volume, 11), k.TradeCount, candleState(&k, now))
+				time.UnixMilli(k.OpenTime).UTC().Format("15:04"), fitted(k.Open, 11), fitted(k.High, 11),
+				fitted(k.Low, 11), fitted(k.Close, 11), fitted(k.Volume, 11), k.TradeCount, candleState(&k, now))
 		}
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sr"
 
+	"github.com/klagg/klagg/decimal"
 	"github.com/klagg/klagg/processor"
 	"github.com/klagg/klagg/schema"
 )
@@ -31,7 +32,7 @@ func cmdGen(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("klagg gen", flag.ContinueOnError)
 	fs.SetOutput(stdout) // -h is asked for: it goes to stdout; errors go to stderr
 	describe(fs, "klagg gen [flags]", `Produces trades to a topic, keyed by symbol: a synthetic market, or with
---csv a replay of Binance's public aggTrades CSV files (rows that do not
+--csv a replay of Binance's public aggTrades (or raw trades) CSV files (rows that do not
 parse are skipped and counted). Binance JSON, or Avro with --format avro.`)
 	def := processor.DefaultConfig()
 	brokers := fs.String("brokers", strings.Join(def.Brokers, ","), "Kafka bootstrap brokers, comma-separated")
@@ -224,10 +225,10 @@ func (p *producer) flush() error {
 // bursty, the rate swings between quiet spells and bursts.
 func synthetic(p *producer, symbols, rate int, d time.Duration, seed uint64, bursty bool) {
 	rng := rand.New(rand.NewPCG(seed, 1))
-	prices := make([]float64, symbols)
+	prices := make([]int64, symbols) // in cents
 	aggs := make([]int64, symbols)
 	for i := range prices {
-		prices[i] = float64(1 + rng.IntN(5000))
+		prices[i] = int64(1+rng.IntN(5000)) * 100
 	}
 	const step = 10 * time.Millisecond
 	t := time.NewTicker(step)
@@ -245,10 +246,10 @@ func synthetic(p *producer, symbols, rate int, d time.Duration, seed uint64, bur
 		for range n {
 			i := int(float64(symbols) * math.Pow(rng.Float64(), 3))
 			aggs[i]++
-			prices[i] = math.Max(0.01, math.Round((prices[i]+float64(rng.IntN(7)-3)*0.01)*100)/100)
+			prices[i] = max(1, prices[i]+int64(rng.IntN(7)-3))
 			k := int64(1 + rng.IntN(3))
-			p.send(&schema.Trade{Symbol: []byte(syntheticSymbol(i)), AggID: aggs[i], Price: prices[i],
-				Quantity: float64(1+rng.IntN(100000)) / 10000, FirstID: raw + 1, LastID: raw + k, Time: now,
+			p.send(&schema.Trade{Symbol: []byte(syntheticSymbol(i)), AggID: aggs[i], Price: decimal.Fixed(prices[i] * 1_000_000),
+				Quantity: decimal.Fixed(1+rng.IntN(100000)) * 10_000, FirstID: raw + 1, LastID: raw + k, Time: now,
 				BuyerMaker: rng.IntN(2) == 0})
 			raw += k
 		}
@@ -322,12 +323,34 @@ func replayCSV(p *producer, file, symbol string, speed float64) (int, error) {
 	return skipped, nil
 }
 
+// parseRawTradeRow reads a row of Binance's trades archive (raw trades, not
+// aggregated): id, price, qty, quote_qty, time, is_buyer_maker,
+// is_best_match. Each is one trade: an aggregate of itself, f = l = id.
+func parseRawTradeRow(f []string, symbol string) (schema.Trade, bool) {
+	id, err1 := strconv.ParseInt(f[0], 10, 64)
+	price, err2 := decimal.ParseFixed([]byte(f[1]))
+	qty, err3 := decimal.ParseFixed([]byte(f[2]))
+	tm, err4 := strconv.ParseInt(f[4], 10, 64)
+	maker, err5 := strconv.ParseBool(strings.ToLower(f[5]))
+	if errors.Join(err1, err2, err3, err4, err5) != nil {
+		return schema.Trade{}, false
+	}
+	if tm > 1e14 { // microseconds
+		tm /= 1000
+	}
+	return schema.Trade{Symbol: []byte(symbol), AggID: id, Price: price, Quantity: qty,
+		FirstID: id, LastID: id, Time: tm, BuyerMaker: maker}, true
+}
+
 func startsWithDigit(s string) bool { return s != "" && s[0] >= '0' && s[0] <= '9' }
 
 func parseAggTradeRow(row, symbol string) (schema.Trade, bool) {
 	f := strings.Split(strings.TrimSpace(row), ",")
 	if len(f) < 7 {
 		return schema.Trade{}, false
+	}
+	if len(f) == 7 && strings.Contains(f[3], ".") {
+		return parseRawTradeRow(f, symbol)
 	}
 	ints := make([]int64, 0, 4)
 	for _, i := range []int{0, 3, 4, 5} {
@@ -337,8 +360,8 @@ func parseAggTradeRow(row, symbol string) (schema.Trade, bool) {
 		}
 		ints = append(ints, v)
 	}
-	price, err1 := strconv.ParseFloat(f[1], 64)
-	qty, err2 := strconv.ParseFloat(f[2], 64)
+	price, err1 := decimal.ParseFixed([]byte(f[1]))
+	qty, err2 := decimal.ParseFixed([]byte(f[2]))
 	maker, err3 := strconv.ParseBool(strings.ToLower(f[6]))
 	if err1 != nil || err2 != nil || err3 != nil {
 		return schema.Trade{}, false

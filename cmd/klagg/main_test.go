@@ -22,6 +22,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/klagg/klagg/decimal"
 	"github.com/klagg/klagg/processor"
 	"github.com/klagg/klagg/schema"
 )
@@ -237,8 +238,8 @@ func TestTail(t *testing.T) {
 	soe, _ := schema.NewKlineEncoder(schema.FramingSingleObject, 0)
 	conf, _ := schema.NewKlineEncoder(schema.FramingConfluent, 7)
 	k := schema.Kline{Symbol: "BTCUSDT", Period: "1m", OpenTime: 1714557600000, CloseTime: 1714557659999,
-		Open: 1, High: 2, Low: 0.5, Close: 1.5, Volume: 13.817499999999999, QuoteVolume: 7.6348797e+08,
-		TakerBuyVolume: 2.345e-05, TradeCount: 4, FirstTradeID: 1, LastTradeID: 9, Version: 11}
+		Open: fx("1"), High: fx("2"), Low: fx("0.5"), Close: fx("1.5"), Volume: wd("13.8175"), QuoteVolume: wd("763487970"),
+		TakerBuyVolume: wd("0.00002345"), TradeCount: 4, FirstTradeID: 1, LastTradeID: 9, Version: 11}
 	var recs []*kgo.Record
 	for i, enc := range []*schema.KlineEncoder{soe, conf, soe} {
 		k.IsFinal = i > 0
@@ -261,15 +262,15 @@ func TestTail(t *testing.T) {
 	if len(lines) != 1 || !strings.Contains(lines[0], `"symbol":"BTCUSDT"`) || !strings.Contains(lines[0], `"is_final":true`) {
 		t.Fatalf("json output: %q", stdout.String())
 	}
-	// Numbers in plain decimals, without binary float noise, and still
-	// numbers that decode to the candle's values.
+	// The exact decimals, as plain JSON numbers without trailing zeros,
+	// that decode to the candle's values.
 	for _, want := range []string{`"volume":13.8175,`, `"quote_volume":763487970,`, `"taker_buy_volume":0.00002345,`, `"low":0.5,`} {
 		if !strings.Contains(lines[0], want) {
 			t.Errorf("json output without %s: %s", want, lines[0])
 		}
 	}
 	var back schema.Kline
-	if err := json.Unmarshal([]byte(lines[0]), &back); err != nil || back.Volume != 13.8175 || back.TakerBuyVolume != 2.345e-05 || back.Version != 11 {
+	if err := json.Unmarshal([]byte(lines[0]), &back); err != nil || back.Volume != wd("13.8175") || back.TakerBuyVolume != wd("0.00002345") || back.Version != 11 {
 		t.Errorf("json output does not decode to the candle: %+v, %v", back, err)
 	}
 	stdout.Reset()
@@ -315,7 +316,7 @@ func TestMetricsAndHealth(t *testing.T) {
 	now := time.Now().UnixMilli()
 	var recs []*kgo.Record
 	for i := range 50 {
-		tr := schema.Trade{Symbol: []byte("BTCUSDT"), AggID: int64(i + 1), Price: 100, Quantity: 1, FirstID: int64(i), LastID: int64(i), Time: now}
+		tr := schema.Trade{Symbol: []byte("BTCUSDT"), AggID: int64(i + 1), Price: fx("100"), Quantity: fx("1"), FirstID: int64(i), LastID: int64(i), Time: now}
 		recs = append(recs, &kgo.Record{Topic: "trades", Key: tr.Symbol, Value: schema.AppendBinanceJSON(nil, &tr)})
 	}
 	recs = append(recs, &kgo.Record{Topic: "trades", Value: []byte("{")})
@@ -439,22 +440,27 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-func TestDecimal(t *testing.T) {
+func TestFitted(t *testing.T) {
 	for _, tc := range []struct {
-		v     float64
+		v     string
 		width int
 		want  string
 	}{
-		{2504, 10, "2504"},
-		{2504.09, 10, "2504.09"},
-		{2.345e-05, 10, "0.00002345"},
-		{7.6348797e+08, 12, "763487970"},
-		{13.817499999999999, 10, "13.8175"},
-		{98765.4321, 10, "98765.4321"},
-		{0, 10, "0"},
+		{"2504", 10, "2504"},
+		{"2504.09", 10, "2504.09"},
+		{"0.00002345", 10, "0.00002345"},
+		{"763487970", 12, "763487970"},
+		{"13.8175", 10, "13.8175"},
+		{"98765.4321", 10, "98765.4321"},
+		{"0", 10, "0"},
+		{"123456.12345678", 10, "123456.123"}, // too wide: rounded to fit, in the table only
+		{"4756643.47552570", 11, "4756643.476"},
 	} {
-		if got := decimal(tc.v, tc.width); got != tc.want {
-			t.Errorf("decimal(%v, %d) = %q, want %q", tc.v, tc.width, got, tc.want)
+		if got := fitted(wd(tc.v), tc.width); got != tc.want {
+			t.Errorf("fitted(%s, %d) = %q, want %q", tc.v, tc.width, got, tc.want)
+		}
+		if got := exact(wd(tc.v)); got != strings.TrimRight(strings.TrimRight(wd(tc.v).String(), "0"), ".") {
+			t.Errorf("exact(%s) = %q", tc.v, got)
 		}
 	}
 }
@@ -579,7 +585,7 @@ func TestKlineView(t *testing.T) {
 	minute := int64(1714557600000)
 	kline := func(sym string, open int64, trades, version int64, final bool) []byte {
 		return enc.Append(nil, &schema.Kline{Symbol: sym, Period: "1m", OpenTime: open, CloseTime: open + 59_999,
-			Open: 2504.09, High: 2504.1, Low: 2.345e-05, Close: 13.817499999999999, Volume: 7.6348797e+08,
+			Open: fx("2504.09"), High: fx("2504.1"), Low: fx("0.00002345"), Close: fx("13.8175"), Volume: wd("763487970"),
 			TradeCount: trades, Version: version, IsFinal: final})
 	}
 	v := newKlineView()
@@ -778,4 +784,22 @@ func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// fx parses a test's decimal literal.
+func fx(s string) decimal.Fixed {
+	v, err := decimal.ParseFixed([]byte(s))
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+// wd parses a test's decimal literal into a Wide.
+func wd(s string) decimal.Wide {
+	v, err := decimal.ParseWide(s)
+	if err != nil {
+		panic(err)
+	}
+	return v
 }

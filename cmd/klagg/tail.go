@@ -161,16 +161,28 @@ func tableRow(k *schema.Kline) string {
 	}
 	return fmt.Sprintf("%-12.12s %-3s %-16s %*s %*s %*s %*s %*s %6d %s", k.Symbol, k.Period,
 		time.UnixMilli(k.OpenTime).UTC().Format("2006-01-02 15:04"),
-		numWidth, decimal(k.Open, numWidth), numWidth, decimal(k.High, numWidth), numWidth, decimal(k.Low, numWidth),
-		numWidth, decimal(k.Close, numWidth), volWidth, decimal(k.Volume, volWidth), k.TradeCount, final)
+		numWidth, fitted(k.Open, numWidth), numWidth, fitted(k.High, numWidth), numWidth, fitted(k.Low, numWidth),
+		numWidth, fitted(k.Close, numWidth), volWidth, fitted(k.Volume, volWidth), k.TradeCount, final)
 }
 
-// decimal writes v in plain decimal notation, never in exponent form, with
-// as many of up to eight decimals as its value needs and width allows.
-func decimal(v float64, width int) string {
-	intDigits := len(strconv.FormatFloat(math.Trunc(math.Abs(v)), 'f', 0, 64))
+// exact is v's exact text without trailing fractional zeros: "13.8175".
+func exact(v interface{ Append([]byte) []byte }) string {
+	return strings.TrimRight(strings.TrimRight(string(v.Append(nil)), "0"), ".")
+}
+
+// fitted is v's exact text when it fits width; else v rounded to as many
+// decimals as fit, for the table only (the JSON lines are exact).
+func fitted(v interface {
+	Append([]byte) []byte
+	Float64() float64
+}, width int) string {
+	if out := exact(v); len(out) <= width {
+		return out
+	}
+	f := v.Float64()
+	intDigits := len(strconv.FormatFloat(math.Trunc(math.Abs(f)), 'f', 0, 64))
 	places := max(0, min(8, width-intDigits-1))
-	out := strconv.FormatFloat(v, 'f', places, 64)
+	out := strconv.FormatFloat(f, 'f', places, 64)
 	if strings.Contains(out, ".") {
 		out = strings.TrimRight(strings.TrimRight(out, "0"), ".")
 	}
@@ -178,9 +190,8 @@ func decimal(v float64, width int) string {
 }
 
 // klineJSON is a kline as tail prints it in JSON: the fields of
-// schema.Kline, with prices and volumes as decimal numbers of at most eight
-// decimals (Binance's precision), so that a volume summed in binary
-// floating point prints as 13.8175, not 13.817499999999999.
+// schema.Kline, with prices and volumes as their exact decimal numbers
+// (at most eight decimals, Binance's precision), trailing zeros left out.
 type klineJSON struct {
 	Symbol              string      `json:"symbol"`
 	Period              string      `json:"period"`
@@ -202,7 +213,7 @@ type klineJSON struct {
 }
 
 func klineJSONOf(k *schema.Kline) *klineJSON {
-	num := func(v float64) json.Number { return json.Number(decimal(v, 64)) }
+	num := func(v interface{ Append([]byte) []byte }) json.Number { return json.Number(exact(v)) }
 	return &klineJSON{
 		Symbol: k.Symbol, Period: k.Period, OpenTime: k.OpenTime, CloseTime: k.CloseTime,
 		Open: num(k.Open), High: num(k.High), Low: num(k.Low), Close: num(k.Close),

@@ -52,7 +52,8 @@ def main():
             "quote_volume, trade_count, taker_buy_volume, taker_buy_quote_volume, "
             "first_trade_id, last_trade_id, is_final, version "
             "FROM klagg.klines FINAL ORDER BY symbol, period, open_time "
-            "SETTINGS output_format_json_quote_64bit_integers = 0",
+            "SETTINGS output_format_json_quote_64bit_integers = 0, output_format_json_quote_decimals = 1, "
+            "output_format_decimal_trailing_zeros = 1",
             "JSONEachRow",
         )
         sys.stdout.write(out.data())

@@ -26,6 +26,9 @@ def main():
         s.query(f"INSERT INTO klagg.klines SELECT * FROM file('{rows}', 'JSONEachRow')")
         with open(query_file) as f:
             query = f.read()
+        # Decimals as strings with all eight places, as klagg prints them.
+        query = query.rstrip().rstrip(";") + (
+            "\nSETTINGS output_format_json_quote_decimals = 1, output_format_decimal_trailing_zeros = 1")
         out = s.query(query, "JSONEachRow",
                       params={"symbol": symbol, "period": period, "step_seconds": step})
         sys.stdout.write(out.data())

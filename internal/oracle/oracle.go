@@ -7,9 +7,12 @@
 package oracle
 
 import (
+	"fmt"
 	"math"
+	"math/big"
 	"time"
 
+	"github.com/klagg/klagg/decimal"
 	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
@@ -20,7 +23,7 @@ type Trade struct {
 	Symbol             string
 	AggID, First, Last int64
 	Time               int64
-	Price, Qty         float64
+	Price, Qty         decimal.Fixed
 	BuyerMaker         bool
 }
 
@@ -116,7 +119,7 @@ func (r *Reference) EachCandle(fn func(*schema.Kline)) {
 				byOpen[o] = append(byOpen[o], t)
 				first = min(first, o)
 			}
-			prevClose := 0.0
+			var prevClose decimal.Fixed
 			for o := first; ; o = p.Next(o) {
 				k := schema.Kline{Symbol: name, Period: p.String(), OpenTime: o, CloseTime: p.Next(o) - 1,
 					FirstTradeID: -1, LastTradeID: -1}
@@ -143,10 +146,13 @@ func (r *Reference) EachCandle(fn func(*schema.Kline)) {
 	}
 }
 
-// fill sets k's prices, volumes, count and ids from its trades.
+// fill sets k's prices, volumes, count and ids from its trades. The sums
+// are math/big integers, apart from the engine's 128-bit arithmetic, and
+// the quote sums are rounded here, half to even, written from the rule.
 func fill(k *schema.Kline, ts []Trade) {
 	first, last := ts[0], ts[0]
 	k.High, k.Low = ts[0].Price, ts[0].Price
+	vol, quote, takerVol, takerQuote := new(big.Int), new(big.Int), new(big.Int), new(big.Int)
 	for _, t := range ts {
 		if t.Time < first.Time || (t.Time == first.Time && t.AggID < first.AggID) {
 			first = t
@@ -155,16 +161,41 @@ func fill(k *schema.Kline, ts []Trade) {
 			last = t
 		}
 		k.High, k.Low = max(k.High, t.Price), min(k.Low, t.Price)
-		k.Volume += t.Qty
-		k.QuoteVolume += t.Price * t.Qty
+		q := big.NewInt(int64(t.Qty))
+		pq := new(big.Int).Mul(big.NewInt(int64(t.Price)), q)
+		vol.Add(vol, q)
+		quote.Add(quote, pq)
 		if !t.BuyerMaker {
-			k.TakerBuyVolume += t.Qty
-			k.TakerBuyQuoteVolume += t.Price * t.Qty
+			takerVol.Add(takerVol, q)
+			takerQuote.Add(takerQuote, pq)
 		}
 		k.TradeCount += t.Last - t.First + 1
 	}
+	k.Volume, k.QuoteVolume = mustWide(vol), mustWide(roundHalfEven(quote))
+	k.TakerBuyVolume, k.TakerBuyQuoteVolume = mustWide(takerVol), mustWide(roundHalfEven(takerQuote))
 	k.Open, k.Close = first.Price, last.Price
 	k.FirstTradeID, k.LastTradeID = first.First, last.Last
+}
+
+var e8 = big.NewInt(100_000_000)
+
+// roundHalfEven takes a sum of products (16 fractional digits) to eight,
+// ties to the even neighbour.
+func roundHalfEven(n *big.Int) *big.Int {
+	q, r := new(big.Int).QuoRem(n, e8, new(big.Int))
+	switch c := new(big.Int).Mul(r, big.NewInt(2)).Cmp(e8); {
+	case c > 0, c == 0 && q.Bit(0) == 1:
+		q.Add(q, big.NewInt(1))
+	}
+	return q
+}
+
+func mustWide(n *big.Int) decimal.Wide {
+	w, err := decimal.WideFromBig(n)
+	if err != nil {
+		panic(fmt.Sprintf("oracle: a sum out of the record's range: %v", err)) // test data only
+	}
+	return w
 }
 
 // KeyOf returns the key of k.

@@ -8,6 +8,7 @@ import (
 	"math"
 	"time"
 
+	"github.com/klagg/klagg/decimal"
 	"github.com/klagg/klagg/partition"
 	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/schema"
@@ -145,6 +146,9 @@ const (
 	Duplicate
 	// Late: its candle is already final for at least one period.
 	Late
+	// OutOfRange: one of the symbol's sums is past 2^125 (about 4×10^21 in
+	// quote units), where one more trade could overflow 128 bits.
+	OutOfRange
 )
 
 // Reason maps a refusal to the dead-letter reason; ReasonNone otherwise.
@@ -154,6 +158,8 @@ func (o Outcome) Reason() schema.Reason {
 		return schema.ReasonDuplicate
 	case Late:
 		return schema.ReasonLate
+	case OutOfRange:
+		return schema.ReasonOutOfRange
 	}
 	return schema.ReasonNone
 }
@@ -171,9 +177,9 @@ type candle struct {
 // trades is what a candle, or an accum, knows of its trades. firstID < 0:
 // none yet.
 type trades struct {
-	open, high, low, close        float64
-	volume, quoteVolume           float64
-	takerVolume, takerQuoteVolume float64
+	open, high, low, close        decimal.Fixed
+	volume, takerVolume           decimal.Wide
+	quoteVolume, takerQuoteVolume decimal.Quote // exact, rounded only in kline
 	tradeCount                    int64
 	firstID, lastID               int64
 	openTradeTime                 int64 // trade time of the open trade
@@ -182,7 +188,7 @@ type trades struct {
 // add folds one trade in. quote and the taker sums are precomputed by Fold
 // (the same for every period); closes says the trade is its symbol's latest
 // so far, which moves the close.
-func (s *trades) add(t *schema.Trade, quote, takerQty, takerQuote float64, count int64, closes bool) {
+func (s *trades) add(t *schema.Trade, quote decimal.Quote, takerQty decimal.Fixed, takerQuote decimal.Quote, count int64, closes bool) {
 	price := t.Price
 	if s.firstID < 0 {
 		s.open, s.high, s.low, s.close = price, price, price, price
@@ -201,16 +207,16 @@ func (s *trades) add(t *schema.Trade, quote, takerQty, takerQuote float64, count
 			s.close, s.lastID = price, t.LastID
 		}
 	}
-	s.volume += t.Quantity
-	s.quoteVolume += quote
-	s.takerVolume += takerQty
-	s.takerQuoteVolume += takerQuote
+	s.volume = s.volume.AddFixed(t.Quantity)
+	s.quoteVolume = s.quoteVolume.Add(quote)
+	s.takerVolume = s.takerVolume.AddFixed(takerQty)
+	s.takerQuoteVolume = s.takerQuoteVolume.Add(takerQuote)
 	s.tradeCount += count
 }
 
 // merge folds in o, whose trades all came after s's; oCloses says one of
 // them closed. The result is what adding o's trades one by one gives (sums
-// aside, which add in another order).
+// included: they are exact, so the order does not matter).
 func (s *trades) merge(o *trades, oCloses bool) {
 	if s.firstID < 0 {
 		s.open, s.high, s.low, s.close = o.open, o.high, o.low, o.close
@@ -225,10 +231,10 @@ func (s *trades) merge(o *trades, oCloses bool) {
 			s.close, s.lastID = o.close, o.lastID
 		}
 	}
-	s.volume += o.volume
-	s.quoteVolume += o.quoteVolume
-	s.takerVolume += o.takerVolume
-	s.takerQuoteVolume += o.takerQuoteVolume
+	s.volume = s.volume.Add(o.volume)
+	s.quoteVolume = s.quoteVolume.Add(o.quoteVolume)
+	s.takerVolume = s.takerVolume.Add(o.takerVolume)
+	s.takerQuoteVolume = s.takerQuoteVolume.Add(o.takerQuoteVolume)
 	s.tradeCount += o.tradeCount
 }
 
@@ -415,15 +421,10 @@ func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
 	if !known {
 		sym = a.addSymbol(t.Symbol)
 	}
-	a.lastAggID[sym] = t.AggID
-	closes := t.Time >= a.lastTradeTime[sym]
-	if closes {
-		a.lastTradeTime[sym] = t.Time
-	}
-
-	quote := t.Price * t.Quantity
-	// Branch-free taker sums: adding +0 leaves a sum unchanged.
-	var takerQty, takerQuote float64
+	quote := decimal.Product(t.Price, t.Quantity)
+	// Branch-free taker sums: adding 0 leaves a sum unchanged.
+	var takerQty decimal.Fixed
+	var takerQuote decimal.Quote
 	if !t.BuyerMaker {
 		takerQty, takerQuote = t.Quantity, quote
 	}
@@ -441,6 +442,14 @@ func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
 			a.rollTo(base+i, t.Time)
 		}
 	}
+	if !a.room(sym, cs) {
+		return OutOfRange
+	}
+	a.lastAggID[sym] = t.AggID
+	closes := t.Time >= a.lastTradeTime[sym]
+	if closes {
+		a.lastTradeTime[sym] = t.Time
+	}
 	for _, i := range a.direct {
 		cs[i].add(t, quote, takerQty, takerQuote, count, closes)
 	}
@@ -456,6 +465,22 @@ func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
 		}
 	}
 	return Folded
+}
+
+// room reports whether the symbol's sums can take one more trade: each
+// below 2^125 (decimal.Quote.Room), so no 128-bit sum can wrap, however
+// large the trade. Taker sums never exceed the totals.
+func (a *Aggregator) room(sym int32, cs []candle) bool {
+	for i := range cs {
+		if !cs[i].volume.Room() || !cs[i].quoteVolume.Room() {
+			return false
+		}
+	}
+	if a.lazy != nil {
+		ac := &a.acc[sym]
+		return ac.volume.Room() && ac.quoteVolume.Room()
+	}
+	return true
 }
 
 // refusal is Replayed, Duplicate or Late for a trade Fold must not fold,
@@ -719,10 +744,10 @@ func (a *Aggregator) kline(sym int32, pi int, c *candle, final bool) schema.Klin
 		Low:                 c.low,
 		Close:               c.close,
 		Volume:              c.volume,
-		QuoteVolume:         c.quoteVolume,
+		QuoteVolume:         c.quoteVolume.Round(),
 		TradeCount:          c.tradeCount,
 		TakerBuyVolume:      c.takerVolume,
-		TakerBuyQuoteVolume: c.takerQuoteVolume,
+		TakerBuyQuoteVolume: c.takerQuoteVolume.Round(),
 		FirstTradeID:        c.firstID,
 		LastTradeID:         c.lastID,
 		IsFinal:             final,

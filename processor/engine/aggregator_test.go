@@ -3,9 +3,12 @@ package engine_test
 import (
 	"errors"
 	"fmt"
+	"math"
+	"math/big"
 	"testing"
 	"time"
 
+	"github.com/klagg/klagg/decimal"
 	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
@@ -40,11 +43,14 @@ func feed(t testing.TB, a *engine.Aggregator) *feeder {
 // trade folds a trade of one raw trade; now is the wall clock.
 func (f *feeder) trade(sym, at string, price, qty float64, now int64) engine.Outcome {
 	f.agg[sym]++
-	tr := schema.Trade{Symbol: []byte(sym), AggID: f.agg[sym], Price: price, Quantity: qty,
+	tr := schema.Trade{Symbol: []byte(sym), AggID: f.agg[sym], Price: fixedOf(price), Quantity: fixedOf(qty),
 		FirstID: f.agg[sym] * 10, LastID: f.agg[sym] * 10, Time: ms(at)}
 	f.offset++
 	return f.a.Fold(&tr, f.offset, now)
 }
+
+// fixedOf is a test's whole or simple price as a decimal.
+func fixedOf(f float64) decimal.Fixed { return decimal.Fixed(math.Round(f * 1e8)) }
 
 func drain(a *engine.Aggregator, now int64) []schema.Kline {
 	var b engine.Batch
@@ -56,7 +62,7 @@ func describe(ks []schema.Kline) []string {
 	var out []string
 	for _, k := range ks {
 		out = append(out, fmt.Sprintf("%s %s %s o=%g c=%g n=%d final=%v", k.Symbol, k.Period,
-			time.UnixMilli(k.OpenTime).UTC().Format("15:04"), k.Open, k.Close, k.TradeCount, k.IsFinal))
+			time.UnixMilli(k.OpenTime).UTC().Format("15:04"), k.Open.Float64(), k.Close.Float64(), k.TradeCount, k.IsFinal))
 	}
 	return out
 }
@@ -427,4 +433,42 @@ func ms(s string) int64 {
 		panic(err)
 	}
 	return t.UnixMilli()
+}
+
+// TestSumsNeverOverflow: trades of the largest price and quantity a Fixed
+// holds are folded until the symbol's sums reach 2^125; the next trade is
+// refused as out of range, and the candle keeps the exact sums of those
+// before it (with lazy periods, through the accumulated coarse sums too).
+func TestSumsNeverOverflow(t *testing.T) {
+	for _, periods := range []string{"1m", "1m,5m,1h,1d,1w,1M"} {
+		a := newAgg(t, periods)
+		tr := schema.Trade{Symbol: []byte("MAX"), Price: decimal.MaxFixed, Quantity: decimal.MaxFixed,
+			Time: ms("2024-05-01T10:00:00Z")}
+		want := new(big.Int)
+		var folded int
+		for i := range 10 {
+			tr.AggID, tr.FirstID, tr.LastID = int64(i+1), int64(i), int64(i)
+			out := a.Fold(&tr, int64(i), backfillNow)
+			if out == engine.OutOfRange {
+				if out.Reason() != schema.ReasonOutOfRange {
+					t.Fatalf("reason %s", out.Reason())
+				}
+				break
+			}
+			if out != engine.Folded {
+				t.Fatalf("trade %d: %v", i, out)
+			}
+			folded++
+			want.Add(want, new(big.Int).Mul(big.NewInt(int64(tr.Price)), big.NewInt(int64(tr.Quantity))))
+		}
+		if folded == 0 || folded == 10 {
+			t.Fatalf("%s: %d trades folded before the bound", periods, folded)
+		}
+		rounded := new(big.Int).Quo(new(big.Int).Add(want, big.NewInt(50_000_000)), big.NewInt(100_000_000))
+		for _, k := range drain(a, backfillNow) {
+			if k.TradeCount != int64(folded) || k.QuoteVolume.Big().Cmp(rounded) != 0 {
+				t.Fatalf("%s %s: %d trades, quote %s; want %d, %s", periods, k.Period, k.TradeCount, k.QuoteVolume.Big(), folded, rounded)
+			}
+		}
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/klagg/klagg/decimal"
 	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
@@ -29,14 +30,14 @@ func BenchmarkAggregatorFold(b *testing.B) {
 				syms[i] = fmt.Appendf(nil, "SYM%04dUSDT", i)
 			}
 			t0 := ms("2024-05-01T10:00:00Z")
-			tr := schema.Trade{Price: 100, Quantity: 0.5, FirstID: 1, LastID: 3, Time: t0}
+			tr := schema.Trade{Price: 2816547000000, Quantity: 50_000_000, FirstID: 1, LastID: 3, Time: t0}
 			var batch engine.Batch
 			var n int64
 			fold := func() {
 				n++
 				tr.Symbol = syms[int(n)%nSym]
 				tr.AggID = n
-				tr.Price = 100 + float64(n%17)
+				tr.Price = decimal.Fixed(2816547000000 + 1_000_000*(n%17)) // 28165.47 + cents
 				if nSym > 1 {
 					tr.Time = t0 + n
 				}

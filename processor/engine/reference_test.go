@@ -3,10 +3,12 @@ package engine_test
 import (
 	"fmt"
 	"math"
+	"math/big"
 	"math/rand/v2"
 	"sort"
 	"testing"
 
+	"github.com/klagg/klagg/decimal"
 	"github.com/klagg/klagg/internal/oracle"
 	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/processor/engine"
@@ -39,6 +41,11 @@ type streamSpec struct {
 	// as a shard does.
 	maxPending int
 	noFlat     bool
+	// wide draws prices and quantities of up to eight decimals with
+	// magnitudes from 10^-8 to 10^10 (their product below 10^14), so that
+	// volumes pass the 64-bit range and quote sums need rounding: the
+	// oracle's math/big sums must equal the engine's digit for digit.
+	wide bool
 }
 
 // genStream makes a random market: skewed activity, sub-second steps, gaps
@@ -51,12 +58,14 @@ func genStream(spec streamSpec) []event {
 	mt := ms(spec.start)
 	type symState struct {
 		agg, raw int64
-		price    float64
+		price    int64 // in cents
+		mag      int   // wide: the symbol's price magnitude, 10^mag
 		last     oracle.Trade
 	}
 	syms := make([]symState, spec.symbols)
 	for i := range syms {
-		syms[i].price = float64(100 + rng.IntN(50000))
+		syms[i].price = int64(100+rng.IntN(50000)) * 100
+		syms[i].mag = rng.IntN(19) - 8
 		syms[i].agg = int64(rng.IntN(1000))
 	}
 	backfillNow := ms("2026-11-27T00:00:00Z")
@@ -102,23 +111,34 @@ func genStream(spec streamSpec) []event {
 		default:
 			s.agg += 1 + int64(rng.IntN(2))
 			n := int64(1 + rng.IntN(4))
-			tick := 0.01 * float64(1+rng.IntN(100))
+			tick := int64(1 + rng.IntN(100))
 			if rng.IntN(2) == 0 {
 				tick = -tick
 			}
-			s.price = math.Max(0.01, s.price+tick)
+			s.price = max(1, s.price+tick)
 			tm := mt - int64(rng.IntN(2000)) // cross-symbol jitter
 			if x < 0.04 {
 				tm = mt - int64(60_000+rng.IntN(2*3600*1000)) // from the past
 			}
+			price, qty := decimal.Fixed(s.price*1_000_000), decimal.Fixed(1+rng.IntN(5000))*100_000
+			if spec.wide {
+				price, qty = wideDecimal(rng, s.mag), wideDecimal(rng, rng.IntN(min(10, 12-s.mag)+9)-8)
+			}
 			t = oracle.Trade{Symbol: fmt.Sprintf("S%03d", i), AggID: s.agg, First: s.raw + 1, Last: s.raw + n, Time: tm,
-				Price: math.Round(s.price*100) / 100, Qty: float64(1+rng.IntN(5000)) / 1000, BuyerMaker: rng.IntN(2) == 0}
+				Price: price, Qty: qty, BuyerMaker: rng.IntN(2) == 0}
 			s.raw += n
 			s.last = t
 		}
 		evs = append(evs, event{trade: t, isTrade: true, now: now()})
 	}
 	return evs
+}
+
+// wideDecimal draws a value in [10^mag, 10^(mag+1)) with up to eight
+// decimals; mag runs from -8 to 10.
+func wideDecimal(rng *rand.Rand, mag int) decimal.Fixed {
+	lo := int64(math.Pow10(mag + 8))
+	return decimal.Fixed(lo + rng.Int64N(min(9*lo, math.MaxInt64-lo)))
 }
 
 func toTrade(t oracle.Trade) schema.Trade {
@@ -231,6 +251,9 @@ func TestEngineMatchesReference(t *testing.T) {
 		{start: "2023-12-31T18:00:00Z", symbols: 30, trades: 10000, noFlat: true},
 		{start: "2024-03-31T22:30:00Z", symbols: 5, trades: 8000, live: true, noFlat: true, maxPending: 50},
 		{start: "2024-02-28T21:00:00Z", symbols: 10, trades: 8000, periods: "3m,5m,1h,1w,1M", noFlat: true},
+		// Exact decimals at every magnitude, into every period up to 1M.
+		{start: "2024-02-28T21:00:00Z", symbols: 4, trades: 10000, wide: true},
+		{start: "2024-03-31T22:30:00Z", symbols: 6, trades: 8000, live: true, wide: true, maxPending: 100},
 	}
 	seeds := 3
 	if testing.Short() {
@@ -246,6 +269,9 @@ func TestEngineMatchesReference(t *testing.T) {
 			}
 			if spec.noFlat {
 				name += "/no-flat"
+			}
+			if spec.wide {
+				name += "/wide"
 			}
 			t.Run(name, func(t *testing.T) {
 				t.Parallel()
@@ -307,7 +333,7 @@ func runReference(t *testing.T, spec streamSpec) {
 	}
 	restoreAt := len(evs)/3 + rng.IntN(len(evs)/3)
 	var committed int // offset after the last drain: where a restarted member resumes
-	var counts [4]int
+	var counts [engine.OutOfRange + 1]int
 	// The bound: MaxPending, plus the candles one trade's own symbol rolls
 	// through to reach its time (a gap of up to three days: at most 7,200
 	// over these periods).
@@ -384,6 +410,20 @@ func runReference(t *testing.T, spec streamSpec) {
 	compareCandles(t, "open", out.open, open)
 	if counts[engine.Duplicate] == 0 || counts[engine.Late] == 0 || len(final) == 0 {
 		t.Fatalf("stream exercised too little: outcomes %v, %d final candles", counts, len(final))
+	}
+	if spec.wide {
+		// The stream reached what floats and 64 bits cannot hold.
+		var past64, rounded bool
+		for _, k := range final {
+			past64 = past64 || k.Volume.Big().BitLen() > 63
+		}
+		for _, ev := range evs {
+			p := new(big.Int).Mul(big.NewInt(int64(ev.trade.Price)), big.NewInt(int64(ev.trade.Qty)))
+			rounded = rounded || new(big.Int).Rem(p, big.NewInt(100_000_000)).Sign() != 0
+		}
+		if !past64 || !rounded {
+			t.Fatalf("wide stream: a volume past 64 bits %v, a product needing rounding %v", past64, rounded)
+		}
 	}
 	if spec.maxPending > 0 && backlogs == 0 {
 		t.Fatal("the engine was never backlogged: the bound was not exercised")

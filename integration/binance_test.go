@@ -1,0 +1,99 @@
+package integration_test
+
+import (
+	"encoding/csv"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/klagg/klagg/internal/oracle"
+	"github.com/klagg/klagg/schema"
+)
+
+// TestBinanceKlines replays real Binance BTCUSDT trades (testdata/binance,
+// with their origin) through the built binary, `klagg gen --csv` into the
+// real broker and `klagg run` out of it, and holds every final 1m candle
+// against Binance's own klines for those minutes: every field, as text,
+// equal to Binance's string, with no tolerance.
+func TestBinanceKlines(t *testing.T) {
+	for _, set := range []string{"btcusdt-2017-08-17", "btcusdt-2023-04-05"} {
+		t.Run(set, func(t *testing.T) {
+			dir := filepath.Join("testdata", "binance", set)
+			want := readBinanceKlines(t, filepath.Join(dir, "klines-1m.csv"))
+			b := newBed(t, 1)
+			gen := exec.CommandContext(b.ctx, binary, "gen", "--brokers", strings.Join(brokers, ","),
+				"--trades-topic", b.topic("trades"), "--csv", filepath.Join(dir, "trades.csv"), "--symbol", "BTCUSDT")
+			out, err := gen.CombinedOutput()
+			if err != nil || strings.Contains(string(out), "skipped") {
+				t.Fatalf("klagg gen: %v\n%s", err, out)
+			}
+			b.start("a")
+			b.settle(2 * time.Minute)
+			b.stop("a")
+
+			got := map[int64]schema.Kline{} // the newest version of each 1m candle
+			err = oracle.ReadTopic(b.ctx, brokers, b.topic("klines"), func(r *kgo.Record) {
+				var k schema.Kline
+				if err := schema.DecodeKline(r.Value, &k); err != nil {
+					t.Fatal(err)
+				}
+				if prev, ok := got[k.OpenTime]; k.Period == "1m" && (!ok || k.Version > prev.Version) {
+					got[k.OpenTime] = k
+				}
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range want {
+				k, ok := got[w.openTime]
+				if !ok || !k.IsFinal {
+					t.Fatalf("%s: no final candle at %s (have %v)", set, time.UnixMilli(w.openTime).UTC(), ok)
+				}
+				fields := []string{k.Open.String(), k.High.String(), k.Low.String(), k.Close.String(), k.Volume.String(),
+					strconv.FormatInt(k.CloseTime, 10), k.QuoteVolume.String(), strconv.FormatInt(k.TradeCount, 10),
+					k.TakerBuyVolume.String(), k.TakerBuyQuoteVolume.String()}
+				if strings.Join(fields, ",") != strings.Join(w.fields, ",") {
+					t.Errorf("%s %s:\n klagg   %s\n Binance %s", set, time.UnixMilli(w.openTime).UTC().Format(time.DateTime),
+						strings.Join(fields, ","), strings.Join(w.fields, ","))
+				}
+			}
+			t.Logf("%s: %d candles, every field equal to Binance's klines", set, len(want))
+		})
+	}
+}
+
+type binanceKline struct {
+	openTime int64
+	fields   []string // open, high, low, close, volume, close time, quote volume, count, taker buy volume, taker buy quote volume
+}
+
+func readBinanceKlines(t *testing.T, file string) []binanceKline {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []binanceKline
+	for _, r := range rows[1:] { // a header
+		open, err := strconv.ParseInt(r[0], 10, 64)
+		if err != nil || len(r) != 12 {
+			t.Fatalf("%s: row %v", file, r)
+		}
+		out = append(out, binanceKline{openTime: open, fields: r[1:11]})
+	}
+	if len(out) == 0 {
+		t.Fatalf("%s: no klines", file)
+	}
+	return out
+}
