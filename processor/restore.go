@@ -100,10 +100,15 @@ func (r *runtime) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*s
 	var out []*shard
 	now := r.clock().UnixMilli()
 	symbols := 0
+	var legacy, rounded int // records of state schemas 1 and 2 (doubles), and the values they rounded
 	for _, p := range ps {
 		states := make([]schema.SymbolState, 0, len(latest[partition.Target(p)]))
 		for _, st := range latest[partition.Target(p)] {
 			states = append(states, st)
+			if st.FromSchema < 3 {
+				legacy++
+				rounded += st.Rounded
+			}
 		}
 		if b := bad[partition.Target(p)]; len(b) > 0 {
 			rebuilt, err := r.rebuildSymbols(ctx, cl, p, b, now)
@@ -127,6 +132,11 @@ func (r *runtime) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*s
 	r.stats.RestoreNanos.Store(int64(r.clock().Sub(start)))
 	r.obs.Restored(r.clock().Sub(start), len(ps))
 	r.log.Info("restored", "partitions", ps, "symbols", symbols, "took", r.clock().Sub(start).Round(time.Millisecond))
+	if legacy > 0 {
+		// The one inexact step (DESIGN.md §4): say what it did.
+		r.log.Warn("restored state written with doubles by an older klagg: each value taken as its shortest decimal",
+			"records", legacy, "values_rounded_to_scale", rounded)
+	}
 	return out, nil
 }
 

@@ -1,6 +1,7 @@
 package processor_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -490,4 +492,92 @@ func testTransactionalTrades(t *testing.T, g processor.Guarantee) {
 		ok, err := oracle.Committed(ctx, adm, cfg.Group, cfg.TradesTopic)
 		return err == nil && ok
 	})
+}
+
+// TestRestoreDoubleState: a state record of schema 2 (doubles) written by
+// klagg before decimal candles (schema/testdata/state.v2-inexact.bin)
+// restores, the member says what it converted, and the restored candle
+// goes on exactly: its sums plus a new trade's, digit for digit.
+func TestRestoreDoubleState(t *testing.T) {
+	rec, err := os.ReadFile("../schema/testdata/state.v2-inexact.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"), kfake.SeedTopics(1, "klines-state"),
+		kfake.SeedTopics(1, "klines"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	cl := mustClient(t, cluster)
+	recs := []*kgo.Record{{Topic: "klines-state", Key: []byte("BTCUSDT"), Value: rec}}
+	// The record reflects trades offsets up to 99: fill them with another
+	// symbol, then one BTCUSDT trade in the restored 1m candle.
+	at := time.UnixMilli(1680652830000) // 2023-04-05 00:00:30
+	for i := range 100 {
+		tr := schema.Trade{Symbol: []byte("ETHUSDT"), AggID: int64(i + 1), Price: 190_000_000_000, Quantity: 100_000_000,
+			FirstID: int64(i), LastID: int64(i), Time: at.UnixMilli()}
+		recs = append(recs, &kgo.Record{Topic: "trades", Key: tr.Symbol, Value: schema.AppendBinanceJSON(nil, &tr)})
+	}
+	btc := schema.Trade{Symbol: []byte("BTCUSDT"), AggID: 3071245461, Price: 2816441000000, Quantity: 100_000,
+		FirstID: 3071245461, LastID: 3071245461, Time: at.UnixMilli(), BuyerMaker: false}
+	recs = append(recs, &kgo.Record{Topic: "trades", Key: btc.Symbol, Value: schema.AppendBinanceJSON(nil, &btc)})
+	if err := cl.ProduceSync(t.Context(), recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := processor.DefaultConfig()
+	cfg.Brokers = cluster.ListenAddrs()
+	cfg.FlushInterval = 50 * time.Millisecond
+	var logs lockedLog
+	ctx, cancel := context.WithCancel(t.Context())
+	errs := make(chan error, 1)
+	go func() {
+		// The wall clock a second after the trade, and running.
+		skew := time.Until(at.Add(time.Second))
+		errs <- processor.Run(ctx, cfg, processor.WithClock(func() time.Time { return time.Now().Add(skew) }),
+			processor.WithRunLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	}()
+	defer func() {
+		cancel()
+		if err := <-errs; err != nil {
+			t.Errorf("member: %v", err)
+		}
+	}()
+	var got schema.Kline
+	waitFor(t, 20*time.Second, "the restored BTCUSDT 1m candle with the new trade", func() bool {
+		_ = oracle.ReadTopic(t.Context(), cluster.ListenAddrs(), "klines", func(r *kgo.Record) {
+			var k schema.Kline
+			if schema.DecodeKline(r.Value, &k) == nil && k.Symbol == "BTCUSDT" && k.Period == "1m" && k.TradeCount == 3 {
+				got = k
+			}
+		})
+		return got.TradeCount == 3
+	})
+	// 0.00184 + 0.001; 51.8244648 + 28.16441; the taker sums: 0 + 0.001
+	// and 0.30000000000000004 (rounded at 16 digits to 0.3) + 28.16441.
+	if got.Volume.String() != "0.00284000" || got.QuoteVolume.String() != "79.98887480" ||
+		got.TakerBuyVolume.String() != "0.00100000" || got.TakerBuyQuoteVolume.String() != "28.46441000" ||
+		got.Open.String() != "28165.47000000" || got.Low.String() != "28164.41000000" {
+		t.Fatalf("restored candle %+v", got)
+	}
+	if !strings.Contains(logs.String(), "restored state written with doubles") || !strings.Contains(logs.String(), "records=1 values_rounded_to_scale=1") {
+		t.Fatalf("the member did not say what it converted:\n%s", logs.String())
+	}
+}
+
+type lockedLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
 }
