@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/big"
+	"math/bits"
 	"strconv"
 )
 
@@ -18,21 +19,15 @@ var ErrAvroBytes = errors.New("decimal: avro bytes out of range")
 // one zero byte), the same bytes hamba/avro and Java's BigDecimal write.
 // The Avro length prefix is the caller's.
 func (f Fixed) AppendAvro(dst []byte) []byte {
-	v := int64(f)
-	n := 8
-	for n > 1 {
-		top := byte(v >> (8*n - 8))
-		next := byte(v >> (8*n - 16))
-		if top == 0 && next&0x80 == 0 || top == 0xFF && next&0x80 != 0 {
-			n--
-			continue
-		}
-		break
+	u := uint64(f)
+	mag := u
+	if f < 0 {
+		mag = ^u // the bits a negative value needs below its sign
 	}
-	for i := n - 1; i >= 0; i-- {
-		dst = append(dst, byte(v>>(8*i)))
-	}
-	return dst
+	n := bits.Len64(mag)/8 + 1 // the magnitude's bits and a sign bit
+	var buf [8]byte
+	binary.BigEndian.PutUint64(buf[:], u)
+	return append(dst, buf[8-n:]...)
 }
 
 // AppendAvro appends w's unscaled integer as Avro decimal bytes.
@@ -42,19 +37,15 @@ func appendAvroU128(dst []byte, hi, lo uint64) []byte {
 	if hi == 0 && lo <= math.MaxInt64 {
 		return Fixed(lo).AppendAvro(dst)
 	}
+	// hi:lo is below 2^127: its bits and a sign bit.
+	n := (64+bits.Len64(hi))/8 + 1
+	if hi == 0 {
+		n = bits.Len64(lo)/8 + 1
+	}
 	var buf [17]byte
-	for i := range 8 {
-		buf[1+i] = byte(hi >> (56 - 8*i))
-		buf[9+i] = byte(lo >> (56 - 8*i))
-	}
-	s := 1
-	for s < 16 && buf[s] == 0 {
-		s++
-	}
-	if buf[s]&0x80 != 0 {
-		s-- // a leading zero keeps the value positive
-	}
-	return append(dst, buf[s:]...)
+	binary.BigEndian.PutUint64(buf[1:9], hi)
+	binary.BigEndian.PutUint64(buf[9:], lo)
+	return append(dst, buf[17-n:]...)
 }
 
 // FixedFromAvro reads Avro decimal bytes into a Fixed (same scale).

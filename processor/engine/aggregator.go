@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/klagg/klagg/decimal"
@@ -188,7 +189,7 @@ type trades struct {
 // add folds one trade in. quote and the taker sums are precomputed by Fold
 // (the same for every period); closes says the trade is its symbol's latest
 // so far, which moves the close.
-func (s *trades) add(t *schema.Trade, quote decimal.Quote, takerQty decimal.Fixed, takerQuote decimal.Quote, count int64, closes bool) {
+func (s *trades) add(t *schema.Trade, quote decimal.Quote, takerQty decimal.Fixed, takerQuote decimal.Quote, count int64, closes bool) (full bool) {
 	price := t.Price
 	if s.firstID < 0 {
 		s.open, s.high, s.low, s.close = price, price, price, price
@@ -212,12 +213,13 @@ func (s *trades) add(t *schema.Trade, quote decimal.Quote, takerQty decimal.Fixe
 	s.takerVolume = s.takerVolume.AddFixed(takerQty)
 	s.takerQuoteVolume = s.takerQuoteVolume.Add(takerQuote)
 	s.tradeCount += count
+	return !s.volume.Room() || !s.quoteVolume.Room()
 }
 
 // merge folds in o, whose trades all came after s's; oCloses says one of
 // them closed. The result is what adding o's trades one by one gives (sums
 // included: they are exact, so the order does not matter).
-func (s *trades) merge(o *trades, oCloses bool) {
+func (s *trades) merge(o *trades, oCloses bool) (full bool) {
 	if s.firstID < 0 {
 		s.open, s.high, s.low, s.close = o.open, o.high, o.low, o.close
 		s.firstID, s.lastID, s.openTradeTime = o.firstID, o.lastID, o.openTradeTime
@@ -236,6 +238,7 @@ func (s *trades) merge(o *trades, oCloses bool) {
 	s.takerVolume = s.takerVolume.Add(o.takerVolume)
 	s.takerQuoteVolume = s.takerQuoteVolume.Add(o.takerQuoteVolume)
 	s.tradeCount += o.tradeCount
+	return !s.volume.Room() || !s.quoteVolume.Room()
 }
 
 // accum is the trades of one symbol folded since its coarser periods were
@@ -262,6 +265,7 @@ type Aggregator struct {
 
 	symbols        *partition.Symbols
 	lastAggID      []int64 // per symbol
+	full           []bool  // per symbol: a sum may have passed 2^125 (see room)
 	lastTradeTime  []int64 // per symbol: greatest accepted trade time
 	restoredOffset []int64 // per symbol: trades at or below are already folded
 
@@ -442,21 +446,30 @@ func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
 			a.rollTo(base+i, t.Time)
 		}
 	}
-	if !a.room(sym, cs) {
-		return OutOfRange
+	if a.full[sym] {
+		// A sum of the symbol passed 2^125: refuse unless the candles
+		// holding it have rolled since.
+		if !a.room(sym, cs) {
+			return OutOfRange
+		}
+		a.full[sym] = false
 	}
 	a.lastAggID[sym] = t.AggID
 	closes := t.Time >= a.lastTradeTime[sym]
 	if closes {
 		a.lastTradeTime[sym] = t.Time
 	}
+	full := false
 	for _, i := range a.direct {
-		cs[i].add(t, quote, takerQty, takerQuote, count, closes)
+		full = cs[i].add(t, quote, takerQty, takerQuote, count, closes) || full
 	}
 	if a.lazy != nil {
 		ac := &a.acc[sym]
-		ac.add(t, quote, takerQty, takerQuote, count, closes)
+		full = ac.add(t, quote, takerQty, takerQuote, count, closes) || full
 		ac.closes = ac.closes || closes
+	}
+	if full {
+		a.full[sym] = true
 	}
 	flags := a.dirtyFlags[base : base+a.nP]
 	for i := range flags {
@@ -469,7 +482,9 @@ func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
 
 // room reports whether the symbol's sums can take one more trade: each
 // below 2^125 (decimal.Quote.Room), so no 128-bit sum can wrap, however
-// large the trade. Taker sums never exceed the totals.
+// large the trade. Taker sums never exceed the totals. It reads every slot
+// of the symbol, so Fold calls it only for a symbol whose full flag an add
+// or a merge raised: the flag clear means every sum is below 2^125.
 func (a *Aggregator) room(sym int32, cs []candle) bool {
 	for i := range cs {
 		if !cs[i].volume.Room() || !cs[i].quoteVolume.Room() {
@@ -554,7 +569,9 @@ func (a *Aggregator) propagate(sym int32) {
 			// symbol's first trade since, which the accum holds.
 			a.startSlot(c, a.periods[i], ac.openTradeTime)
 		}
-		c.merge(&ac.trades, ac.closes)
+		if c.merge(&ac.trades, ac.closes) {
+			a.full[sym] = true
+		}
 	}
 	*ac = accum{trades: trades{firstID: -1}}
 }
@@ -573,6 +590,7 @@ func (a *Aggregator) lateForNewSymbol(t int64) bool {
 func (a *Aggregator) addSymbol(name []byte) int32 {
 	sym := a.symbols.Add(name)
 	a.lastAggID = append(a.lastAggID, -1)
+	a.full = append(a.full, false)
 	a.lastTradeTime = append(a.lastTradeTime, math.MinInt64)
 	a.restoredOffset = append(a.restoredOffset, -1)
 	a.symMark = append(a.symMark, false)
@@ -734,7 +752,15 @@ func (a *Aggregator) markDirty(idx int) {
 // kline snapshots slot idx. For a final candle queued by roll, Version holds
 // the candle's last emitted version until Drain assigns the new one.
 func (a *Aggregator) kline(sym int32, pi int, c *candle, final bool) schema.Kline {
-	return schema.Kline{
+	var k schema.Kline
+	a.fillKline(&k, sym, pi, c, final)
+	return k
+}
+
+// fillKline is kline writing into k, so a batch's slot is filled where it
+// lies rather than built and copied (a kline is 192 bytes).
+func (a *Aggregator) fillKline(k *schema.Kline, sym int32, pi int, c *candle, final bool) {
+	*k = schema.Kline{
 		Symbol:              a.symbols.Name(sym),
 		Period:              a.periodNames[pi],
 		OpenTime:            c.openTime,
@@ -828,7 +854,8 @@ func (a *Aggregator) DrainSome(b *Batch, nowMs int64, limit int) (done bool) {
 			continue // flat and open: only its final record is ever emitted
 		}
 		c.version = max(c.version+1, vnow)
-		b.Klines = append(b.Klines, a.kline(sym, int(idx-sym*nP), c, false))
+		b.Klines = slices.Grow(b.Klines, 1)[:len(b.Klines)+1]
+		a.fillKline(&b.Klines[len(b.Klines)-1], sym, int(idx-sym*nP), c, false)
 	}
 	// Keep the array: the seed's swap-out, without giving up the capacity.
 	a.dirtyIndices = a.dirtyIndices[:copy(a.dirtyIndices, a.dirtyIndices[taken:])]
@@ -898,14 +925,15 @@ func (a *Aggregator) fillState(st *schema.SymbolState, sym int32) {
 		if c.nextOpen == 0 {
 			continue
 		}
-		candles = append(candles, schema.CandleState{
+		candles = slices.Grow(candles, 1)[:len(candles)+1] // filled in place: a CandleState is 160 bytes
+		candles[len(candles)-1] = schema.CandleState{
 			Period: a.periodNames[i], OpenTime: c.openTime,
 			Open: c.open, High: c.high, Low: c.low, Close: c.close,
 			Volume: c.volume, QuoteVolume: c.quoteVolume,
 			TakerBuyVolume: c.takerVolume, TakerBuyQuoteVolume: c.takerQuoteVolume,
 			TradeCount: c.tradeCount, FirstTradeID: c.firstID, LastTradeID: c.lastID,
 			OpenTradeTime: c.openTradeTime, Version: c.version,
-		})
+		}
 	}
 	*st = schema.SymbolState{
 		Symbol:            a.symbols.Name(sym),
