@@ -34,7 +34,35 @@ func (r *runtime) setupEncoders(ctx context.Context) error {
 	}
 	r.log.Info("kline schema registered", "subject", subject, "id", ss.ID)
 	r.klineEnc, err = schema.NewKlineEncoder(schema.FramingConfluent, ss.ID)
-	return err
+	if err != nil || r.cfg.InputFormat != schema.InputAvro {
+		return err
+	}
+	return r.findTradeV1IDs(ctx, rcl)
+}
+
+// findTradeV1IDs looks up which registry ids of the trades subject are
+// trade schema 1 (doubles): a Confluent-framed record names only its id.
+// A subject the registry does not have holds none.
+func (r *runtime) findTradeV1IDs(ctx context.Context, rcl *sr.Client) error {
+	subject := r.cfg.TradesTopic + "-value"
+	all, err := rcl.Schemas(ctx, subject)
+	var re *sr.ResponseError
+	if errors.As(err, &re) && re.StatusCode == 404 {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("processor: read the trade schemas under %q at %s: %w", subject, r.cfg.SchemaRegistry, err)
+	}
+	r.tradeV1IDs = map[int]bool{}
+	for _, s := range all {
+		if schema.IsTradeSchemaV1(s.Schema.Schema) {
+			r.tradeV1IDs[s.ID] = true
+		}
+	}
+	if len(r.tradeV1IDs) > 0 {
+		r.log.Info("trades with trade schema 1 (doubles) are read too", "subject", subject, "ids", len(r.tradeV1IDs))
+	}
+	return nil
 }
 
 // IncompatibleSchemaError is returned by Run when the registry refuses the

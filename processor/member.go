@@ -273,6 +273,7 @@ type runtime struct {
 
 	klineEnc   *schema.KlineEncoder
 	stateCodec *schema.StateCodec
+	tradeV1IDs map[int]bool // registry ids of trade schema 1, for Confluent-framed Avro trades
 
 	shardsMu sync.Mutex
 	shards   map[int32]*shard

@@ -198,7 +198,7 @@ func (r *runtime) rebuildSymbols(ctx context.Context, cl *kgo.Client, p int32, b
 			return nil, fmt.Errorf("processor: rebuild client: %w", err)
 		}
 		defer rc.Close()
-		dec := schema.TradeDecoder{Format: r.cfg.InputFormat, Validate: schema.ValidateConfig{MaxSkew: r.cfg.MaxSkew}}
+		dec := schema.TradeDecoder{Format: r.cfg.InputFormat, Validate: schema.ValidateConfig{MaxSkew: r.cfg.MaxSkew}, V1IDs: r.tradeV1IDs}
 		var t schema.Trade
 		for done := false; !done; {
 			fetches := rc.PollFetches(ctx)

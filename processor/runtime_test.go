@@ -3,6 +3,7 @@ package processor_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -580,4 +581,70 @@ func (l *lockedLog) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.String()
+}
+
+// TestAvroTradesBothSchemas: Confluent-framed Avro trades of trade schema 1
+// (doubles, registered under trades-value by an older producer) and of
+// schema 2 (decimals) on one topic: the member learns schema 1's id from
+// the registry at start-up and folds both exactly.
+func TestAvroTradesBothSchemas(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	reg := srfake.New()
+	defer reg.Close()
+	v1ID, _, err := reg.RegisterSchema("trades-value", sr.Schema{Schema: schema.TradeSchemaV1Text, Type: sr.TypeAvro})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2ID, _, err := reg.RegisterSchema("trades-value", sr.Schema{Schema: schema.TradeSchemaText, Type: sr.TypeAvro})
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now().Add(-time.Hour).Truncate(time.Minute)
+	var recs []*kgo.Record
+	for i := range 4 {
+		tr := schema.Trade{Symbol: []byte("BTCUSDT"), AggID: int64(i + 1), Price: 2816547000000 + decimal.Fixed(i)*1_000_000,
+			Quantity: 56_000 * decimal.Fixed(i+1), FirstID: int64(i), LastID: int64(i), Time: at.Add(time.Duration(i) * time.Second).UnixMilli()}
+		value := binary.BigEndian.AppendUint32([]byte{0}, uint32(v2ID))
+		value = schema.AppendAvroTradeBody(value, &tr)
+		if i%2 == 0 {
+			value = schema.AppendAvroTradeBodyV1(binary.BigEndian.AppendUint32([]byte{0}, uint32(v1ID)), &tr)
+		}
+		recs = append(recs, &kgo.Record{Topic: "trades", Key: tr.Symbol, Value: value})
+	}
+	if err := mustClient(t, cluster).ProduceSync(t.Context(), recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := processor.DefaultConfig()
+	cfg.Brokers = cluster.ListenAddrs()
+	cfg.SchemaRegistry = reg.URL()
+	cfg.InputFormat = schema.InputAvro
+	cfg.FlushInterval = 50 * time.Millisecond
+	ctx, cancel := context.WithCancel(t.Context())
+	errs := make(chan error, 1)
+	go func() { errs <- processor.Run(ctx, cfg) }()
+	defer func() {
+		cancel()
+		if err := <-errs; err != nil {
+			t.Errorf("member: %v", err)
+		}
+	}()
+	var got schema.Kline
+	waitFor(t, 20*time.Second, "the 1m candle of all four trades, two of schema 1", func() bool {
+		_ = oracle.ReadTopic(t.Context(), cluster.ListenAddrs(), "klines", func(r *kgo.Record) {
+			var k schema.Kline
+			if schema.DecodeKline(r.Value, &k) == nil && k.Period == "1m" && k.TradeCount == 4 {
+				got = k
+			}
+		})
+		return got.TradeCount == 4
+	})
+	// 0.00056 + 0.00112 + 0.00168 + 0.00224; 28165.47 × 0.00056 + 28165.48 ×
+	// 0.00112 + 28165.49 × 0.00168 + 28165.50 × 0.00224.
+	if got.Volume.String() != "0.00560000" || got.QuoteVolume.String() != "157.72674400" || got.High.String() != "28165.50000000" {
+		t.Fatalf("candle %+v", got)
+	}
 }

@@ -94,7 +94,7 @@ func (r *runtime) newShard(p int32, agg *engine.Aggregator) *shard {
 	s := &shard{
 		partition: p, agg: agg, r: r,
 		in: make(chan shardMsg, 8), quit: make(chan struct{}), done: make(chan struct{}),
-		dec:  schema.TradeDecoder{Format: r.cfg.InputFormat, Validate: schema.ValidateConfig{MaxSkew: r.cfg.MaxSkew}},
+		dec:  schema.TradeDecoder{Format: r.cfg.InputFormat, Validate: schema.ValidateConfig{MaxSkew: r.cfg.MaxSkew}, V1IDs: r.tradeV1IDs},
 		last: agg.Position(),
 		// A shard catching up from its start may hold back its open
 		// candles for a first catchUpHold.

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/hamba/avro/v2"
+
 	"github.com/klagg/klagg/decimal"
 )
 
@@ -135,6 +137,16 @@ func AppendAvroTradeBodyV1(b []byte, t *Trade) []byte {
 
 // TradeSchemaV1Text is trade schema 1, for producers and tests of it.
 var TradeSchemaV1Text = tradeSchemaV1Text
+
+// IsTradeSchemaV1 reports whether text is trade schema 1 (by its
+// canonical form's fingerprint), as a registry returns it.
+func IsTradeSchemaV1(text string) bool {
+	s, err := avro.Parse(text)
+	if err != nil {
+		return false
+	}
+	return fingerprint(s) == tradeV1Fingerprint
+}
 
 // TradeDecoder turns a trades record into a validated Trade.
 type TradeDecoder struct {
