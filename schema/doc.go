@@ -4,6 +4,13 @@
 // registry id, Avro single-object encoding without one); and the decoding
 // and validation of trades.
 //
+// Prices and volumes are exact decimals (package decimal): kline and trade
+// schema 2 carry them as Avro decimal(38, 8), state schema 3 as fixed-size
+// decimals with the quote sums unrounded. Records of the older schemas,
+// whose prices and volumes were doubles (kline and trade schema 1, state
+// schemas 1 and 2), are still read: each double becomes its shortest
+// decimal, the one inexact step.
+//
 // Trades arrive as Binance aggTrade JSON (plain or in a combined-stream
 // wrapper) or as Avro. Decoding is allocation-free: a decoded Trade's Symbol
 // aliases the input. Every record that cannot be used is refused with an

@@ -26,6 +26,11 @@
 //   - open/close are the earliest/latest trade by (trade time, aggregate
 //     id); first_trade_id is the open trade's first raw id, last_trade_id the
 //     close trade's last.
+//   - Sums are exact: volumes in 128-bit decimal.Wide, quote volumes as the
+//     exact sum of price × quantity (decimal.Quote, sixteen decimals),
+//     rounded half to even to eight only when a kline is built. A trade that
+//     finds one of its symbol's sums past 2^125 is OutOfRange and changes
+//     nothing, so no sum can wrap.
 //   - A symbol's trade in a later candle finalizes its slot's candle, and any
 //     skipped periods become flat final candles at the previous close.
 //   - The watermark W = greatest accepted trade time − grace finalizes every
