@@ -680,28 +680,54 @@ func TestStaticMemberRestart(t *testing.T) {
 	b.check()
 }
 
-// 9. klagg serve after a replay on the real broker: /api/v3/klines answers
-// what the oracle computed, for several symbols, intervals and ranges.
+// 9. klagg serve with its on-disk store, killed (-9) while the member
+// publishes and started again on the same --data: /api/v3/klines then
+// answers what the oracle computed, for several symbols, intervals and
+// ranges, every decimal exact.
 func TestServeKlinesAPI(t *testing.T) {
 	b := newBed(t, 3)
 	recs := market(9, 30_000, 3, "2024-06-30T21:00:00Z", 400, 0, 0)
-	b.produce(recs)
+	addr, data := freeAddr(t), t.TempDir()
+	startServe := func() *member {
+		srv := &member{cmd: exec.Command(binary, "serve", "--brokers", strings.Join(brokers, ","), "--klines-topic", b.topic("klines"),
+			"--http", addr, "--data", data, "--log-format", "text"), log: &lockedBuffer{}, done: make(chan struct{})}
+		srv.cmd.Stdout, srv.cmd.Stderr = srv.log, srv.log
+		if err := srv.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			srv.err = srv.cmd.Wait()
+			close(srv.done)
+		}()
+		b.members["serve"] = srv
+		return srv
+	}
+	startServe()
 	b.start("a")
+	b.produce(recs[:len(recs)/2])
+	// Once serve holds some candles, kill it mid-stream.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		var rows [][]any
+		if resp, err := http.Get(fmt.Sprintf("http://%s/api/v3/klines?symbol=SYM000USDT&interval=1m&limit=5", addr)); err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			_ = json.Unmarshal(body, &rows)
+		}
+		if len(rows) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("serve holds no candle two minutes after the member started")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b.kill("serve")
+	b.produce(recs[len(recs)/2:])
+	srv := startServe()
 	b.settle(3 * time.Minute)
 	b.stop("a")
 	want := b.expected()
-	addr := freeAddr(t)
-	srv := &member{cmd: exec.Command(binary, "serve", "--brokers", strings.Join(brokers, ","), "--klines-topic", b.topic("klines"),
-		"--http", addr, "--log-format", "text"), log: &lockedBuffer{}, done: make(chan struct{})}
-	srv.cmd.Stdout, srv.cmd.Stderr = srv.log, srv.log
-	if err := srv.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		srv.err = srv.cmd.Wait()
-		close(srv.done)
-	}()
-	b.members["serve"] = srv
 
 	type series struct{ symbol, period string }
 	finals := map[series][]schema.Kline{}

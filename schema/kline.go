@@ -91,6 +91,12 @@ func DecodeKline(value []byte, k *Kline) error {
 	if err != nil {
 		return fmt.Errorf("schema: decode kline: %w", err)
 	}
+	return DecodeKlineBody(body, k)
+}
+
+// DecodeKlineBody decodes an unframed kline schema 2 body into k; the
+// strings are copied.
+func DecodeKlineBody(body []byte, k *Kline) error {
 	r := avroReader{b: body}
 	*k = Kline{
 		Symbol:              string(r.bytes()),

@@ -21,6 +21,7 @@ const (
 	codeBadSymbol       = -1121 // invalid symbol
 	codeStartAfterEnd   = -1023 // start time is greater than end time
 	codeParamOutOfRange = -1130 // invalid data sent for a parameter
+	codeUnknown         = -1000 // an unknown error occurred while processing the request
 )
 
 const (
@@ -122,6 +123,11 @@ func (s *Server) handleKlines(w http.ResponseWriter, r *http.Request) {
 	}
 	a, err := s.ask(r.Context(), q)
 	if err != nil {
+		return
+	}
+	if a.err != nil {
+		s.log.Error("klines query", "symbol", q.symbol, "err", a.err)
+		writeError(w, http.StatusInternalServerError, codeUnknown, "An unknown error occurred while processing the request.")
 		return
 	}
 	if !a.known {

@@ -187,11 +187,23 @@ func flt(v interface{ Append([]byte) []byte }) float64 {
 // layout and order, and the window rules (limit, startTime, endTime) are
 // Binance's.
 func TestKlinesAPI(t *testing.T) {
+	for _, store := range []string{"memory", "disk"} {
+		t.Run(store, func(t *testing.T) {
+			dir := ""
+			if store == "disk" {
+				dir = t.TempDir()
+			}
+			testKlinesAPI(t, func(c *serve.Config) { c.Data = dir })
+		})
+	}
+}
+
+func testKlinesAPI(t *testing.T, set func(*serve.Config)) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	recs := oracle.Market(oracle.MarketSpec{Seed: 11, Symbols: 6, Trades: 8_000, Partitions: 2,
 		Start: time.Date(2024, 3, 31, 22, 30, 0, 0, time.UTC), StepMs: 900})
-	base, cfg, _ := pipeline(t, ctx, recs, 1000)
+	base, cfg, _, _ := pipelineWith(t, ctx, recs, set)
 	want, _ := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
 	series := map[[2]string][]schema.Kline{}
 	for k, v := range want {

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/klagg/klagg/schema"
@@ -23,7 +24,16 @@ type Config struct {
 	KlinesTopic string
 	// HTTP is the listen address of the API, the stream and the page.
 	HTTP string
-	// Keep is how many candles per (symbol, period) are held, the newest.
+	// Data is the directory of the on-disk store that keeps every candle
+	// read (diskStore). "" keeps only the newest Keep candles of each
+	// (symbol, period) in memory and reads the topic from its start at
+	// every start.
+	Data string
+	// CacheMB is the store's block cache: with the memtables, what bounds
+	// serve's memory, whatever the history's length.
+	CacheMB int
+	// Keep is how many candles per (symbol, period) are held in memory
+	// when Data is "".
 	Keep int
 	// QuoteAssets split symbols into base and quote assets for
 	// exchangeInfo: the longest one a symbol ends with is its quote.
@@ -39,7 +49,7 @@ type Config struct {
 // DefaultConfig returns the defaults of klagg serve.
 func DefaultConfig() Config {
 	return Config{Brokers: []string{"127.0.0.1:9092"}, KlinesTopic: "klines", HTTP: "127.0.0.1:8080", Keep: 1000,
-		QuoteAssets: slices.Clone(DefaultQuoteAssets), CORSOrigin: "*", StreamBuffer: 1024}
+		QuoteAssets: slices.Clone(DefaultQuoteAssets), CORSOrigin: "*", StreamBuffer: 1024, CacheMB: 64}
 }
 
 // Validate reports every problem of c at once.
@@ -61,6 +71,9 @@ func (c Config) Validate() error {
 	}
 	if c.StreamBuffer < 1 || c.StreamBuffer > 1_000_000 {
 		errs = append(errs, fmt.Errorf("serve: stream buffer %d: want 1 to 1000000 updates", c.StreamBuffer))
+	}
+	if c.CacheMB < 1 || c.CacheMB > 1<<20 {
+		errs = append(errs, fmt.Errorf("serve: cache %d MiB: want 1 to 1048576", c.CacheMB))
 	}
 	if c.Keep < 1 || c.Keep > 1_000_000 {
 		errs = append(errs, fmt.Errorf("serve: keep %d: want 1 to 1000000 candles per series", c.Keep))
@@ -96,7 +109,7 @@ type Server struct {
 	kgoOpts []kgo.Opt
 	extra   []route
 
-	updates chan []schema.Kline
+	updates chan update
 	queries chan request
 	changes chan subChange
 
@@ -107,6 +120,13 @@ type Server struct {
 	ln      net.Listener
 }
 
+// update is one fetch's klines and, per partition, the offset after its
+// last record.
+type update struct {
+	klines []schema.Kline
+	next   map[int32]int64
+}
+
 type request struct {
 	q     query
 	reply chan<- answer
@@ -115,6 +135,7 @@ type request struct {
 type answer struct {
 	klines    []schema.Kline
 	known     bool
+	err       error
 	symbols   []string
 	intervals []string
 }
@@ -143,7 +164,7 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: slog.New(slog.DiscardHandler),
-		updates: make(chan []schema.Kline, 16), queries: make(chan request),
+		updates: make(chan update, 16), queries: make(chan request),
 		changes: make(chan subChange)}
 	for _, o := range opts {
 		o(s)
@@ -172,7 +193,20 @@ func (s *Server) Records() int64 { return s.records.Load() }
 
 // Run reads the klines topic and serves HTTP until ctx is done.
 func (s *Server) Run(ctx context.Context) error {
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(s.cfg.Brokers...), kgo.ConsumeTopics(s.cfg.KlinesTopic),
+	var st candleStore = newStore(s.cfg.Keep)
+	consume := kgo.ConsumeTopics(s.cfg.KlinesTopic)
+	if s.cfg.Data != "" {
+		ds, err := openDiskStore(s.cfg.Data, s.cfg.CacheMB, s.log)
+		if err != nil {
+			return err
+		}
+		defer ds.close()
+		st = ds
+		if consume, err = s.resume(ctx, ds); err != nil {
+			return err
+		}
+	}
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(s.cfg.Brokers...), consume,
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		// Only committed candles: an aborted flush's records never show.
 		kgo.FetchIsolationLevel(kgo.ReadCommitted())}, s.kgoOpts...)...)
@@ -208,8 +242,52 @@ func (s *Server) Run(ctx context.Context) error {
 	defer srv.Close()
 
 	go s.consume(ctx, cl)
-	s.own(ctx)
-	return nil
+	return s.own(ctx, st)
+}
+
+// resume consumes every partition of the klines topic from the offset the
+// store applied last (from the start where it has none).
+func (s *Server) resume(ctx context.Context, ds *diskStore) (kgo.ConsumerOpt, error) {
+	applied, err := ds.offsets()
+	if err != nil {
+		return nil, err
+	}
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(s.cfg.Brokers...)}, s.kgoOpts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("serve: kafka client: %w", err)
+	}
+	defer cl.Close()
+	// The topic may not exist yet (serve started before klagg run): wait.
+	var parts []int32
+	for {
+		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		td, err := kadm.NewClient(cl).ListTopics(tctx, s.cfg.KlinesTopic)
+		cancel()
+		if err == nil && td.Has(s.cfg.KlinesTopic) && td[s.cfg.KlinesTopic].Err == nil {
+			parts = td[s.cfg.KlinesTopic].Partitions.Numbers()
+			if err := ds.bindTopic(s.cfg.Data, s.cfg.KlinesTopic, td[s.cfg.KlinesTopic].ID); err != nil {
+				return nil, err
+			}
+			break
+		}
+		s.log.Info("waiting for the klines topic", "topic", s.cfg.KlinesTopic, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
+	offsets := map[int32]kgo.Offset{}
+	resumed := 0
+	for _, p := range parts {
+		offsets[p] = kgo.NewOffset().AtStart()
+		if o, ok := applied[p]; ok {
+			offsets[p] = kgo.NewOffset().At(o)
+			resumed++
+		}
+	}
+	s.log.Info("store opened", "dir", s.cfg.Data, "partitions", len(parts), "resumed", resumed)
+	return kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{s.cfg.KlinesTopic: offsets}), nil
 }
 
 // consume reads kline records and hands them to the owner in batches.
@@ -227,20 +305,21 @@ func (s *Server) consume(ctx context.Context, cl *kgo.Client) {
 				s.log.Warn("fetch", "topic", topic, "partition", p, "err", err)
 			}
 		})
-		batch := make([]schema.Kline, 0, fetches.NumRecords())
+		batch := update{klines: make([]schema.Kline, 0, fetches.NumRecords()), next: map[int32]int64{}}
 		bad := 0
 		fetches.EachRecord(func(r *kgo.Record) {
+			batch.next[r.Partition] = r.Offset + 1
 			var k schema.Kline
 			if err := schema.DecodeKline(r.Value, &k); err != nil {
 				bad++
 				return
 			}
-			batch = append(batch, k)
+			batch.klines = append(batch.klines, k)
 		})
 		if bad > 0 {
 			s.log.Warn("records on the klines topic that are not klines", "count", bad)
 		}
-		s.records.Add(int64(len(batch)))
+		s.records.Add(int64(len(batch.klines)))
 		select {
 		case s.updates <- batch:
 			s.ready.Store(true)
@@ -250,21 +329,30 @@ func (s *Server) consume(ctx context.Context, cl *kgo.Client) {
 	}
 }
 
-// own is the goroutine that owns the store and the stream subscribers.
-func (s *Server) own(ctx context.Context) {
-	st := newStore(s.cfg.Keep)
+// own is the goroutine that owns the store and the stream subscribers. It
+// returns the store's error, which stops serve: a store that cannot be
+// written must not go on answering from what it had.
+func (s *Server) own(ctx context.Context, st candleStore) error {
 	subs := subscribers{index: map[seriesKey]map[*subscriber]struct{}{}, keys: map[*subscriber]map[seriesKey]struct{}{}}
+	var changed []bool
 	for {
 		select {
 		case <-ctx.Done():
 			for sub := range subs.keys {
 				subs.cut(sub)
 			}
-			return
+			return nil
 		case batch := <-s.updates:
-			for i := range batch {
-				k := &batch[i]
-				if !st.put(k) {
+			changed = slices.Grow(changed[:0], len(batch.klines))[:len(batch.klines)]
+			if err := st.apply(batch.klines, batch.next, changed); err != nil {
+				for sub := range subs.keys {
+					subs.cut(sub)
+				}
+				return err
+			}
+			for i := range batch.klines {
+				k := &batch.klines[i]
+				if !changed[i] {
 					continue
 				}
 				for sub := range subs.index[seriesKey{k.Symbol, k.Period}] {
@@ -282,8 +370,8 @@ func (s *Server) own(ctx context.Context) {
 				r.reply <- answer{symbols: st.symbolList(), intervals: st.intervalList()}
 				continue
 			}
-			k, known := st.klines(r.q)
-			r.reply <- answer{klines: k, known: known}
+			k, known, err := st.klines(r.q)
+			r.reply <- answer{klines: k, known: known, err: err}
 		case c := <-s.changes:
 			subs.apply(c)
 		}

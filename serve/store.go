@@ -80,6 +80,28 @@ func (s *store) put(k *schema.Kline) bool {
 	return true
 }
 
+// apply puts each candle of batch; changed[i] says whether batch[i]
+// changed the store. The memory store keeps no offsets: it is read from
+// the topic's start.
+func (s *store) apply(batch []schema.Kline, _ map[int32]int64, changed []bool) error {
+	for i := range batch {
+		changed[i] = s.put(&batch[i])
+	}
+	return nil
+}
+
+func (s *store) close() error { return nil }
+
+// candleStore is what the owner goroutine keeps candles in: the memory
+// window (store) or the pebble database (diskStore).
+type candleStore interface {
+	apply(batch []schema.Kline, next map[int32]int64, changed []bool) error
+	klines(q query) ([]schema.Kline, bool, error)
+	symbolList() []string
+	intervalList() []string
+	close() error
+}
+
 // query is a /api/v3/klines request, in Binance's terms.
 type query struct {
 	symbol     string
@@ -91,10 +113,10 @@ type query struct {
 // klines answers q with copies of the candles whose open time lies in
 // [start, end], oldest first, and whether the symbol is known: with a start
 // time the first limit of them, otherwise the last limit.
-func (s *store) klines(q query) ([]schema.Kline, bool) {
+func (s *store) klines(q query) ([]schema.Kline, bool, error) {
 	sym, ok := s.symbols[q.symbol]
 	if !ok {
-		return nil, false
+		return nil, false, nil
 	}
 	ser := s.series[int(sym)*s.np+int(q.period)]
 	lo := 0
@@ -106,7 +128,7 @@ func (s *store) klines(q query) ([]schema.Kline, bool) {
 		hi = sort.Search(len(ser), func(i int) bool { return ser[i].OpenTime > q.end })
 	}
 	if hi <= lo {
-		return []schema.Kline{}, true
+		return []schema.Kline{}, true, nil
 	}
 	if hi-lo > q.limit {
 		if q.start >= 0 {
@@ -115,7 +137,7 @@ func (s *store) klines(q query) ([]schema.Kline, bool) {
 			lo = hi - q.limit
 		}
 	}
-	return slices.Clone(ser[lo:hi]), true
+	return slices.Clone(ser[lo:hi]), true, nil
 }
 
 // symbolList is the known symbols, sorted.

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,13 +20,24 @@ import (
 	"github.com/klagg/klagg/serve"
 )
 
+// defaultServeData is --data's default: klagg/serve under the user's cache
+// directory (what the store is: rebuilt from the klines topic if lost).
+func defaultServeData() string {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(dir, "klagg", "serve")
+}
+
 // cmdServe reads the klines topic and serves Binance's klines API, a stream
 // of updates and the chart page.
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("klagg serve", flag.ContinueOnError)
 	fs.SetOutput(stdout) // -h is asked for: it goes to stdout; errors go to stderr
 	describe(fs, "klagg serve [flags]", `Reads the klines topic (committed records only, both framings) and serves
-the newest candles of every symbol and period: GET /api/v3/klines and
+every candle it reads, kept on disk (--data), of every symbol and period:
+GET /api/v3/klines and
 uiKlines as Binance's endpoints (same parameters, limits, arrays and error
 codes), /api/v3/ping, /api/v3/time and /api/v3/exchangeInfo for the symbols
 held, Binance's websocket kline streams on /ws and /stream,
@@ -37,7 +49,9 @@ Binance's websocket kline events), a live chart page on /, and /metrics,
 	brokers := fs.String("brokers", strings.Join(def.Brokers, ","), "Kafka bootstrap brokers, comma-separated")
 	fs.StringVar(&cfg.KlinesTopic, "klines-topic", def.KlinesTopic, "topic to read")
 	fs.StringVar(&cfg.HTTP, "http", def.HTTP, "address of the API, the stream and the chart page")
-	fs.IntVar(&cfg.Keep, "keep", def.Keep, "candles kept per (symbol, period), the newest")
+	fs.StringVar(&cfg.Data, "data", defaultServeData(), `directory of the on-disk store that keeps every candle read and the offsets applied, so a restart resumes where it stopped ("": only the newest --keep candles per series, in memory, read from the topic's start at each start)`)
+	fs.IntVar(&cfg.CacheMB, "cache-mb", def.CacheMB, "the store's block cache in MiB: with its memtables, what bounds serve's memory whatever the history's length")
+	fs.IntVar(&cfg.Keep, "keep", def.Keep, "without --data: candles kept per (symbol, period), the newest")
 	quotes := fs.String("quote-assets", strings.Join(def.QuoteAssets, ","), "exchangeInfo: a symbol's quote asset is the longest of these it ends with; the rest is its base asset")
 	fs.IntVar(&cfg.StreamBuffer, "stream-buffer", def.StreamBuffer, "updates queued for one websocket or SSE client before it is cut off as too slow")
 	fs.StringVar(&cfg.CORSOrigin, "cors-origin", def.CORSOrigin, "Access-Control-Allow-Origin of the API (empty: none, same-origin pages only)")
