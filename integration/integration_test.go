@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -725,6 +726,13 @@ func TestServeKlinesAPI(t *testing.T) {
 	b.kill("serve")
 	b.produce(recs[len(recs)/2:])
 	srv := startServe()
+	deadline = time.Now().Add(time.Minute)
+	for !regexp.MustCompile(`store opened.*resumed=[1-9]`).MatchString(srv.log.String()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the restarted serve did not resume from its store's offsets:\n%s", tail(srv.log.String()))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	b.settle(3 * time.Minute)
 	b.stop("a")
 	want := b.expected()

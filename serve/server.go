@@ -203,6 +203,9 @@ func (s *Server) Run(ctx context.Context) error {
 		defer ds.close()
 		st = ds
 		if consume, err = s.resume(ctx, ds); err != nil {
+			if ctx.Err() != nil {
+				return nil // stopped while waiting for the topic
+			}
 			return err
 		}
 	}
