@@ -2,6 +2,7 @@ package serve
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -98,13 +99,10 @@ func parseQuery(w http.ResponseWriter, r *http.Request) (query, bool) {
 		}
 		// Binance interprets the interval in the zone (startTime and
 		// endTime stay UTC). klagg keeps UTC candles: where the zone's
-		// boundaries are the same, they are the answer; where not, it says
-		// so rather than answer other candles.
+		// boundaries are the same, they are the answer; where not, they
+		// are combined from a finer period's (zone.go).
 		if !sameInZone(q.period, off) {
-			writeError(w, http.StatusBadRequest, codeParamOutOfRange, fmt.Sprintf(
-				"Data sent for parameter 'timeZone' is not valid: klagg keeps %s candles in UTC only, and in %s they open at other times.",
-				q.period, tz))
-			return q, false
+			q.zone = off
 		}
 	}
 	if q.start >= 0 && q.end >= 0 && q.start > q.end {
@@ -121,7 +119,18 @@ func (s *Server) handleKlines(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	a, err := s.ask(r.Context(), q)
+	var a answer
+	var err error
+	if q.zone != 0 {
+		a, err = s.inZone(r.Context(), q)
+		var ze *zoneError
+		if errors.As(err, &ze) {
+			writeError(w, http.StatusBadRequest, codeParamOutOfRange, ze.Error())
+			return
+		}
+	} else {
+		a, err = s.ask(r.Context(), q)
+	}
 	if err != nil {
 		return
 	}

@@ -616,3 +616,76 @@ func finalSeries(recs []oracle.Record, cfg processor.Config, symbol, period stri
 	sort.Slice(out, func(i, j int) bool { return out[i].OpenTime < out[j].OpenTime })
 	return out
 }
+
+// TestKlinesTimeZone: /api/v3/klines with a timeZone whose candle
+// boundaries are not UTC's (1d at +08:00, 4h and 1h at +05:45, 1w at -03:30,
+// 1M at +08:00) answers candles combined from finer ones, equal to the
+// oracle's over the same trades bucketed in that zone (the trades shifted
+// by the offset, the candles shifted back), every field exact. On both
+// stores; paged as ccxt pages.
+func TestKlinesTimeZone(t *testing.T) {
+	for _, store := range []string{"memory", "disk"} {
+		t.Run(store, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+			defer cancel()
+			recs := oracle.Market(oracle.MarketSpec{Seed: 5, Symbols: 2, Trades: 12_000, Partitions: 2,
+				Start: time.Date(2024, 2, 20, 0, 0, 0, 0, time.UTC), StepMs: 500_000, CoarseQty: true})
+			dir := ""
+			if store == "disk" {
+				dir = t.TempDir()
+			}
+			base, cfg, _, _ := pipelineWith(t, ctx, recs, func(c *serve.Config) { c.Data, c.Keep = dir, 100_000 })
+			checked := 0
+			for _, tc := range []struct {
+				interval, tz string
+				off          int64
+			}{{"1d", "8", 8 * 3600_000}, {"4h", "+05:45", 345 * 60_000}, {"1h", "+05:45", 345 * 60_000},
+				{"1w", "-03:30", -210 * 60_000}, {"1M", "+08:00", 8 * 3600_000}} {
+				shifted := make([]oracle.Record, len(recs))
+				for i, r := range recs {
+					r.Trade.Time += tc.off
+					shifted[i] = r
+				}
+				want, _ := oracle.Expected(shifted, cfg.Engine.Periods, cfg.Engine.Grace)
+				var finals []schema.Kline
+				for k, v := range want {
+					if k.Symbol == "SYM000USDT" && k.Period == tc.interval {
+						v.OpenTime -= tc.off
+						v.CloseTime -= tc.off
+						finals = append(finals, v)
+					}
+				}
+				sort.Slice(finals, func(i, j int) bool { return finals[i].OpenTime < finals[j].OpenTime })
+				if len(finals) < 2 {
+					t.Fatalf("%s at %s: %d final candles in the oracle", tc.interval, tc.tz, len(finals))
+				}
+				// Pages of 3 from the first final candle, as ccxt does.
+				var got []schema.Kline
+				for since := finals[0].OpenTime; len(got) < len(finals); {
+					params := url.Values{"symbol": {"SYM000USDT"}, "interval": {tc.interval}, "timeZone": {tc.tz},
+						"startTime": {fmt.Sprint(since)}, "limit": {"3"}}
+					code, body := get(t, base+"/api/v3/klines?"+params.Encode())
+					if code != http.StatusOK {
+						t.Fatalf("%s at %s: %d %s", tc.interval, tc.tz, code, body)
+					}
+					page := binance(t, "SYM000USDT", tc.interval, body)
+					if len(page) == 0 {
+						break
+					}
+					got = append(got, page...)
+					since = page[len(page)-1].OpenTime + 1
+				}
+				if len(got) < len(finals) {
+					t.Fatalf("%s at %s: %d candles, the oracle has %d final ones", tc.interval, tc.tz, len(got), len(finals))
+				}
+				for i, w := range finals {
+					if !same(got[i], w) {
+						t.Fatalf("%s at %s, candle %d:\n got  %+v\n want %+v", tc.interval, tc.tz, i, got[i], w)
+					}
+				}
+				checked += len(finals)
+			}
+			t.Logf("%d zone candles equal to the oracle's", checked)
+		})
+	}
+}

@@ -108,6 +108,10 @@ type query struct {
 	period     period.Period
 	start, end int64 // open time bounds, inclusive; -1 when not given
 	limit      int
+	// zone is timeZone's offset in ms when the period's candles open at
+	// other instants there than in UTC: the answer is combined from a
+	// finer period's candles (zone.go). 0 otherwise.
+	zone int64
 }
 
 // klines answers q with copies of the candles whose open time lies in

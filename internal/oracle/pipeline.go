@@ -38,6 +38,10 @@ type MarketSpec struct {
 	// DuplicateRate and BadRate are fractions of resent trades and of
 	// malformed values mixed in.
 	DuplicateRate, BadRate float64
+	// CoarseQty draws quantities of at most four decimals, so that every
+	// price × quantity has at most eight (as on Binance's USDT markets)
+	// and a sum of rounded quote volumes is the rounded sum.
+	CoarseQty bool
 }
 
 // Market generates the records of spec. Symbol i lives in partition
@@ -77,6 +81,9 @@ func Market(spec MarketSpec) []Record {
 		tr := Trade{Symbol: fmt.Sprintf("SYM%03dUSDT", i), AggID: s.agg, First: s.raw + 1, Last: s.raw + n,
 			Time: t - int64(rng.IntN(300)), Price: decimal.Fixed(s.price * 10_000),
 			Qty: decimal.Fixed(1 + rng.Int64N(1_000_000_000)), BuyerMaker: rng.IntN(2) == 0}
+		if spec.CoarseQty {
+			tr.Qty = tr.Qty/10_000*10_000 + 10_000
+		}
 		s.raw += n
 		s.last = tr
 		out = append(out, Record{Partition: p, Trade: tr})
