@@ -8,6 +8,7 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -310,4 +311,33 @@ func (l pebbleLogger) Fatalf(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	l.log.Error("store: fatal: " + msg)
 	panic("serve: store: " + msg)
+}
+
+// expire deletes the candles older than each period's retention (open
+// time before now − retention): one range deletion per symbol and period,
+// which pebble drops in compaction.
+func (s *diskStore) expire(retention map[period.Period]time.Duration, nowMs int64) error {
+	if len(retention) == 0 {
+		return nil
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	for _, sym := range s.names {
+		for p, keep := range retention {
+			if s.held&(1<<p) == 0 {
+				continue
+			}
+			before := nowMs - keep.Milliseconds()
+			if before <= 0 {
+				continue
+			}
+			if err := b.DeleteRange(candleKey(nil, sym, p, 0), candleKey(nil, sym, p, before), nil); err != nil {
+				return fmt.Errorf("serve: store: expire: %w", err)
+			}
+		}
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("serve: store: expire: %w", err)
+	}
+	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -35,6 +36,9 @@ type Config struct {
 	// Keep is how many candles per (symbol, period) are held in memory
 	// when Data is "".
 	Keep int
+	// Retention, per period, is how long the on-disk store keeps candles
+	// (by open time); a period not listed keeps all.
+	Retention map[period.Period]time.Duration
 	// QuoteAssets split symbols into base and quote assets for
 	// exchangeInfo: the longest one a symbol ends with is its quote.
 	QuoteAssets []string
@@ -71,6 +75,11 @@ func (c Config) Validate() error {
 	}
 	if c.StreamBuffer < 1 || c.StreamBuffer > 1_000_000 {
 		errs = append(errs, fmt.Errorf("serve: stream buffer %d: want 1 to 1000000 updates", c.StreamBuffer))
+	}
+	for p, d := range c.Retention {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("serve: retention of %s: %s is not positive", p, d))
+		}
 	}
 	if c.CacheMB < 1 || c.CacheMB > 1<<20 {
 		errs = append(errs, fmt.Errorf("serve: cache %d MiB: want 1 to 1048576", c.CacheMB))
@@ -338,6 +347,8 @@ func (s *Server) consume(ctx context.Context, cl *kgo.Client) {
 func (s *Server) own(ctx context.Context, st candleStore) error {
 	subs := subscribers{index: map[seriesKey]map[*subscriber]struct{}{}, keys: map[*subscriber]map[seriesKey]struct{}{}}
 	var changed []bool
+	expire := time.NewTicker(time.Minute)
+	defer expire.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -345,6 +356,12 @@ func (s *Server) own(ctx context.Context, st candleStore) error {
 				subs.cut(sub)
 			}
 			return nil
+		case now := <-expire.C:
+			if ds, ok := st.(*diskStore); ok {
+				if err := ds.expire(s.cfg.Retention, now.UnixMilli()); err != nil {
+					return err
+				}
+			}
 		case batch := <-s.updates:
 			changed = slices.Grow(changed[:0], len(batch.klines))[:len(batch.klines)]
 			if err := st.apply(batch.klines, batch.next, changed); err != nil {

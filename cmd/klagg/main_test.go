@@ -23,6 +23,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/klagg/klagg/decimal"
+	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/processor"
 	"github.com/klagg/klagg/schema"
 )
@@ -802,4 +803,17 @@ func wd(s string) decimal.Wide {
 		panic(err)
 	}
 	return v
+}
+
+func TestParseRetention(t *testing.T) {
+	got, err := parseRetention("1m=90d, 1s=36h,1d=2y")
+	if err != nil || len(got) != 3 || got[period.P1m] != 90*24*time.Hour || got[period.P1s] != 36*time.Hour ||
+		got[period.P1d] != 730*24*time.Hour {
+		t.Fatalf("got %v, %v", got, err)
+	}
+	for _, bad := range []string{"1m", "7m=1d", "1m=0d", "1m=-3h", "1m=xd", "1h=soon"} {
+		if _, err := parseRetention(bad); err == nil || !strings.Contains(err.Error(), "--retention") {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
 }

@@ -10,15 +10,56 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/serve"
 )
+
+// parseRetention reads --retention: interval=duration pairs, durations in
+// days (d), years of 365 days (y) or Go's units.
+func parseRetention(s string) (map[period.Period]time.Duration, error) {
+	out := map[period.Period]time.Duration{}
+	var errs []error
+	for _, pair := range strings.Split(s, ",") {
+		if pair = strings.TrimSpace(pair); pair == "" {
+			continue
+		}
+		name, dur, ok := strings.Cut(pair, "=")
+		p, err := period.Parse(name)
+		if !ok || err != nil {
+			errs = append(errs, fmt.Errorf("--retention %q: want interval=duration with an interval of %s", pair, period.DefaultList))
+			continue
+		}
+		var d time.Duration
+		switch {
+		case strings.HasSuffix(dur, "d") || strings.HasSuffix(dur, "y"):
+			n, err := strconv.Atoi(dur[:len(dur)-1])
+			d = time.Duration(n) * 24 * time.Hour
+			if strings.HasSuffix(dur, "y") {
+				d *= 365
+			}
+			if err != nil {
+				d = 0
+			}
+		default:
+			d, _ = time.ParseDuration(dur)
+		}
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("--retention %q: %q is not a positive duration (90d, 1y, 36h)", pair, dur))
+			continue
+		}
+		out[p] = d
+	}
+	return out, errors.Join(errs...)
+}
 
 // defaultServeData is --data's default: klagg/serve under the user's cache
 // directory (what the store is: rebuilt from the klines topic if lost).
@@ -52,6 +93,7 @@ Binance's websocket kline events), a live chart page on /, and /metrics,
 	fs.StringVar(&cfg.Data, "data", defaultServeData(), `directory of the on-disk store that keeps every candle read and the offsets applied, so a restart resumes where it stopped ("": only the newest --keep candles per series, in memory, read from the topic's start at each start)`)
 	fs.IntVar(&cfg.CacheMB, "cache-mb", def.CacheMB, "the store's block cache in MiB: with its memtables, what bounds serve's memory whatever the history's length")
 	fs.IntVar(&cfg.Keep, "keep", def.Keep, "without --data: candles kept per (symbol, period), the newest")
+	retention := fs.String("retention", "", `with --data: how long to keep each interval's candles, by open time, e.g. "1m=90d,1s=2d,5m=1y" (d days, y 365 days, or Go durations); an interval not listed keeps everything`)
 	quotes := fs.String("quote-assets", strings.Join(def.QuoteAssets, ","), "exchangeInfo: a symbol's quote asset is the longest of these it ends with; the rest is its base asset")
 	fs.IntVar(&cfg.StreamBuffer, "stream-buffer", def.StreamBuffer, "updates queued for one websocket or SSE client before it is cut off as too slow")
 	fs.StringVar(&cfg.CORSOrigin, "cors-origin", def.CORSOrigin, "Access-Control-Allow-Origin of the API (empty: none, same-origin pages only)")
@@ -75,9 +117,11 @@ Binance's websocket kline events), a live chart page on /, and /metrics,
 			cfg.Brokers = append(cfg.Brokers, b)
 		}
 	}
+	var rerr error
+	cfg.Retention, rerr = parseRetention(*retention)
 	conn, err := cf.resolve(os.Getenv)
 	log, lerr := logs.logger(stderr)
-	if err := errors.Join(perr, err, lerr, cfg.Validate()); err != nil {
+	if err := errors.Join(perr, err, lerr, rerr, cfg.Validate()); err != nil {
 		fmt.Fprintf(stderr, "klagg serve: %s\n", userMessage(err))
 		return 2
 	}
