@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 
 	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/schema"
@@ -82,7 +83,11 @@ func (s *diskStore) bindTopic(dir, topic string, id [16]byte) error {
 func openDiskStore(dir string, cacheMB int, log *slog.Logger) (*diskStore, error) {
 	cache := pebble.NewCache(int64(cacheMB) << 20)
 	defer cache.Unref()
-	db, err := pebble.Open(dir, &pebble.Options{Cache: cache, MemTableSize: 16 << 20, Logger: pebbleLogger{log}})
+	opts := &pebble.Options{Cache: cache, MemTableSize: 16 << 20, Logger: pebbleLogger{log}}
+	// Most candles a batch writes are new keys: a Bloom filter answers
+	// their version lookup without reading a block.
+	opts.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
+	db, err := pebble.Open(dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("serve: open the store in %s: %w", dir, err)
 	}

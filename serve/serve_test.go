@@ -282,8 +282,6 @@ func TestKlinesAPIErrors(t *testing.T) {
 		{"symbol=SYM000USDT&interval=1m&limit=0", -1130, "Data sent for parameter 'limit' is not valid."},
 		{"symbol=SYM000USDT&interval=1m&timeZone=15", -1130, "parameter 'timeZone' is not valid."},
 		{"symbol=SYM000USDT&interval=1m&timeZone=8:5", -1130, "parameter 'timeZone' is not valid."},
-		{"symbol=SYM000USDT&interval=1d&timeZone=%2B08:00", -1130, "klagg keeps 1d candles in UTC only"},
-		{"symbol=SYM000USDT&interval=1h&timeZone=05:45", -1130, "klagg keeps 1h candles in UTC only"},
 		{"symbol=SYM000USDT&interval=1m&limit=x", -1100, "parameter 'limit'"},
 		{"symbol=SYM000USDT&interval=1m&startTime=abc", -1100, "parameter 'startTime'"},
 		{"symbol=SYM000USDT&interval=1m&startTime=20&endTime=10", -1023, "Start time is greater than end time."},
