@@ -335,3 +335,42 @@ func (s *Server) handleIntervals(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, a.intervals)
 }
+
+// appendEvent appends k's stream event as json.Marshal(event(k, now))
+// writes it, without reflection or an allocation per field: a websocket
+// writer does it for every update of every client.
+func appendEvent(b []byte, k *schema.Kline, now time.Time) []byte {
+	b = append(b, `{"e":"kline","E":`...)
+	b = strconv.AppendInt(b, now.UnixMilli(), 10)
+	b = append(b, `,"s":`...)
+	b = strconv.AppendQuote(b, k.Symbol)
+	b = append(b, `,"k":{"t":`...)
+	b = strconv.AppendInt(b, k.OpenTime, 10)
+	b = append(b, `,"T":`...)
+	b = strconv.AppendInt(b, k.CloseTime, 10)
+	b = append(b, `,"s":`...)
+	b = strconv.AppendQuote(b, k.Symbol)
+	b = append(b, `,"i":`...)
+	b = strconv.AppendQuote(b, k.Period)
+	b = append(b, `,"f":`...)
+	b = strconv.AppendInt(b, k.FirstTradeID, 10)
+	b = append(b, `,"L":`...)
+	b = strconv.AppendInt(b, k.LastTradeID, 10)
+	for _, f := range [...]struct {
+		name string
+		v    decimal.Fixed
+	}{{`,"o":"`, k.Open}, {`,"c":"`, k.Close}, {`,"h":"`, k.High}, {`,"l":"`, k.Low}} {
+		b = append(f.v.Append(append(b, f.name...)), '"')
+	}
+	b = append(k.Volume.Append(append(b, `,"v":"`...)), '"')
+	b = append(b, `,"n":`...)
+	b = strconv.AppendInt(b, k.TradeCount, 10)
+	b = append(b, `,"x":`...)
+	b = strconv.AppendBool(b, k.IsFinal)
+	b = append(k.QuoteVolume.Append(append(b, `,"q":"`...)), '"')
+	b = append(k.TakerBuyVolume.Append(append(b, `,"V":"`...)), '"')
+	b = append(k.TakerBuyQuoteVolume.Append(append(b, `,"Q":"`...)), '"')
+	b = append(b, `,"B":"0","version":`...)
+	b = strconv.AppendInt(b, k.Version, 10)
+	return append(b, "}}"...)
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -361,6 +362,7 @@ func (w *wsConn) write(ctx context.Context, combined bool, left <-chan struct{})
 	ping := time.NewTicker(wsPingEvery)
 	defer ping.Stop()
 	byKey := map[seriesKey][]string{}
+	var buf []byte // one event at a time, reused
 	for {
 		select {
 		case <-ctx.Done():
@@ -387,16 +389,17 @@ func (w *wsConn) write(ctx context.Context, combined bool, left <-chan struct{})
 				byKey = m
 			default:
 			}
-			ev := event(&k, time.Now())
+			now := time.Now()
 			for _, name := range byKey[seriesKey{k.Symbol, k.Period}] {
-				var msg any = ev
+				buf = buf[:0]
 				if combined {
-					msg = struct {
-						Stream string      `json:"stream"`
-						Data   streamEvent `json:"data"`
-					}{name, ev}
+					buf = append(strconv.AppendQuote(append(buf, `{"stream":`...), name), `,"data":`...)
 				}
-				if err := w.send(ctx, msg); err != nil {
+				buf = appendEvent(buf, &k, now)
+				if combined {
+					buf = append(buf, '}')
+				}
+				if err := w.writeText(ctx, buf); err != nil {
 					return closeReason{websocket.StatusPolicyViolation, wsTooSlow}
 				}
 			}
@@ -416,6 +419,10 @@ func (w *wsConn) send(ctx context.Context, v any) error {
 	if err != nil {
 		return err
 	}
+	return w.writeText(ctx, b)
+}
+
+func (w *wsConn) writeText(ctx context.Context, b []byte) error {
 	wctx, cancel := context.WithTimeout(ctx, wsWriteTimeout)
 	defer cancel()
 	return w.c.Write(wctx, websocket.MessageText, b)
