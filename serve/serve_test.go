@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net/http"
 	"net/url"
 	"os"
@@ -685,5 +686,83 @@ func TestKlinesTimeZone(t *testing.T) {
 			}
 			t.Logf("%d zone candles equal to the oracle's", checked)
 		})
+	}
+}
+
+// TestTickers: /api/v3/ticker/24hr and /ticker/price for a symbol, from
+// the 1m candles of the last 24 hours held, equal to the same figures
+// computed from the trades themselves.
+func TestTickers(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	recs := oracle.Market(oracle.MarketSpec{Seed: 8, Symbols: 2, Trades: 6_000, Partitions: 2,
+		Start: time.Date(2024, 5, 1, 0, 0, 0, 0, time.UTC), StepMs: 40_000, CoarseQty: true})
+	dir := t.TempDir() // the memory window's 1,000 candles would not reach back 24 hours
+	base, _, _, _ := pipelineWith(t, ctx, recs, func(c *serve.Config) { c.Data = dir })
+	var trades []oracle.Trade
+	for _, r := range recs {
+		if r.Bad == nil && r.Trade.Symbol == "SYM000USDT" {
+			trades = append(trades, r.Trade)
+		}
+	}
+	sort.Slice(trades, func(i, j int) bool {
+		a, b := trades[i], trades[j]
+		return a.Time < b.Time || a.Time == b.Time && a.AggID < b.AggID
+	})
+	end := trades[len(trades)-1].Time/60_000*60_000 + 59_999 // the newest 1m candle's close
+	from := end + 1 - 24*3600_000
+	var want struct {
+		open, high, low, last, prev decimal.Fixed
+		vol, quote                  *big.Int
+		count, first, lastID        int64
+	}
+	want.vol, want.quote = new(big.Int), new(big.Int)
+	for _, tr := range trades {
+		if tr.Time < from {
+			want.prev = tr.Price
+			continue
+		}
+		if want.open == 0 {
+			want.open, want.high, want.low, want.first = tr.Price, tr.Price, tr.Price, tr.First
+		}
+		want.high, want.low, want.last, want.lastID = max(want.high, tr.Price), min(want.low, tr.Price), tr.Price, tr.Last
+		want.vol.Add(want.vol, big.NewInt(int64(tr.Qty)))
+		want.quote.Add(want.quote, new(big.Int).Mul(big.NewInt(int64(tr.Price)), big.NewInt(int64(tr.Qty))))
+		want.count += tr.Last - tr.First + 1
+	}
+	e8 := big.NewInt(100_000_000)
+	text := func(n *big.Int, scale *big.Int) string { return new(big.Rat).SetFrac(n, scale).FloatString(8) }
+	code, body := get(t, base+"/api/v3/ticker/24hr?symbol=SYM000USDT")
+	if code != http.StatusOK {
+		t.Fatalf("%d %s", code, body)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(body, &got); err != nil {
+		t.Fatal(err)
+	}
+	for field, w := range map[string]any{
+		"symbol": "SYM000USDT", "openPrice": want.open.String(), "highPrice": want.high.String(), "lowPrice": want.low.String(),
+		"lastPrice": want.last.String(), "prevClosePrice": want.prev.String(), "volume": text(want.vol, e8),
+		"quoteVolume": text(want.quote, new(big.Int).Mul(e8, e8)), "priceChange": (want.last - want.open).String(),
+		"count": float64(want.count), "firstId": float64(trades[sort.Search(len(trades), func(i int) bool { return trades[i].Time >= from })].First),
+		"lastId": float64(want.lastID), "openTime": float64(from), "closeTime": float64(end),
+		"weightedAvgPrice": new(big.Rat).SetFrac(want.quote, new(big.Int).Mul(want.vol, e8)).FloatString(8),
+	} {
+		if got[field] != w {
+			t.Errorf("24hr %s: %v, want %v", field, got[field], w)
+		}
+	}
+	code, body = get(t, base+"/api/v3/ticker/price?symbol=SYM000USDT")
+	if code != http.StatusOK || !strings.Contains(string(body), `"price":"`+want.last.String()+`"`) {
+		t.Errorf("price: %d %s, want %s", code, body, want.last)
+	}
+	code, body = get(t, base+"/api/v3/ticker/24hr?symbol=NOPE")
+	if code != http.StatusBadRequest || !strings.Contains(string(body), "-1121") {
+		t.Errorf("unknown symbol: %d %s", code, body)
+	}
+	code, body = get(t, base+`/api/v3/ticker/price?symbols=["SYM000USDT","SYM001USDT"]`)
+	var prices []map[string]string
+	if code != http.StatusOK || json.Unmarshal(body, &prices) != nil || len(prices) != 2 {
+		t.Errorf("two prices: %d %s", code, body)
 	}
 }

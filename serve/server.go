@@ -234,6 +234,8 @@ func (s *Server) Run(ctx context.Context) error {
 	mux.HandleFunc("GET /api/v3/ping", s.handlePing)
 	mux.HandleFunc("GET /api/v3/time", s.handleTime)
 	mux.HandleFunc("GET /api/v3/exchangeInfo", s.handleExchangeInfo)
+	mux.HandleFunc("GET /api/v3/ticker/24hr", s.handleTicker24h)
+	mux.HandleFunc("GET /api/v3/ticker/price", s.handleTickerPrice)
 	mux.HandleFunc("GET /api/v1/stream", s.handleStream)
 	mux.HandleFunc("GET /ws", s.handleWS)
 	mux.HandleFunc("GET /ws/", s.handleWS)
