@@ -452,6 +452,7 @@ func TestCcxt(t *testing.T) {
 	recs := oracle.Market(oracle.MarketSpec{Seed: 21, Symbols: 2, Trades: 20_000, Partitions: 2,
 		Start: time.Date(2024, 5, 1, 0, 0, 0, 0, time.UTC), StepMs: 8000}) // some 2,660 minutes
 	base, cfg, _ := pipeline(t, ctx, recs, 5000)
+	defer ccxtTimeZone(t, ctx, python, base, recs, cfg)
 	want := finalSeries(recs, cfg, "SYM000USDT", "1m")
 
 	out, err := exec.CommandContext(ctx, python, "testdata/ccxt_ohlcv.py", base, "SYM000/USDT", "1m",
@@ -765,4 +766,51 @@ func TestTickers(t *testing.T) {
 	if code != http.StatusOK || json.Unmarshal(body, &prices) != nil || len(prices) != 2 {
 		t.Errorf("two prices: %d %s", code, body)
 	}
+}
+
+// ccxtTimeZone: ccxt's fetch_ohlcv with Binance's timeZone parameter,
+// 4h candles at +05:45 (combined from 15m ones), paged five at a time,
+// equal to the oracle's over the trades bucketed in that zone.
+func ccxtTimeZone(t *testing.T, ctx context.Context, python, base string, recs []oracle.Record, cfg processor.Config) {
+	const off = 345 * 60_000
+	shifted := make([]oracle.Record, len(recs))
+	for i, r := range recs {
+		r.Trade.Time += off
+		shifted[i] = r
+	}
+	all, _ := oracle.Expected(shifted, cfg.Engine.Periods, cfg.Engine.Grace)
+	var want []schema.Kline
+	for k, v := range all {
+		if k.Symbol == "SYM000USDT" && k.Period == "4h" {
+			v.OpenTime -= off
+			want = append(want, v)
+		}
+	}
+	sort.Slice(want, func(i, j int) bool { return want[i].OpenTime < want[j].OpenTime })
+	out, err := exec.CommandContext(ctx, python, "testdata/ccxt_ohlcv.py", base, "SYM000/USDT", "4h",
+		strconv.FormatInt(want[0].OpenTime, 10), "5", "+05:45").Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			t.Fatalf("ccxt with timeZone: %v\n%s", err, ee.Stderr)
+		}
+		t.Fatal(err)
+	}
+	var got struct {
+		Pages   int
+		Candles [][6]float64
+	}
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if got.Pages < 3 || len(got.Candles) < len(want) {
+		t.Fatalf("ccxt with timeZone: %d pages, %d candles; the oracle has %d final ones", got.Pages, len(got.Candles), len(want))
+	}
+	for i, w := range want {
+		g := got.Candles[i]
+		if int64(g[0]) != w.OpenTime || g[1] != flt(w.Open) || g[2] != flt(w.High) || g[3] != flt(w.Low) || g[4] != flt(w.Close) || g[5] != flt(w.Volume) {
+			t.Fatalf("ccxt with timeZone, candle %d: %v, oracle %+v", i, g, w)
+		}
+	}
+	t.Logf("ccxt fetch_ohlcv with timeZone +05:45: %d pages, %d 4h candles equal to the oracle's", got.Pages, len(want))
 }
