@@ -61,14 +61,15 @@ func parseRetention(s string) (map[period.Period]time.Duration, error) {
 	return out, errors.Join(errs...)
 }
 
-// defaultServeData is --data's default: klagg/serve under the user's cache
-// directory (what the store is: rebuilt from the klines topic if lost).
+// defaultServeData is --data's default: klagg/serve/{klines-topic} under
+// the user's cache directory (what the store is: rebuilt from the klines
+// topic if lost), one store per topic.
 func defaultServeData() string {
 	dir, err := os.UserCacheDir()
 	if err != nil {
 		return ""
 	}
-	return filepath.Join(dir, "klagg", "serve")
+	return filepath.Join(dir, "klagg", "serve", "{klines-topic}")
 }
 
 // cmdServe reads the klines topic and serves Binance's klines API, a stream
@@ -77,20 +78,19 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs := flag.NewFlagSet("klagg serve", flag.ContinueOnError)
 	fs.SetOutput(stdout) // -h is asked for: it goes to stdout; errors go to stderr
 	describe(fs, "klagg serve [flags]", `Reads the klines topic (committed records only, both framings) and serves
-every candle it reads, kept on disk (--data), of every symbol and period:
-GET /api/v3/klines and
-uiKlines as Binance's endpoints (same parameters, limits, arrays and error
-codes), /api/v3/ping, /api/v3/time and /api/v3/exchangeInfo for the symbols
-held, Binance's websocket kline streams on /ws and /stream,
-GET /api/v1/stream?symbol=&interval= (Server-Sent Events of each update, as
-Binance's websocket kline events), a live chart page on /, and /metrics,
-/healthz, /readyz.`)
+every candle it reads, kept on disk (--data): GET /api/v3/klines and
+uiKlines as Binance's endpoints (same parameters, limits, arrays, error
+codes and timeZone), /api/v3/ping, /time, /exchangeInfo and /ticker/24hr
+and /ticker/price for the symbols held, Binance's websocket kline streams
+on /ws and /stream, GET /api/v1/stream?symbol=&interval= (Server-Sent
+Events of each update, as Binance's websocket kline events), a live chart
+page on /, and /metrics, /healthz, /readyz.`)
 	def := serve.DefaultConfig()
 	cfg := def
 	brokers := fs.String("brokers", strings.Join(def.Brokers, ","), "Kafka bootstrap brokers, comma-separated")
 	fs.StringVar(&cfg.KlinesTopic, "klines-topic", def.KlinesTopic, "topic to read")
 	fs.StringVar(&cfg.HTTP, "http", def.HTTP, "address of the API, the stream and the chart page")
-	fs.StringVar(&cfg.Data, "data", defaultServeData(), `directory of the on-disk store that keeps every candle read and the offsets applied, so a restart resumes where it stopped ("": only the newest --keep candles per series, in memory, read from the topic's start at each start)`)
+	data := fs.String("data", defaultServeData(), `directory of the on-disk store that keeps every candle read and the offsets applied, so a restart resumes where it stopped; {klines-topic} is replaced by --klines-topic ("": only the newest --keep candles per series, in memory, read from the topic's start at each start)`)
 	fs.IntVar(&cfg.CacheMB, "cache-mb", def.CacheMB, "the store's block cache in MiB: with its memtables, what bounds serve's memory whatever the history's length")
 	fs.IntVar(&cfg.Keep, "keep", def.Keep, "without --data: candles kept per (symbol, period), the newest")
 	retention := fs.String("retention", "", `with --data: how long to keep each interval's candles, by open time, e.g. "1m=90d,1s=2d,5m=1y" (d days, y 365 days, or Go durations); an interval not listed keeps everything`)
@@ -119,6 +119,7 @@ Binance's websocket kline events), a live chart page on /, and /metrics,
 	}
 	var rerr error
 	cfg.Retention, rerr = parseRetention(*retention)
+	cfg.Data = strings.ReplaceAll(*data, "{klines-topic}", cfg.KlinesTopic)
 	conn, err := cf.resolve(os.Getenv)
 	log, lerr := logs.logger(stderr)
 	if err := errors.Join(perr, err, lerr, rerr, cfg.Validate()); err != nil {
