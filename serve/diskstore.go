@@ -42,8 +42,20 @@ type diskStore struct {
 	names   []string // sorted
 	symbols map[string]struct{}
 	held    uint32
-	batch   *pebble.Batch
+	// tails holds each series' two newest candles held (open time and
+	// version), read from the store the first time the series is seen:
+	// nearly every record is an update of one of them or a new newest
+	// candle, whose version check then needs no read. Its size is the
+	// number of series, not the history.
+	tails map[tailKey]*[2]tail
 }
+
+type tailKey struct {
+	symbol string
+	p      period.Period
+}
+
+type tail struct{ open, version int64 } // open 0: none
 
 // storeFormat is the layout above. A store of another format is refused
 // with ErrStoreFormat rather than misread.
@@ -91,7 +103,7 @@ func openDiskStore(dir string, cacheMB int, log *slog.Logger) (*diskStore, error
 	if err != nil {
 		return nil, fmt.Errorf("serve: open the store in %s: %w", dir, err)
 	}
-	s := &diskStore{db: db, symbols: map[string]struct{}{}}
+	s := &diskStore{db: db, symbols: map[string]struct{}{}, tails: map[tailKey]*[2]tail{}}
 	if err := s.checkFormat(dir); err != nil {
 		db.Close()
 		return nil, err
@@ -183,16 +195,37 @@ func (s *diskStore) apply(batch []schema.Kline, next map[int32]int64, changed []
 			continue
 		}
 		key = candleKey(key[:0], k.Symbol, p, k.OpenTime)
-		old, closer, err := b.Get(key)
+		t, err := s.tail(k.Symbol, p)
+		if err != nil {
+			return err
+		}
 		switch {
-		case err == nil:
-			newer := len(old) >= 8 && int64(binary.BigEndian.Uint64(old)) >= k.Version
-			closer.Close()
-			if newer {
-				continue
+		case k.OpenTime > t[0].open: // a new newest candle
+		case k.OpenTime == t[0].open && t[0].version >= k.Version, k.OpenTime == t[1].open && t[1].version >= k.Version:
+			continue
+		case k.OpenTime == t[0].open, k.OpenTime == t[1].open:
+		default: // an older candle: read what is held
+			old, closer, err := b.Get(key)
+			switch {
+			case err == nil:
+				newer := len(old) >= 8 && int64(binary.BigEndian.Uint64(old)) >= k.Version
+				closer.Close()
+				if newer {
+					continue
+				}
+			case !errors.Is(err, pebble.ErrNotFound):
+				return fmt.Errorf("serve: store: %w", err)
 			}
-		case !errors.Is(err, pebble.ErrNotFound):
-			return fmt.Errorf("serve: store: %w", err)
+		}
+		switch {
+		case k.OpenTime > t[0].open:
+			t[1], t[0] = t[0], tail{k.OpenTime, k.Version}
+		case k.OpenTime == t[0].open:
+			t[0].version = k.Version
+		case k.OpenTime > t[1].open:
+			t[1] = tail{k.OpenTime, k.Version}
+		case k.OpenTime == t[1].open:
+			t[1].version = k.Version
 		}
 		val = schema.AppendKlineBody(binary.BigEndian.AppendUint64(val[:0], uint64(k.Version)), k)
 		if err := b.Set(key, val, nil); err != nil {
@@ -224,6 +257,33 @@ func (s *diskStore) apply(batch []schema.Kline, next map[int32]int64, changed []
 		return fmt.Errorf("serve: store: %w", err)
 	}
 	return nil
+}
+
+// tail returns the series' two newest candles, read from the store the
+// first time it is asked for.
+func (s *diskStore) tail(symbol string, p period.Period) (*[2]tail, error) {
+	if t, ok := s.tails[tailKey{symbol, p}]; ok {
+		return t, nil
+	}
+	t := &[2]tail{}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: candleKey(nil, symbol, p, 0),
+		UpperBound: candleKey(nil, symbol, p, math.MaxInt64)})
+	if err != nil {
+		return nil, fmt.Errorf("serve: store: %w", err)
+	}
+	i := 0
+	for it.Last(); it.Valid() && i < 2; it.Prev() {
+		k, v := it.Key(), it.Value()
+		if len(v) >= 8 && len(k) >= 8 {
+			t[i] = tail{int64(binary.BigEndian.Uint64(k[len(k)-8:])), int64(binary.BigEndian.Uint64(v))}
+			i++
+		}
+	}
+	if err := it.Close(); err != nil {
+		return nil, fmt.Errorf("serve: store: %w", err)
+	}
+	s.tails[tailKey{symbol, p}] = t
+	return t, nil
 }
 
 // klines answers q from the store: one ordered scan, forward from start

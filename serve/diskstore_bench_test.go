@@ -44,6 +44,10 @@ func BenchmarkStore(b *testing.B) {
 	minutes := n / symbols
 	t0 := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
 	ingest := 0.0
+	names := make([]string, symbols)
+	for s := range names {
+		names[s] = fmt.Sprintf("S%03dUSDT", s)
+	}
 	if len(st.symbolList()) < symbols {
 		start := time.Now()
 		batch := make([]schema.Kline, 0, 10_000)
@@ -54,7 +58,7 @@ func BenchmarkStore(b *testing.B) {
 			for s := range symbols {
 				open := t0 + int64(m)*60_000
 				price := int64(2_000_000_000_000 + (m*7+s)%100_000)
-				batch = append(batch, schema.Kline{Symbol: fmt.Sprintf("S%03dUSDT", s), Period: "1m", OpenTime: open,
+				batch = append(batch, schema.Kline{Symbol: names[s], Period: "1m", OpenTime: open,
 					CloseTime: open + 59_999, Open: decimal.Fixed(price), High: decimal.Fixed(price + 5), Low: decimal.Fixed(price - 5), Close: decimal.Fixed(price),
 					TradeCount: 10, FirstTradeID: int64(m), LastTradeID: int64(m + 9), IsFinal: true, Version: 1})
 				if len(batch) == cap(batch) {
@@ -77,7 +81,7 @@ func BenchmarkStore(b *testing.B) {
 	var took []time.Duration
 	b.ResetTimer()
 	for b.Loop() {
-		q := query{symbol: fmt.Sprintf("S%03dUSDT", rng.IntN(symbols)), period: period.P1m,
+		q := query{symbol: names[rng.IntN(symbols)], period: period.P1m,
 			start: t0 + int64(rng.IntN(max(1, minutes-1000)))*60_000, end: -1, limit: 1000}
 		start := time.Now()
 		ks, known, err := st.klines(q)
