@@ -37,17 +37,21 @@ const (
 	wsTooManyMessages = "too many messages: at most 5 a second"
 )
 
-// wsStream is one subscribed stream name and the series it follows.
+// wsStream is one subscribed stream name and the series it follows. A
+// stream in a time zone whose candles open at other instants than UTC's
+// follows the finer part series its candles are combined from (zone.go):
+// zone is the offset and p the stream's interval; zone 0 otherwise.
 type wsStream struct {
 	name string
 	key  seriesKey
+	zone int64
+	p    period.Period
 }
 
 // parseStream reads "<symbol>@kline_<interval>" with an optional time zone
-// ("@+08:00"): the symbol lower case, as Binance names streams. A zone is
-// accepted where the interval's candles open at the same instants as in
-// UTC (see sameInZone).
-func parseStream(name string) (wsStream, error) {
+// ("@+08:00"): the symbol lower case, as Binance names streams. held is
+// the intervals held, of which a zone stream's parts are chosen.
+func parseStream(name string, held []string) (wsStream, error) {
 	parts := strings.Split(name, "@")
 	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[0] != strings.ToLower(parts[0]) {
 		return wsStream{}, fmt.Errorf("invalid stream name %q: want <symbol>@kline_<interval>, symbol in lower case", name)
@@ -66,10 +70,23 @@ func parseStream(name string) (wsStream, error) {
 			return wsStream{}, fmt.Errorf("stream %q: invalid time zone %q", name, parts[2])
 		}
 		if !sameInZone(p, off) {
-			return wsStream{}, fmt.Errorf("stream %q: klagg keeps %s candles in UTC only, and in %s they open at other times", name, p, parts[2])
+			f, ok := partPeriod(p, off, held)
+			if !ok {
+				return wsStream{}, fmt.Errorf("stream %q: %s", name, (&zoneError{p: p, off: off, held: held}).Error())
+			}
+			return wsStream{name: name, key: seriesKey{strings.ToUpper(parts[0]), f.String()}, zone: off, p: p}, nil
 		}
 	}
 	return wsStream{name: name, key: seriesKey{strings.ToUpper(parts[0]), p.String()}}, nil
+}
+
+// heldIntervals asks the owner which intervals it holds, for parseStream.
+func (s *Server) heldIntervals(ctx context.Context) []string {
+	a, err := s.ask(ctx, query{})
+	if err != nil {
+		return nil
+	}
+	return a.intervals
 }
 
 // wsRequest is a message from the client.
@@ -103,7 +120,7 @@ type wsConn struct {
 	replies  chan any
 	// byKey maps a series to the names it is subscribed under, for the
 	// writer; the reader sends it a fresh copy after each change.
-	byKey chan map[seriesKey][]string
+	byKey chan map[seriesKey][]wsStream
 }
 
 func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
@@ -119,8 +136,12 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		initial = []string{name}
 	}
 	var streams []wsStream
+	var held []string
+	if len(initial) > 0 {
+		held = s.heldIntervals(r.Context())
+	}
 	for _, n := range initial {
-		st, err := parseStream(n)
+		st, err := parseStream(n, held)
 		if err != nil {
 			writeError(w, http.StatusBadRequest, codeParamOutOfRange, err.Error())
 			return
@@ -137,7 +158,7 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		return // Accept has answered
 	}
 	conn := &wsConn{s: s, c: c, sub: &subscriber{ch: make(chan schema.Kline, s.cfg.StreamBuffer)}, combined: combined,
-		streams: map[string]wsStream{}, replies: make(chan any, 16), byKey: make(chan map[seriesKey][]string, 1)}
+		streams: map[string]wsStream{}, replies: make(chan any, 16), byKey: make(chan map[seriesKey][]wsStream, 1)}
 	conn.serve(r.Context(), streams)
 }
 
@@ -206,9 +227,9 @@ func (w *wsConn) unsubscribe(ctx context.Context, names []string) error {
 // publish hands the writer the current names of each series (the newest
 // replaces one it has not taken yet).
 func (w *wsConn) publish() {
-	m := map[seriesKey][]string{}
+	m := map[seriesKey][]wsStream{}
 	for _, st := range w.streams {
-		m[st.key] = append(m[st.key], st.name)
+		m[st.key] = append(m[st.key], st)
 	}
 	select {
 	case <-w.byKey:
@@ -302,8 +323,9 @@ func (w *wsConn) handleStreams(ctx context.Context, req *wsRequest) any {
 	}
 	var sts []wsStream
 	added := 0
+	held := w.s.heldIntervals(ctx)
 	for _, n := range names {
-		st, err := parseStream(n)
+		st, err := parseStream(n, held)
 		if err != nil {
 			return req.invalid(err.Error())
 		}
@@ -361,7 +383,7 @@ func (w *wsConn) setCombined(v bool) {
 func (w *wsConn) write(ctx context.Context, combined bool, left <-chan struct{}) closeReason {
 	ping := time.NewTicker(wsPingEvery)
 	defer ping.Stop()
-	byKey := map[seriesKey][]string{}
+	byKey := map[seriesKey][]wsStream{}
 	var buf []byte // one event at a time, reused
 	for {
 		select {
@@ -390,12 +412,20 @@ func (w *wsConn) write(ctx context.Context, combined bool, left <-chan struct{})
 			default:
 			}
 			now := time.Now()
-			for _, name := range byKey[seriesKey{k.Symbol, k.Period}] {
+			for _, st := range byKey[seriesKey{k.Symbol, k.Period}] {
+				ev := &k
+				if st.zone != 0 {
+					zk, ok := w.zoneCandle(ctx, st, &k)
+					if !ok {
+						continue
+					}
+					ev = &zk
+				}
 				buf = buf[:0]
 				if combined {
-					buf = append(strconv.AppendQuote(append(buf, `{"stream":`...), name), `,"data":`...)
+					buf = append(strconv.AppendQuote(append(buf, `{"stream":`...), st.name), `,"data":`...)
 				}
-				buf = appendEvent(buf, &k, now)
+				buf = appendEvent(buf, ev, now)
 				if combined {
 					buf = append(buf, '}')
 				}
@@ -412,6 +442,22 @@ func (w *wsConn) write(ctx context.Context, combined bool, left <-chan struct{})
 			}
 		}
 	}
+}
+
+// zoneCandle is the zone stream st's candle that the update of its part
+// k changed, combined from the parts held (zone.go).
+func (w *wsConn) zoneCandle(ctx context.Context, st wsStream, k *schema.Kline) (schema.Kline, bool) {
+	o := zoneOpen(st.p, st.zone, k.OpenTime)
+	next := zoneNext(st.p, st.zone, o)
+	f, err := period.Parse(k.Period)
+	if err != nil {
+		return schema.Kline{}, false
+	}
+	a, err := w.s.ask(ctx, query{symbol: k.Symbol, period: f, start: o, end: next - 1, limit: maxZoneParts})
+	if err != nil || a.err != nil || len(a.klines) == 0 {
+		return schema.Kline{}, false
+	}
+	return combine(a.klines, st.p, o, next), true
 }
 
 func (w *wsConn) send(ctx context.Context, v any) error {

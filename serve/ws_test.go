@@ -107,7 +107,8 @@ func TestWebsocketStreams(t *testing.T) {
 		{`{"method":"SUBSCRIBE","params":["sym000usdt@kline_1m","sym001usdt@kline_5m@+08:00"],"id":1}`, `result=null id=1`},
 		{`{"method":"LIST_SUBSCRIPTIONS","id":2}`, `result=["sym000usdt@kline_1m","sym001usdt@kline_5m@+08:00"] id=2`},
 		{`{"method":"GET_PROPERTY","params":["combined"],"id":"a"}`, `result=false id="a"`},
-		{`{"method":"SUBSCRIBE","params":["sym000usdt@kline_1d@+08:00"],"id":3}`, `code=2 id=3 UTC only`},
+		// 1d at +08:00 opens at 16:00 UTC: combined from 8h candles.
+		{`{"method":"SUBSCRIBE","params":["sym000usdt@kline_1d@+08:00"],"id":3}`, `result=null id=3`},
 		{`{"method":"SUBSCRIBE","params":["SYM000USDT@kline_1m"],"id":4}`, `code=2 id=4 lower case`},
 	} {
 		time.Sleep(220 * time.Millisecond) // within Binance's five messages a second
@@ -153,6 +154,11 @@ func TestWebsocketStreams(t *testing.T) {
 	}
 	if e := next(t, ctx, plain, "a subscribed event", isKline("SYM001USDT", "5m")); e.Stream != "sym001usdt@kline_5m@+08:00" {
 		t.Errorf("after SET_PROPERTY combined: stream %q", e.Stream)
+	}
+	zoneDay := time.Date(2024, 4, 30, 16, 0, 0, 0, time.UTC).UnixMilli() // 2024-05-01 00:00 at +08:00
+	if e := next(t, ctx, plain, "a 1d event at +08:00", isKline("SYM000USDT", "1d")); e.Stream != "sym000usdt@kline_1d@+08:00" ||
+		e.K.Start != zoneDay || e.K.End != zoneDay+86_400_000-1 || e.K.Open == "" {
+		t.Errorf("zone stream event %+v", e)
 	}
 
 	// A sixth message within a second: Binance disconnects.
