@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
 )
@@ -95,26 +94,9 @@ func (s *Server) handleExchangeInfo(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
-	names := a.symbols
-	v := r.URL.Query()
-	var want []string
-	if one := v.Get("symbol"); one != "" {
-		want = []string{one}
-	} else if many := v.Get("symbols"); many != "" {
-		if err := json.Unmarshal([]byte(many), &want); err != nil {
-			writeError(w, http.StatusBadRequest, codeIllegalChars,
-				"Illegal characters found in parameter 'symbols'; legal range is '^\\[(\"[A-Z0-9-_.]{1,20}\"(,\"[A-Z0-9-_.]{1,20}\"){0,}){0,1}\\]$'.")
-			return
-		}
-	}
-	if want != nil {
-		for _, n := range want {
-			if !slices.Contains(names, n) {
-				writeError(w, http.StatusBadRequest, codeBadSymbol, "Invalid symbol.")
-				return
-			}
-		}
-		names = want
+	names, ok := requestedSymbols(w, r, a.symbols)
+	if !ok {
+		return
 	}
 	symbols := make([]symbolInfo, 0, len(names))
 	for _, n := range names {

@@ -44,10 +44,10 @@ type ticker24h struct {
 
 const zero8 = "0.00000000"
 
-// tickerSymbols reads symbol= or symbols=["A","B"] (none: every symbol
-// held) and checks them against the held ones; it has written the error
-// when it returns false.
-func (s *Server) tickerSymbols(w http.ResponseWriter, r *http.Request, held []string) ([]string, bool) {
+// requestedSymbols reads symbol= or symbols=["A","B"] (none: every symbol
+// held) and checks them against the held ones, as exchangeInfo and the
+// tickers take them; it has written the error when it returns false.
+func requestedSymbols(w http.ResponseWriter, r *http.Request, held []string) ([]string, bool) {
 	v := r.URL.Query()
 	var want []string
 	if one := v.Get("symbol"); one != "" {
@@ -87,7 +87,7 @@ func (s *Server) handleTickerPrice(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
-	names, ok := s.tickerSymbols(w, r, meta.symbols)
+	names, ok := requestedSymbols(w, r, meta.symbols)
 	if !ok {
 		return
 	}
@@ -121,7 +121,7 @@ func (s *Server) handleTicker24h(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
-	names, ok := s.tickerSymbols(w, r, meta.symbols)
+	names, ok := requestedSymbols(w, r, meta.symbols)
 	if !ok {
 		return
 	}
