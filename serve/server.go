@@ -202,6 +202,8 @@ func (s *Server) Records() int64 { return s.records.Load() }
 
 // Run reads the klines topic and serves HTTP until ctx is done.
 func (s *Server) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx) // a store error ends the consumer and the handlers too
+	defer cancel()
 	var st candleStore = newStore(s.cfg.Keep)
 	consume := kgo.ConsumeTopics(s.cfg.KlinesTopic)
 	if s.cfg.Data != "" {
