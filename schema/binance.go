@@ -35,26 +35,35 @@ const (
 	fieldL
 	fieldT
 	fieldM
-	required = fieldA | fieldP | fieldQ | fieldF | fieldL | fieldT | fieldM
+	fieldTradeID // "t" of a raw trade event
+	required     = fieldA | fieldP | fieldQ | fieldF | fieldL | fieldT | fieldM
+	requiredRaw  = fieldTradeID | fieldP | fieldQ | fieldT | fieldM
 )
 
 var fieldNames = [...]struct {
 	bit  int
 	name string
-}{{fieldA, "a"}, {fieldP, "p"}, {fieldQ, "q"}, {fieldF, "f"}, {fieldL, "l"}, {fieldT, "T"}, {fieldM, "m"}}
+}{{fieldTradeID, "t"}, {fieldA, "a"}, {fieldP, "p"}, {fieldQ, "q"}, {fieldF, "f"}, {fieldL, "l"}, {fieldT, "T"}, {fieldM, "m"}}
 
 type jsonScanner struct {
-	b    []byte
-	i    int
-	seen int
-	t    *Trade
+	b       []byte
+	i       int
+	seen    int
+	t       *Trade
+	raw     bool  // "e":"trade": a raw trade, not an aggregate
+	tradeID int64 // its "t"
 }
 
-// DecodeBinanceJSON decodes a Binance aggTrade event, plain or inside a
-// combined-stream wrapper {"stream":…,"data":{…}}, into t. When the event has
-// no "s", key is the symbol. It checks syntax and presence only; call
-// ValidateConfig.Validate for the value rules. Errors are *InvalidTradeError.
-// t.Symbol aliases value or key.
+// DecodeBinanceJSON decodes a Binance aggTrade event, or a raw trade event
+// ("e":"trade", id in "t"; or no "e", a "t" and none of "a", "f", "l"),
+// plain or inside a combined-stream wrapper {"stream":…,"data":{…}}, into
+// t. A raw trade is an aggregate of itself: AggID, FirstID and LastID are
+// its id, which grows per symbol as an aggregate id does (the order
+// duplicates are told by). The "a" and "b" order ids older raw events
+// carried are ignored. When the event has no "s", key is the symbol. It
+// checks syntax and presence only; call ValidateConfig.Validate for the
+// value rules. Errors are *InvalidTradeError. t.Symbol aliases value or
+// key.
 func DecodeBinanceJSON(value, key []byte, t *Trade) error {
 	*t = Trade{}
 	s := jsonScanner{b: value, t: t}
@@ -72,9 +81,14 @@ func DecodeBinanceJSON(value, key []byte, t *Trade) error {
 		}
 		t.Symbol = key
 	}
-	if s.seen&required != required {
+	want := required
+	if s.raw || s.seen&fieldTradeID != 0 && s.seen&(fieldA|fieldF|fieldL) == 0 {
+		want = requiredRaw
+		t.AggID, t.FirstID, t.LastID = s.tradeID, s.tradeID, s.tradeID
+	}
+	if s.seen&want != want {
 		for _, f := range fieldNames {
-			if s.seen&f.bit == 0 {
+			if want&f.bit != 0 && s.seen&f.bit == 0 {
 				return invalid(ReasonMissingField, f.name, nil)
 			}
 		}
@@ -160,10 +174,19 @@ func (s *jsonScanner) member(key []byte, depth int) error {
 			if err != nil {
 				return invalidField(err, "e")
 			}
-			if esc || string(v) != "aggTrade" {
+			switch {
+			case esc:
+				return invalid(ReasonWrongEvent, "e", nil)
+			case string(v) == "trade":
+				s.raw = true
+			case string(v) != "aggTrade":
 				return invalid(ReasonWrongEvent, "e", nil)
 			}
 			return nil
+		case 't':
+			s.tradeID, err = s.int()
+			s.seen |= fieldTradeID
+			return invalidField(err, "t")
 		case 'E':
 			t.EventTime, err = s.int()
 			return invalidField(err, "E")

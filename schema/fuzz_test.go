@@ -23,6 +23,7 @@ func FuzzDecodeBinanceJSON(f *testing.F) {
 	f.Add([]byte(`{"stream":"x","data":`+goodJSON+`}`), []byte(""))
 	f.Add([]byte(`{"a":1,"p":"1.5","q":"2","f":1,"l":1,"T":1700000000000,"m":false}`), []byte("BTCUSDT"))
 	f.Add([]byte(`{"a":1,"p":1e3,"q":0.5,"f":3,"l":2,"T":1,"m":true,"s":"a\u0041","x":[{},[],null]}`), []byte("K"))
+	f.Add([]byte(`{"e":"trade","E":1,"s":"BTCUSDT","t":7,"p":"1.5","q":"2","b":1,"a":2,"T":1700000000000,"m":false,"M":true}`), []byte(""))
 	dec := schema.TradeDecoder{Validate: schema.ValidateConfig{MaxSkew: schema.DefaultMaxSkew}}
 	f.Fuzz(func(t *testing.T, value, key []byte) {
 		var tr schema.Trade
@@ -47,9 +48,15 @@ func FuzzDecodeBinanceJSON(f *testing.F) {
 					t.Fatalf("field %s: got %d, encoding/json %s (%v)", k, got, m[k], err)
 				}
 			}
-			checkInt("a", tr.AggID)
-			checkInt("f", tr.FirstID)
-			checkInt("l", tr.LastID)
+			if _, agg := m["a"]; agg && string(m["e"]) != `"trade"` {
+				checkInt("a", tr.AggID)
+				checkInt("f", tr.FirstID)
+				checkInt("l", tr.LastID)
+			} else { // a raw trade: an aggregate of itself
+				checkInt("t", tr.AggID)
+				checkInt("t", tr.FirstID)
+				checkInt("t", tr.LastID)
+			}
 			checkInt("T", tr.Time)
 			checkDec := func(k string, got decimal.Fixed) {
 				// math/big reads the text exactly; the decoder must agree.

@@ -18,6 +18,8 @@ const goodJSON = `{"e":"aggTrade","E":1699999999999,"s":"BTCUSDT","a":26129,"p":
 func TestDecodeBinanceJSON(t *testing.T) {
 	want := schema.Trade{Symbol: []byte("BTCUSDT"), AggID: 26129, Price: fx("0.01633102"), Quantity: fx("4.70443515"),
 		FirstID: 27781, LastID: 27781, Time: 1699999999998, BuyerMaker: true, EventTime: 1699999999999}
+	raw := want
+	raw.FirstID, raw.LastID = 26129, 26129
 	tests := []struct {
 		name  string
 		value string
@@ -33,6 +35,11 @@ func TestDecodeBinanceJSON(t *testing.T) {
 		{"whitespace and unknown fields", " {\n\t\"x\": [1, {\"y\": null}, \"z\\\"\"], " + goodJSON[1:] + " \n", "", want},
 		{"no e and no E", `{"s":"BTCUSDT","a":26129,"p":"0.01633102","q":"4.70443515","f":27781,"l":27781,"T":1699999999998,"m":true}`, "",
 			func() schema.Trade { w := want; w.EventTime = 0; return w }()},
+		// Binance's raw trade stream (<symbol>@trade): one trade, id "t".
+		{"raw trade", `{"e":"trade","E":1699999999999,"s":"BTCUSDT","t":26129,"p":"0.01633102","q":"4.70443515","T":1699999999998,"m":true,"M":true}`, "", raw},
+		// Older raw events also carried the buyer's and seller's order ids.
+		{"raw trade with order ids", `{"e":"trade","E":1699999999999,"s":"BTCUSDT","t":26129,"p":"0.01633102","q":"4.70443515","b":88,"a":50,"T":1699999999998,"m":true,"M":true}`, "", raw},
+		{"raw trade, no e", `{"stream":"btcusdt@trade","data":{"E":1699999999999,"s":"BTCUSDT","t":26129,"p":"0.01633102","q":"4.70443515","T":1699999999998,"m":true}}`, "", raw},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -82,7 +89,8 @@ func TestBadInput(t *testing.T) {
 		{"missing m", r(`,"m":true`, ``).Replace(goodJSON), "", schema.ReasonMissingField, "m"},
 		{"missing symbol and key", r(`"s":"BTCUSDT",`, ``).Replace(goodJSON), "", schema.ReasonMissingField, "s"},
 		{"empty object", `{}`, "K", schema.ReasonMissingField, "a"},
-		{"wrong event", r(`"aggTrade"`, `"trade"`).Replace(goodJSON), "", schema.ReasonWrongEvent, "e"},
+		{"wrong event", r(`"aggTrade"`, `"kline"`).Replace(goodJSON), "", schema.ReasonWrongEvent, "e"},
+		{"raw trade without its id", r(`"aggTrade"`, `"trade"`).Replace(goodJSON), "", schema.ReasonMissingField, "t"},
 		{"empty symbol", r(`"BTCUSDT"`, `""`).Replace(goodJSON), "", schema.ReasonInvalidSymbol, "symbol"},
 		{"symbol with space", r(`"BTCUSDT"`, `"BTC USDT"`).Replace(goodJSON), "", schema.ReasonInvalidSymbol, "symbol"},
 		{"symbol with escape", r(`"BTCUSDT"`, `"BTC\u0041"`).Replace(goodJSON), "", schema.ReasonInvalidSymbol, "s"},
