@@ -111,4 +111,4 @@ type Stats struct {
 	Assigned       atomic.Int64 // partitions currently owned
 }
 
-const numOutcomes = int(engine.Late) + 1
+const numOutcomes = int(engine.OutOfRange) + 1

@@ -27,6 +27,7 @@ import (
 	"github.com/klagg/klagg/internal/oracle"
 	"github.com/klagg/klagg/partition"
 	"github.com/klagg/klagg/processor"
+	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -646,5 +647,55 @@ func TestAvroTradesBothSchemas(t *testing.T) {
 	// 0.00112 + 28165.49 × 0.00168 + 28165.50 × 0.00224.
 	if got.Volume.String() != "0.00560000" || got.QuoteVolume.String() != "157.72674400" || got.High.String() != "28165.50000000" {
 		t.Fatalf("candle %+v", got)
+	}
+}
+
+// TestSumsOutOfRangeToDeadLetters: trades of the largest price and
+// quantity until a candle's sums pass 2^125: the next is a dead letter
+// with reason out_of_range, and the member goes on.
+func TestSumsOutOfRangeToDeadLetters(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	at := time.Now().Add(-time.Hour).Truncate(time.Minute)
+	var recs []*kgo.Record
+	for i := range 6 {
+		tr := schema.Trade{Symbol: []byte("MAXUSDT"), AggID: int64(i + 1), Price: decimal.MaxFixed, Quantity: decimal.MaxFixed,
+			FirstID: int64(i), LastID: int64(i), Time: at.Add(time.Duration(i) * time.Second).UnixMilli()}
+		recs = append(recs, &kgo.Record{Topic: "trades", Key: tr.Symbol, Value: schema.AppendBinanceJSON(nil, &tr)})
+	}
+	if err := mustClient(t, cluster).ProduceSync(t.Context(), recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := processor.DefaultConfig()
+	cfg.Brokers = cluster.ListenAddrs()
+	cfg.FlushInterval = 50 * time.Millisecond
+	stats := &processor.Stats{}
+	ctx, cancel := context.WithCancel(t.Context())
+	errs := make(chan error, 1)
+	go func() { errs <- processor.Run(ctx, cfg, processor.WithStats(stats)) }()
+	defer func() {
+		cancel()
+		if err := <-errs; err != nil {
+			t.Errorf("member: %v", err)
+		}
+	}()
+	reasons := map[string]int{}
+	waitFor(t, 20*time.Second, "the refused trades on the dead-letter topic", func() bool {
+		clear(reasons)
+		_ = oracle.ReadTopic(t.Context(), cluster.ListenAddrs(), cfg.DLQTopic, func(r *kgo.Record) {
+			for _, h := range r.Headers {
+				if h.Key == "klagg.reason" {
+					reasons[string(h.Value)]++
+				}
+			}
+		})
+		return reasons["out_of_range"] > 0 && int64(reasons["out_of_range"]) == stats.Trades[engine.OutOfRange].Load() &&
+			stats.Trades[engine.Folded].Load()+stats.Trades[engine.OutOfRange].Load() == int64(len(recs))
+	})
+	if stats.Trades[engine.Folded].Load() < 1 {
+		t.Fatalf("no trade folded before the bound: %v", reasons)
 	}
 }

@@ -280,6 +280,7 @@ func refusals(stats []*processor.Stats) map[string]int64 {
 	for _, s := range stats {
 		out[schema.ReasonDuplicate.String()] += s.Trades[engine.Duplicate].Load()
 		out[schema.ReasonLate.String()] += s.Trades[engine.Late].Load()
+		out[schema.ReasonOutOfRange.String()] += s.Trades[engine.OutOfRange].Load()
 		for _, r := range schema.Reasons() {
 			if n := s.Invalid[r].Load(); n > 0 {
 				out[r.String()] += n

@@ -42,7 +42,8 @@ func newMetrics(stats *processor.Stats) *metrics {
 	for _, o := range []struct {
 		result  string
 		outcome engine.Outcome
-	}{{"folded", engine.Folded}, {"replayed", engine.Replayed}, {"duplicate", engine.Duplicate}, {"late", engine.Late}} {
+	}{{"folded", engine.Folded}, {"replayed", engine.Replayed}, {"duplicate", engine.Duplicate}, {"late", engine.Late},
+		{"out_of_range", engine.OutOfRange}} {
 		counter("klagg_trades_total", "Trades handled, by result; refused ones go to the dead-letter topic.",
 			prometheus.Labels{"result": o.result}, stats.Trades[o.outcome].Load)
 	}
