@@ -287,7 +287,7 @@ func (s Quote) IsZero() bool { return s.hi|s.lo == 0 }
 func (s Quote) Room() bool { return s.hi < 1<<61 }
 
 // Round returns s at Scale digits, rounded half to even: the one rounding
-// klagg does (DESIGN.md §4).
+// klagg does (DESIGN.md, "Exact decimals").
 func (s Quote) Round() Wide {
 	q, r := divmod(s.hi, s.lo, unit)
 	if r > unit/2 || r == unit/2 && q.lo&1 == 1 {

@@ -100,7 +100,7 @@ const (
 	BadStateRebuild BadStatePolicy = "rebuild"
 )
 
-// DefaultConfig returns DESIGN.md §4's defaults.
+// DefaultConfig returns the defaults the README's flag table lists.
 func DefaultConfig() Config {
 	return Config{
 		Brokers:         []string{"127.0.0.1:9092"},

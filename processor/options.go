@@ -56,7 +56,8 @@ func WithRegistryOpts(opts ...sr.ClientOpt) RunOption {
 }
 
 // Observer receives the runtime's timings and per-partition lag, for
-// metrics. Its methods are called from the flusher and the rebalance
+// metrics. Its methods are called where a flush or a transaction ends (the
+// at-least-once flusher, the exactly-once loop) and from the rebalance
 // callbacks, never per trade, and must not block.
 type Observer interface {
 	Flushed(took time.Duration, dirty int)

@@ -133,7 +133,8 @@ func (r *runtime) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*s
 	r.obs.Restored(r.clock().Sub(start), len(ps))
 	r.log.Info("restored", "partitions", ps, "symbols", symbols, "took", r.clock().Sub(start).Round(time.Millisecond))
 	if legacy > 0 {
-		// The one inexact step (DESIGN.md §4): say what it did.
+		// The one inexact step (DESIGN.md, "State records and their
+		// schemas"): say what it did.
 		r.log.Warn("restored state written with doubles by an older klagg: each value taken as its shortest decimal",
 			"records", legacy, "values_rounded_to_scale", rounded)
 	}

@@ -31,7 +31,8 @@ type SymbolState struct {
 	// Read, not written: the writer's state schema (1, 2 or 3), and for
 	// schemas 1 and 2, how many of the record's doubles had a shortest
 	// decimal that was not exact at the field's scale and were rounded
-	// half to even (the one inexact step, DESIGN.md §4).
+	// half to even (the one inexact step, DESIGN.md "State records and their
+	// schemas").
 	FromSchema int
 	Rounded    int
 }

@@ -170,7 +170,7 @@ var symbolByte = func() (t [256]bool) {
 	return t
 }()
 
-// Validate checks a decoded trade against every rule of DESIGN.md §3 that
+// Validate checks a decoded trade against every rule of README "Bad input" that
 // needs no engine state; nowMs is the wall clock in Unix milliseconds. It
 // returns nil or an *InvalidTradeError.
 func (c ValidateConfig) Validate(t *Trade, nowMs int64) error {

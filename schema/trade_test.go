@@ -60,7 +60,7 @@ func equalTrade(a, b schema.Trade) bool {
 		a.Time == b.Time && a.BuyerMaker == b.BuyerMaker && a.EventTime == b.EventTime
 }
 
-// TestBadInput covers every refusal class of DESIGN.md §3 that the schema
+// TestBadInput covers every refusal class (README, "Bad input") that the schema
 // package decides (duplicate and late are the engine's), in both formats.
 func TestBadInput(t *testing.T) {
 	r := strings.NewReplacer

@@ -9,8 +9,8 @@ import (
 )
 
 // store keeps the newest keep candles of every (symbol, period) series, the
-// newest version of each winning. It is owned by one goroutine (Server.run);
-// handlers reach it over channels.
+// newest version of each winning, in memory (Config.Data ""). It is owned
+// by one goroutine (Server.own); handlers reach it over channels.
 //
 // Series live in one flat slice like the engine's slots, index =
 // symbol*numPeriods + period; each series is a slice sorted by open time,

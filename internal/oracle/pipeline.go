@@ -270,8 +270,8 @@ func Check(ctx context.Context, brokers []string, topic string, want map[Key]sch
 	return got, Diff(got.Final, want)
 }
 
-// Equal compares two candles field by field, every decimal exactly
-// (DESIGN.md §5), versions ignored.
+// Equal compares two candles field by field, every decimal exactly,
+// versions ignored.
 func Equal(a, b schema.Kline) bool {
 	a.Version, b.Version = 0, 0
 	return a == b

@@ -25,7 +25,7 @@ type Config struct {
 	// Periods are the candle periods, in canonical order (ParsePeriods).
 	Periods []period.Period
 	// Grace is how far the watermark trails the greatest accepted trade
-	// time (DESIGN.md §2).
+	// time (the package doc, Rules).
 	Grace time.Duration
 	// LiveWindow: a shard whose latest trade was accepted within this much
 	// of its trade time is live, and its watermark may follow the wall clock.

@@ -16,7 +16,7 @@
 // (every boundary of theirs is one of the finest's) when they roll or are
 // drained; periods that do not nest in the finest are updated per trade.
 //
-// # Rules (DESIGN.md §2, Binance is the reference)
+// # Rules (Binance is the reference; README "Candle rules" for its open choices)
 //
 //   - A trade is bucketed by its trade time into each period's candle
 //     (period.Period.Open; 1w opens Monday 00:00 UTC, 1M is the calendar month).

@@ -201,7 +201,7 @@ func compareCandles(t *testing.T, what string, got, want map[oracle.Key]schema.K
 		switch {
 		case !ok:
 			missing = append(missing, fmt.Sprintf("%v %+v", k, w))
-		case !oracle.Equal(g, w): // sums to 1e-9 relative (DESIGN.md §5): the engine adds them in another order
+		case !oracle.Equal(g, w): // every field exact, versions aside
 			diff = append(diff, fmt.Sprintf("%v\n got %+v\nwant %+v", k, g, w))
 		}
 	}
