@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -60,7 +61,32 @@ func (r *runtime) ensureTopics(ctx context.Context, adm *kadm.Client) (int32, er
 	}
 	// A topic another member has just created may be listed before its
 	// partitions are: wait for the metadata to settle before comparing.
-	for deadline := time.Now().Add(15 * time.Second); ; {
+	err = r.awaitPartitions(ctx, counts, func(topics []string) (map[string]int32, error) {
+		d, err := adm.ListTopics(ctx, topics...)
+		got := map[string]int32{}
+		for _, topic := range topics {
+			got[topic] = int32(len(d[topic].Partitions))
+		}
+		return got, err
+	})
+	if err != nil {
+		return 0, err
+	}
+	if err := partition.CheckPartitionCounts(c.TradesTopic, n, counts); err != nil {
+		return 0, fmt.Errorf("processor: %w", err)
+	}
+	return n, nil
+}
+
+// awaitPartitions waits until every topic of counts shows its partitions
+// (describe fills in the counts of the topics still at 0), backing off from
+// 100 ms to 5 s between looks and saying what it waits for, for as long as
+// ctx lives: a busy cluster may take a while to propagate a topic another
+// member has just created, and a member that gave up would be lost.
+func (r *runtime) awaitPartitions(ctx context.Context, counts map[string]int32,
+	describe func([]string) (map[string]int32, error)) error {
+	wait, waited := 100*time.Millisecond, time.Duration(0)
+	for {
 		var pending []string
 		for topic, got := range counts {
 			if got == 0 {
@@ -68,26 +94,26 @@ func (r *runtime) ensureTopics(ctx context.Context, adm *kadm.Client) (int32, er
 			}
 		}
 		if len(pending) == 0 {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("processor: topics %v still show no partitions after 15s", pending)
+		slices.Sort(pending)
+		if waited >= 5*time.Second {
+			r.log.Info("waiting for the topics' partitions to show", "topics", pending, "waited", waited.Round(time.Second))
 		}
-		d, err := adm.ListTopics(ctx, pending...)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("processor: topics %v still show no partitions after %s: %w", pending, waited.Round(time.Millisecond), ctx.Err())
+		case <-time.After(wait):
+		}
+		waited += wait
+		wait = min(2*wait, 5*time.Second)
+		got, err := describe(pending)
 		if err != nil {
-			// Transient until the deadline: the broker may be restarting.
+			// Transient while the broker restarts or the metadata settles.
 			r.log.Warn("describe topics", "topics", pending, "err", err)
 		}
 		for _, topic := range pending {
-			counts[topic] = int32(len(d[topic].Partitions))
+			counts[topic] = got[topic]
 		}
-		if ctx.Err() != nil {
-			return 0, ctx.Err()
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
-	if err := partition.CheckPartitionCounts(c.TradesTopic, n, counts); err != nil {
-		return 0, fmt.Errorf("processor: %w", err)
-	}
-	return n, nil
 }
