@@ -92,7 +92,7 @@ parse are skipped and counted). Binance JSON, or Avro with --format avro.`)
 		fmt.Fprintf(stderr, "klagg gen: %v\n", err)
 		return 1
 	}
-	cl, err := kgo.NewClient(append(conn.kgo, kgo.SeedBrokers(strings.Split(*brokers, ",")...), kgo.DefaultProduceTopic(*topic))...)
+	cl, err := kgo.NewClient(append(conn.kgo, kgo.SeedBrokers(splitList(*brokers)...), kgo.DefaultProduceTopic(*topic))...)
 	if err != nil {
 		fmt.Fprintf(stderr, "klagg gen: %v\n", err)
 		return 1
@@ -134,7 +134,7 @@ parse are skipped and counted). Binance JSON, or Avro with --format avro.`)
 			firsts[syntheticSymbol(i)] = schema.Trade{AggID: 1, Time: now}
 		}
 	}
-	warnIfRefused(ctx, cl, append(conn.kgo, kgo.SeedBrokers(strings.Split(*brokers, ",")...)), *topic, *stateTopic, firsts, stderr)
+	warnIfRefused(ctx, cl, append(conn.kgo, kgo.SeedBrokers(splitList(*brokers)...)), *topic, *stateTopic, firsts, stderr)
 	p := &producer{ctx: ctx, cl: cl, enc: enc}
 	start := time.Now()
 	if *csvFiles != "" {

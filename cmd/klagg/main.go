@@ -330,12 +330,7 @@ func (rf *runFlags) finish(getenv func(string) string) error {
 	if rf.conn, err = rf.connFlags.resolve(getenv); err != nil {
 		errs = append(errs, err)
 	}
-	rf.cfg.Brokers = nil
-	for _, b := range strings.Split(rf.brokers, ",") {
-		if b = strings.TrimSpace(b); b != "" {
-			rf.cfg.Brokers = append(rf.cfg.Brokers, b)
-		}
-	}
+	rf.cfg.Brokers = splitList(rf.brokers)
 	periods, err := period.ParseList(rf.periods)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("--periods: %w", err))
@@ -414,4 +409,16 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// splitList reads a comma-separated flag (--brokers, --quote-assets): the
+// items trimmed, empty ones left out. Every command parses brokers with it.
+func splitList(s string) []string {
+	var out []string
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
 }

@@ -817,3 +817,18 @@ func TestParseRetention(t *testing.T) {
 		}
 	}
 }
+
+func TestSplitList(t *testing.T) {
+	for in, want := range map[string]string{
+		"a:1,b:2":            "[a:1 b:2]",
+		" a:1 , b:2 ,":       "[a:1 b:2]",
+		"":                   "[]",
+		" , ":                "[]",
+		"kafka:9092":         "[kafka:9092]",
+		"USDT, USDC ,,FDUSD": "[USDT USDC FDUSD]",
+	} {
+		if got := fmt.Sprint(splitList(in)); got != want {
+			t.Errorf("splitList(%q) = %s, want %s", in, got, want)
+		}
+	}
+}

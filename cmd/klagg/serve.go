@@ -105,18 +105,8 @@ page on /, and /metrics, /healthz, /readyz.`)
 	if errors.Is(perr, flag.ErrHelp) {
 		return 0
 	}
-	cfg.QuoteAssets = nil
-	for _, q := range strings.Split(*quotes, ",") {
-		if q = strings.TrimSpace(q); q != "" {
-			cfg.QuoteAssets = append(cfg.QuoteAssets, q)
-		}
-	}
-	cfg.Brokers = nil
-	for _, b := range strings.Split(*brokers, ",") {
-		if b = strings.TrimSpace(b); b != "" {
-			cfg.Brokers = append(cfg.Brokers, b)
-		}
-	}
+	cfg.QuoteAssets = splitList(*quotes)
+	cfg.Brokers = splitList(*brokers)
 	var rerr error
 	cfg.Retention, rerr = parseRetention(*retention)
 	cfg.Data = strings.ReplaceAll(*data, "{klines-topic}", cfg.KlinesTopic)

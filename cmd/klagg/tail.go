@@ -73,7 +73,7 @@ single-object encoding.`)
 	if *deadLetters {
 		*topic = *dlqTopic
 	}
-	cl, err := kgo.NewClient(append(conn.kgo, kgo.SeedBrokers(strings.Split(*brokers, ",")...), kgo.ConsumeTopics(*topic),
+	cl, err := kgo.NewClient(append(conn.kgo, kgo.SeedBrokers(splitList(*brokers)...), kgo.ConsumeTopics(*topic),
 		// Only what klagg committed: records of an aborted flush never show.
 		kgo.ConsumeResetOffset(start), kgo.FetchIsolationLevel(kgo.ReadCommitted()))...)
 	if err != nil {
