@@ -143,9 +143,41 @@ func TestRunRefusesMismatchedTopics(t *testing.T) {
 	if !errors.Is(err, partition.ErrPartitionMismatch) || !strings.Contains(err.Error(), `"klines" has 2 partitions but trades topic "trades" has 3`) {
 		t.Fatalf("got %v", err)
 	}
+	// A trades topic that is not there yet is waited for, saying so; a
+	// stop while waiting is a clean stop.
 	cfg.TradesTopic = "nope"
-	if err := processor.Run(t.Context(), cfg); !errors.Is(err, processor.ErrTopicMissing) {
-		t.Fatalf("missing trades topic: %v", err)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancel()
+	var logs lockedLog
+	err = processor.Run(ctx, cfg, processor.WithRunLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	if err != nil || !strings.Contains(logs.String(), "waiting") ||
+		!strings.Contains(logs.String(), processor.ErrTopicMissing.Error()+`: \"nope\"`) {
+		t.Fatalf("missing trades topic: %v\n%s", err, logs.String())
+	}
+}
+
+// TestRunWaitsForTradesTopic: a member started before its trades topic
+// exists starts once it is created.
+func TestRunWaitsForTradesTopic(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	cfg := processor.DefaultConfig()
+	cfg.Brokers = cluster.ListenAddrs()
+	stats := &processor.Stats{}
+	ctx, cancel := context.WithCancel(t.Context())
+	errs := make(chan error, 1)
+	go func() { errs <- processor.Run(ctx, cfg, processor.WithStats(stats)) }()
+	time.Sleep(time.Second) // the member is waiting: nothing to create yet
+	if _, err := kadm.NewClient(mustClient(t, cluster)).CreateTopic(t.Context(), 2, 1, nil, cfg.TradesTopic); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the member to own the new topic's partitions", func() bool { return stats.Assigned.Load() == 2 })
+	cancel()
+	if err := <-errs; err != nil {
+		t.Fatalf("member: %v", err)
 	}
 }
 

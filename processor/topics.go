@@ -13,24 +13,19 @@ import (
 	"github.com/klagg/klagg/partition"
 )
 
-// ErrTopicMissing is returned by Run when the trades topic does not exist.
+// ErrTopicMissing names what a starting member waits for, in its log, while
+// the trades topic does not exist: Run waits until it does or ctx ends.
 var ErrTopicMissing = errors.New("trades topic does not exist")
 
 // ensureTopics checks the trades topic and creates the others with its
 // partition count; a count that differs is an error naming both.
 func (r *runtime) ensureTopics(ctx context.Context, adm *kadm.Client) (int32, error) {
 	c := r.cfg
-	details, err := adm.ListTopics(ctx, c.TradesTopic, c.KlinesTopic, c.StateTopic, c.DLQTopic)
+	details, err := r.awaitTradesTopic(ctx, adm)
 	if err != nil {
-		return 0, fmt.Errorf("processor: list topics on %v: %w (are the brokers reachable?)", c.Brokers, err)
+		return 0, err
 	}
-	trades, ok := details[c.TradesTopic]
-	if !ok || errors.Is(trades.Err, kerr.UnknownTopicOrPartition) {
-		return 0, fmt.Errorf("processor: %w: %q (create it, keyed by symbol, or point --trades-topic at yours)", ErrTopicMissing, c.TradesTopic)
-	}
-	if trades.Err != nil {
-		return 0, fmt.Errorf("processor: describe %q: %w", c.TradesTopic, trades.Err)
-	}
+	trades := details[c.TradesTopic]
 	n := int32(len(trades.Partitions))
 	counts := map[string]int32{}
 	for _, spec := range []struct {
@@ -76,6 +71,39 @@ func (r *runtime) ensureTopics(ctx context.Context, adm *kadm.Client) (int32, er
 		return 0, fmt.Errorf("processor: %w", err)
 	}
 	return n, nil
+}
+
+// awaitTradesTopic lists the topics once the trades topic exists, waiting
+// with back-off, and saying so, while the brokers cannot be reached or the
+// topic is not there yet (a deployment may start klagg before the job that
+// creates it), for as long as ctx lives.
+func (r *runtime) awaitTradesTopic(ctx context.Context, adm *kadm.Client) (kadm.TopicDetails, error) {
+	c := r.cfg
+	wait, waited := 100*time.Millisecond, time.Duration(0)
+	for {
+		details, err := adm.ListTopics(ctx, c.TradesTopic, c.KlinesTopic, c.StateTopic, c.DLQTopic)
+		trades, ok := details[c.TradesTopic]
+		switch {
+		case err != nil:
+			err = fmt.Errorf("processor: list topics on %v: %w (are the brokers reachable?)", c.Brokers, err)
+		case !ok || errors.Is(trades.Err, kerr.UnknownTopicOrPartition):
+			err = fmt.Errorf("processor: %w: %q (create it, keyed by symbol, or point --trades-topic at yours)", ErrTopicMissing, c.TradesTopic)
+		case trades.Err != nil:
+			return nil, fmt.Errorf("processor: describe %q: %w", c.TradesTopic, trades.Err)
+		default:
+			return details, nil
+		}
+		if waited >= 500*time.Millisecond { // past the first quick looks
+			r.log.Warn("waiting", "for", err.Error(), "waited", waited.Round(100*time.Millisecond))
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(wait):
+		}
+		waited += wait
+		wait = min(2*wait, 5*time.Second)
+	}
 }
 
 // awaitPartitions waits until every topic of counts shows its partitions
