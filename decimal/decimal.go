@@ -77,57 +77,64 @@ func parsePlain(b []byte) (Fixed, bool) {
 	return Fixed(m * pow10[Scale-frac]), true
 }
 
-func parseGeneral(b []byte) (Fixed, error) {
-	neg := len(b) > 0 && b[0] == '-'
-	if neg {
+// number is decimal text split by the JSON number grammar.
+type number struct {
+	neg             bool
+	intDigits, frac []byte
+	exp             int // capped at ±10,000: far beyond any Fixed either way
+}
+
+// splitNumber matches the JSON number grammar: -?int(.frac)?([eE][+-]?exp)?
+func splitNumber(b []byte) (number, bool) {
+	var n number
+	if n.neg = len(b) > 0 && b[0] == '-'; n.neg {
 		b = b[1:]
 	}
-	i := 0
-	intStart := i
-	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-		i++
-	}
-	intDigits := b[intStart:i]
-	if len(intDigits) == 0 || (len(intDigits) > 1 && intDigits[0] == '0') {
-		return 0, ErrSyntax
-	}
-	var fracDigits []byte
-	if i < len(b) && b[i] == '.' {
-		i++
-		s := i
+	digits := func(i int) int {
 		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
 			i++
 		}
-		fracDigits = b[s:i]
-		if len(fracDigits) == 0 {
-			return 0, ErrSyntax
-		}
+		return i
 	}
-	exp := 0
+	i := digits(0)
+	n.intDigits = b[:i]
+	if i == 0 || (i > 1 && b[0] == '0') {
+		return n, false
+	}
+	if i < len(b) && b[i] == '.' {
+		j := digits(i + 1)
+		if n.frac = b[i+1 : j]; len(n.frac) == 0 {
+			return n, false
+		}
+		i = j
+	}
 	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
 		i++
-		eneg := false
+		eneg := i < len(b) && b[i] == '-'
 		if i < len(b) && (b[i] == '+' || b[i] == '-') {
-			eneg = b[i] == '-'
 			i++
 		}
-		s := i
-		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-			if exp < 10_000 {
-				exp = exp*10 + int(b[i]-'0')
-			}
-			i++
+		j := digits(i)
+		if j == i {
+			return n, false
 		}
-		if i == s {
-			return 0, ErrSyntax
+		for _, c := range b[i:j] {
+			n.exp = min(n.exp*10+int(c-'0'), 10_000)
 		}
 		if eneg {
-			exp = -exp
+			n.exp = -n.exp
 		}
+		i = j
 	}
-	if i != len(b) {
+	return n, i == len(b)
+}
+
+func parseGeneral(b []byte) (Fixed, error) {
+	num, ok := splitNumber(b)
+	if !ok {
 		return 0, ErrSyntax
 	}
+	neg, intDigits, fracDigits, exp := num.neg, num.intDigits, num.frac, num.exp
 	// value = digits × 10^(exp - len(frac)); n = digits × 10^shift.
 	for len(fracDigits) > 0 && fracDigits[len(fracDigits)-1] == '0' {
 		fracDigits = fracDigits[:len(fracDigits)-1]

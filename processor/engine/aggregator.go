@@ -446,13 +446,8 @@ func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
 			a.rollTo(base+i, t.Time)
 		}
 	}
-	if a.full[sym] {
-		// A sum of the symbol passed 2^125: refuse unless the candles
-		// holding it have rolled since.
-		if !a.room(sym, cs) {
-			return OutOfRange
-		}
-		a.full[sym] = false
+	if !a.room(sym, cs) {
+		return OutOfRange
 	}
 	a.lastAggID[sym] = t.AggID
 	closes := t.Time >= a.lastTradeTime[sym]
@@ -482,19 +477,25 @@ func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
 
 // room reports whether the symbol's sums can take one more trade: each
 // below 2^125 (decimal.Quote.Room), so no 128-bit sum can wrap, however
-// large the trade. Taker sums never exceed the totals. It reads every slot
-// of the symbol, so Fold calls it only for a symbol whose full flag an add
-// or a merge raised: the flag clear means every sum is below 2^125.
+// large the trade. Taker sums never exceed the totals. The symbol's full
+// flag clear (no add or merge has passed 2^125 since the last look) says
+// so at once; only then are its slots read, and the flag cleared when the
+// candles that held the large sums have rolled.
 func (a *Aggregator) room(sym int32, cs []candle) bool {
+	if !a.full[sym] {
+		return true
+	}
 	for i := range cs {
 		if !cs[i].volume.Room() || !cs[i].quoteVolume.Room() {
 			return false
 		}
 	}
 	if a.lazy != nil {
-		ac := &a.acc[sym]
-		return ac.volume.Room() && ac.quoteVolume.Room()
+		if ac := &a.acc[sym]; !ac.volume.Room() || !ac.quoteVolume.Room() {
+			return false
+		}
 	}
+	a.full[sym] = false
 	return true
 }
 
