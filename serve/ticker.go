@@ -3,6 +3,7 @@ package serve
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"math/big"
 	"net/http"
 	"slices"
@@ -83,40 +84,32 @@ func finest(held []string) (period.Period, bool) {
 // handleTickerPrice is Binance's GET /api/v3/ticker/price: the newest
 // close of the finest interval held.
 func (s *Server) handleTickerPrice(w http.ResponseWriter, r *http.Request) {
-	meta, err := s.ask(r.Context(), query{})
-	if err != nil {
-		return
-	}
-	names, ok := requestedSymbols(w, r, meta.symbols)
-	if !ok {
-		return
-	}
-	f, _ := finest(meta.intervals)
 	type price struct {
 		Symbol string `json:"symbol"`
 		Price  string `json:"price"`
 	}
-	out := make([]price, 0, len(names))
-	for _, n := range names {
-		a, err := s.ask(r.Context(), query{symbol: n, period: f, start: -1, end: -1, limit: 1})
-		if err != nil {
-			return
+	s.serveTickers(w, r, func(ctx context.Context, symbol string, f period.Period) (any, bool, error) {
+		a, err := s.ask(ctx, query{symbol: symbol, period: f, start: -1, end: -1, limit: 1})
+		if err = errors.Join(err, a.err); err != nil || len(a.klines) == 0 {
+			return nil, false, err
 		}
-		if a.err != nil || len(a.klines) == 0 {
-			continue
-		}
-		out = append(out, price{n, a.klines[0].Close.String()})
-	}
-	if r.URL.Query().Get("symbol") != "" && len(out) == 1 {
-		writeJSON(w, out[0])
-		return
-	}
-	writeJSON(w, out)
+		return price{symbol, a.klines[0].Close.String()}, true, nil
+	})
 }
 
 // handleTicker24h is Binance's GET /api/v3/ticker/24hr, over the finest
 // interval's candles of the last 24 hours held.
 func (s *Server) handleTicker24h(w http.ResponseWriter, r *http.Request) {
+	s.serveTickers(w, r, func(ctx context.Context, symbol string, f period.Period) (any, bool, error) {
+		return s.ticker(ctx, symbol, f)
+	})
+}
+
+// serveTickers answers a ticker request: one computes a symbol's ticker
+// from the finest interval held (false: it holds no candle); one symbol=
+// gets an object, else an array.
+func (s *Server) serveTickers(w http.ResponseWriter, r *http.Request,
+	one func(ctx context.Context, symbol string, f period.Period) (any, bool, error)) {
 	meta, err := s.ask(r.Context(), query{})
 	if err != nil {
 		return
@@ -126,10 +119,14 @@ func (s *Server) handleTicker24h(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f, _ := finest(meta.intervals)
-	out := make([]ticker24h, 0, len(names))
+	out := make([]any, 0, len(names))
 	for _, n := range names {
-		t, ok, err := s.ticker(r.Context(), n, f)
+		t, ok, err := one(r.Context(), n, f)
 		if err != nil {
+			if r.Context().Err() == nil {
+				s.log.Error("ticker", "symbol", n, "err", err)
+				writeError(w, http.StatusInternalServerError, codeUnknown, "An unknown error occurred while processing the request.")
+			}
 			return
 		}
 		if ok {
@@ -145,17 +142,17 @@ func (s *Server) handleTicker24h(w http.ResponseWriter, r *http.Request) {
 
 const day = 24 * 3600_000
 
-func (s *Server) ticker(ctx context.Context, symbol string, f period.Period) (ticker24h, bool, error) {
+func (s *Server) ticker(ctx context.Context, symbol string, f period.Period) (any, bool, error) {
 	last, err := s.ask(ctx, query{symbol: symbol, period: f, start: -1, end: -1, limit: 1})
-	if err != nil || last.err != nil || len(last.klines) == 0 {
-		return ticker24h{}, false, err
+	if err = errors.Join(err, last.err); err != nil || len(last.klines) == 0 {
+		return nil, false, err
 	}
 	end := last.klines[0].CloseTime
 	from := end + 1 - day
 	// The window's candles and the one before it (prevClosePrice).
 	a, err := s.ask(ctx, query{symbol: symbol, period: f, start: -1, end: end, limit: int(day/max(1, length(f))) + 1})
-	if err != nil || a.err != nil {
-		return ticker24h{}, false, err
+	if err = errors.Join(err, a.err); err != nil {
+		return nil, false, err
 	}
 	ks := a.klines
 	prev := decimal.Fixed(0)
