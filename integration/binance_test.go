@@ -86,15 +86,7 @@ type binanceKline struct {
 
 func readBinanceKlines(t *testing.T, file string) []binanceKline {
 	t.Helper()
-	f, err := os.Open(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	rows, err := csv.NewReader(f).ReadAll()
-	if err != nil {
-		t.Fatal(err)
-	}
+	rows := readCSV(t, file)
 	var out []binanceKline
 	for _, r := range rows[1:] { // a header
 		open, err := strconv.ParseInt(r[0], 10, 64)
@@ -114,15 +106,7 @@ func readBinanceKlines(t *testing.T, file string) []binanceKline {
 // event Binance's stream sends, prices and quantities as the CSV's text.
 func produceRawTradeEvents(t *testing.T, b *bed, file string) {
 	t.Helper()
-	f, err := os.Open(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	rows, err := csv.NewReader(f).ReadAll()
-	if err != nil {
-		t.Fatal(err)
-	}
+	rows := readCSV(t, file)
 	var recs []*kgo.Record
 	for _, r := range rows {
 		value := fmt.Sprintf(`{"e":"trade","E":%s,"s":"BTCUSDT","t":%s,"p":"%s","q":"%s","T":%s,"m":%s,"M":%s}`,
@@ -132,4 +116,18 @@ func produceRawTradeEvents(t *testing.T, b *bed, file string) {
 	if err := b.cl.ProduceSync(b.ctx, recs...).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func readCSV(t *testing.T, file string) [][]string {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rows
 }
