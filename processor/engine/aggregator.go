@@ -446,7 +446,7 @@ func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
 			a.rollTo(base+i, t.Time)
 		}
 	}
-	if !a.room(sym, cs) {
+	if a.full[sym] && !a.room(sym, cs) {
 		return OutOfRange
 	}
 	a.lastAggID[sym] = t.AggID
@@ -477,14 +477,11 @@ func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
 
 // room reports whether the symbol's sums can take one more trade: each
 // below 2^125 (decimal.Quote.Room), so no 128-bit sum can wrap, however
-// large the trade. Taker sums never exceed the totals. The symbol's full
-// flag clear (no add or merge has passed 2^125 since the last look) says
-// so at once; only then are its slots read, and the flag cleared when the
-// candles that held the large sums have rolled.
+// large the trade. Taker sums never exceed the totals. Fold asks only
+// when the symbol's full flag is set (an add or a merge passed 2^125: the
+// flag clear says there is room without reading the slots), and room
+// clears it once the candles that held the large sums have rolled.
 func (a *Aggregator) room(sym int32, cs []candle) bool {
-	if !a.full[sym] {
-		return true
-	}
 	for i := range cs {
 		if !cs[i].volume.Room() || !cs[i].quoteVolume.Room() {
 			return false
