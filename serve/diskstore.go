@@ -253,7 +253,7 @@ func (s *diskStore) apply(batch []schema.Kline, next map[int32]int64, changed []
 			return fmt.Errorf("serve: store: %w", err)
 		}
 	}
-	if err := b.Commit(pebble.NoSync); err != nil {
+	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("serve: store: %w", err)
 	}
 	return nil

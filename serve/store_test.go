@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -60,7 +62,7 @@ func TestStoreResumes(t *testing.T) {
 	produce(first...)
 
 	dir := t.TempDir()
-	run := func(topic string) (*serve.Server, func() error) {
+	run := func(topic, dir string) (*serve.Server, func() error) {
 		cfg := serve.DefaultConfig()
 		cfg.Brokers, cfg.HTTP, cfg.KlinesTopic, cfg.Data = cluster.ListenAddrs(), "127.0.0.1:0", topic, dir
 		srv, err := serve.New(cfg)
@@ -75,11 +77,13 @@ func TestStoreResumes(t *testing.T) {
 			return <-done
 		}
 	}
-	srv, stop := run("klines")
+	srv, stop := run("klines", dir)
 	waitFor(t, 20*time.Second, "the first ten records", func() bool { return srv.Records() == 10 })
 	if got := query(t, srv); len(got) != 10 {
 		t.Fatalf("%d candles after the first run", len(got))
 	}
+	// What kill -9 would leave: the files as they are while serve runs.
+	crashed := copyDir(t, dir)
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -91,17 +95,19 @@ func TestStoreResumes(t *testing.T) {
 		later = append(later, kline(i, 10, decimal.Fixed(100+i)*100_000_000))
 	}
 	produce(later...)
-	srv, stop = run("klines")
-	waitFor(t, 20*time.Second, "the records produced while serve was down", func() bool { return srv.Records() >= int64(len(later)) })
-	got := query(t, srv)
-	if srv.Records() != int64(len(later)) {
-		t.Fatalf("the second run read %d records; only the %d produced since were new", srv.Records(), len(later))
-	}
-	if len(got) != 15 || got[0][4] != "99.00000000" || got[1][4] != "101.00000000" || got[14][4] != "114.00000000" {
-		t.Fatalf("after the restart: %d candles, %v", len(got), got)
-	}
-	if err := stop(); err != nil {
-		t.Fatal(err)
+	for _, restart := range []struct{ name, dir string }{{"a clean stop", dir}, {"kill -9", crashed}} {
+		srv, stop = run("klines", restart.dir)
+		waitFor(t, 20*time.Second, "the records produced while serve was down", func() bool { return srv.Records() >= int64(len(later)) })
+		got := query(t, srv)
+		if srv.Records() != int64(len(later)) {
+			t.Fatalf("after %s, the second run read %d records; only the %d produced since were new", restart.name, srv.Records(), len(later))
+		}
+		if len(got) != 15 || got[0][4] != "99.00000000" || got[1][4] != "101.00000000" || got[14][4] != "114.00000000" {
+			t.Fatalf("after %s: %d candles, %v", restart.name, len(got), got)
+		}
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	// The store belongs to its topic.
@@ -149,6 +155,29 @@ func TestStoreFormat(t *testing.T) {
 		!contains(err.Error(), `"klagg-serve-99"`, "move the directory away") {
 		t.Fatalf("got %v", err)
 	}
+}
+
+// copyDir copies a directory's regular files, as they are on disk now.
+func copyDir(t *testing.T, from string) string {
+	t.Helper()
+	to := t.TempDir()
+	entries, err := os.ReadDir(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(from, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(to, e.Name()), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return to
 }
 
 func contains(s string, subs ...string) bool {
