@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -20,28 +21,111 @@ import (
 // group before each flush (see proveMembership), and restore prefers, per
 // symbol, the state record that reflects the most trades.
 
+// atLeastOnce is a member under the at-least-once guarantee. Who owns
+// what, besides the core:
+//   - the poll goroutine polls, dispatches, and rebuilds broken shards
+//     (restarts);
+//   - the flusher goroutine drains, delivers and commits;
+//   - flushMu serializes flushes (the periodic one, a revoke's, the final
+//     one), the loss of partitions and shard rebuilds, and guards
+//     committed; the rebalance callbacks (on the poll goroutine, between
+//     polls) change the registry only while holding it, so no flush sees a
+//     half-made change.
+type atLeastOnce struct {
+	*core
+	flushMu sync.Mutex
+	// committed is the next offset committed per partition, absent before
+	// this process's first commit of it.
+	committed map[int32]int64
+	// restarts holds the partitions whose shard must be rebuilt; the
+	// flusher adds, the poll loop takes. A set: it can neither block the
+	// flusher nor lose a request.
+	restartMu sync.Mutex
+	restarts  map[int32]bool
+	// kick asks the flusher to flush now instead of at its next tick (a
+	// shard is backlogged, or the poll loop just caught up).
+	kick chan struct{}
+	// progress is signalled by a shard that folded held records or became
+	// backlogged: a poll loop waiting for room looks again.
+	progress chan struct{}
+}
+
+func newAtLeastOnce(c *core) *atLeastOnce {
+	a := &atLeastOnce{core: c, committed: map[int32]int64{}, restarts: map[int32]bool{},
+		kick: make(chan struct{}, 1), progress: make(chan struct{}, 1)}
+	c.notify = func(backlogged bool) {
+		if backlogged {
+			signal(a.kick) // drain it at once
+		}
+		signal(a.progress)
+	}
+	return a
+}
+
+// run polls in this goroutine and flushes in another until ctx ends, then
+// flushes everything once more, leaves the group and stops its shards.
+func (a *atLeastOnce) run(ctx context.Context, memberOpts []kgo.Opt) error {
+	cl, err := kgo.NewClient(append(memberOpts,
+		kgo.OnPartitionsAssigned(a.onAssigned),
+		kgo.OnPartitionsRevoked(a.onRevoked),
+		kgo.OnPartitionsLost(a.onLost))...)
+	if err != nil {
+		return fmt.Errorf("processor: kafka client: %w", err)
+	}
+	a.cl = cl
+	flushDone := make(chan struct{})
+	flushCtx, stopFlusher := context.WithCancel(context.Background())
+	go func() {
+		defer close(flushDone)
+		a.flushLoop(flushCtx)
+	}()
+
+	pollErr := a.pollLoop(ctx)
+
+	stopFlusher()
+	<-flushDone
+	// Final flush of everything, then leave: Close revokes (our callback
+	// flushes again, finding nothing) and leaves the group.
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), a.cfg.DeliveryTimeout)
+	defer cancel()
+	a.flush(shutdownCtx, cl, nil, true)
+	cl.Close()
+	a.stopAll()
+	a.log.Info("member stopped")
+	return pollErr
+}
+
+// signal sends on a channel of capacity one without blocking: a signal
+// already pending says the same.
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
 // pollLoop fetches trades and hands each partition's records to its shard.
 // It is the only goroutine that polls; with BlockRebalanceOnPoll the
 // rebalance callbacks run only between its iterations.
-func (r *runtime) pollLoop(ctx context.Context) error {
+func (a *atLeastOnce) pollLoop(ctx context.Context) error {
 	behind := false
 	for {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if err := r.fatal.Load(); err != nil {
+		if err := a.fatal.Load(); err != nil {
 			return *err
 		}
-		r.handleRestarts(ctx)
+		a.handleRestarts(ctx)
 		// Back-pressure: while the shards hold MaxQueued records they have
 		// not folded (their engines wait for the flusher to take their
 		// final candles, the flusher for the broker), read no further.
 		// Bounded, so that restarts are handled meanwhile.
-		if queued, _ := r.backlog(); queued >= int64(r.cfg.MaxQueued) {
+		if queued, _ := a.backlog(); queued >= int64(a.cfg.MaxQueued) {
 			select {
 			case <-ctx.Done():
 				return nil
-			case <-r.progress:
+			case <-a.progress:
 			case <-time.After(500 * time.Millisecond):
 			}
 			continue
@@ -49,49 +133,46 @@ func (r *runtime) pollLoop(ctx context.Context) error {
 		// Bounded, so that a restart requested by the flusher is handled
 		// even when no trades arrive.
 		pctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		fetches := r.cl.PollRecords(pctx, 10_000)
+		fetches := a.cl.PollRecords(pctx, 10_000)
 		cancel()
 		if fetches.IsClientClosed() {
 			return nil
 		}
-		if err := r.fetchErrors(fetches); err != nil {
-			r.cl.AllowRebalance()
+		if err := a.fetchErrors(fetches); err != nil {
+			a.cl.AllowRebalance()
 			return err
 		}
 		wasBehind := behind
 		behind = false
 		fetches.EachPartition(func(ftp kgo.FetchTopicPartition) {
-			if r.dispatch(ftp) {
+			if a.dispatch(ftp) {
 				behind = true
 			}
 		})
-		r.cl.AllowRebalance()
+		a.cl.AllowRebalance()
 		if wasBehind && !behind && len(fetches.Records()) > 0 {
 			// Just caught up (the end of a replay or of a backlog): deliver
 			// and commit now rather than at the next tick. A live stream
 			// stays caught up, so its flushes keep to the interval.
-			select {
-			case r.kick <- struct{}{}:
-			default:
-			}
+			signal(a.kick)
 		}
 	}
 }
 
-func (r *runtime) flushLoop(ctx context.Context) {
-	t := time.NewTicker(r.cfg.FlushInterval)
+func (a *atLeastOnce) flushLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.FlushInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		case <-r.kick:
+		case <-a.kick:
 		}
 		// A flush runs to its end under its own deadline: cancelling it
 		// half-way would fail deliveries that were about to succeed.
-		fctx, cancel := context.WithTimeout(context.Background(), r.cfg.DeliveryTimeout)
-		r.flush(fctx, r.cl, nil, false)
+		fctx, cancel := context.WithTimeout(context.Background(), a.cfg.DeliveryTimeout)
+		a.flush(fctx, a.cl, nil, false)
 		cancel()
 	}
 }
@@ -100,31 +181,31 @@ func (r *runtime) flushLoop(ctx context.Context) {
 // klines and dead letters, then their state records, and commits each
 // shard's position once all of its records are acknowledged. all asks for
 // full drains even of shards that are catching up (see shard.drain).
-func (r *runtime) flush(ctx context.Context, cl *kgo.Client, only []int32, all bool) {
-	r.flushMu.Lock()
-	defer r.flushMu.Unlock()
-	r.flushLocked(ctx, cl, only, all)
+func (a *atLeastOnce) flush(ctx context.Context, cl *kgo.Client, only []int32, all bool) {
+	a.flushMu.Lock()
+	defer a.flushMu.Unlock()
+	a.flushLocked(ctx, cl, only, all)
 }
 
-func (r *runtime) flushLocked(ctx context.Context, cl *kgo.Client, only []int32, all bool) {
-	flushStart := r.clock()
-	defer func() { r.stats.LastFlush.Store(r.clock().UnixMilli()) }()
-	targets := r.allShards()
+func (a *atLeastOnce) flushLocked(ctx context.Context, cl *kgo.Client, only []int32, all bool) {
+	flushStart := a.clock()
+	defer func() { a.stats.LastFlush.Store(a.clock().UnixMilli()) }()
+	targets := a.allShards()
 	if only != nil {
 		targets = slices.DeleteFunc(targets, func(s *shard) bool { return !slices.Contains(only, s.partition) })
 	}
 	// A shard whose delivery failed must not drain or commit again: its lost
 	// records would be skipped. It waits, untouched, for its restart.
-	targets = slices.DeleteFunc(targets, func(s *shard) bool { return s.ledger.broken })
+	targets = slices.DeleteFunc(targets, func(s *shard) bool { return s.State() == shardBroken })
 	if len(targets) == 0 {
 		return
 	}
 	// Nothing is written unless the group still counts us in: a member
 	// that was frozen past its session timeout wakes up here with
 	// partitions that have moved on.
-	if err := r.proveMembership(ctx, cl); err != nil {
-		r.stats.FlushesSkipped.Add(1)
-		r.log.Warn("not flushing: cannot prove this member is still in the group", "err", err)
+	if err := a.proveMembership(ctx, cl); err != nil {
+		a.stats.FlushesSkipped.Add(1)
+		a.log.Warn("not flushing: cannot prove this member is still in the group", "err", err)
 		return
 	}
 
@@ -132,38 +213,38 @@ func (r *runtime) flushLocked(ctx context.Context, cl *kgo.Client, only []int32,
 	if all {
 		kind = drainAll
 	}
-	results := r.deliverPieces(ctx, cl, targets, kind)
+	results := a.deliverPieces(ctx, cl, targets, kind)
 	if len(results) == 0 {
 		return
 	}
-	r.stats.Flushes.Add(1)
+	a.stats.Flushes.Add(1)
 
 	offsets := map[int32]kgo.EpochOffset{}
 	dirty := 0
 	for i := range results {
 		d := &results[i]
 		dirty += d.dirty
-		r.stats.DirtyFlushed.Add(int64(d.dirty))
-		r.obs.Lag(d.partition, d.lag)
+		a.stats.DirtyFlushed.Add(int64(d.dirty))
+		a.obs.Lag(d.partition, d.lag)
 		if d.err != nil {
-			r.log.Error("delivery failed; restarting the shard from its last commit", "partition", d.partition, "err", d.err)
-			d.shard.ledger.broken = true
-			r.restartMu.Lock()
-			r.restarts[d.partition] = true
-			r.restartMu.Unlock()
+			a.log.Error("delivery failed; restarting the shard from its last commit", "partition", d.partition, "err", d.err)
+			d.shard.markBroken()
+			a.restartMu.Lock()
+			a.restarts[d.partition] = true
+			a.restartMu.Unlock()
 			continue
 		}
-		if d.position >= 0 && d.position+1 > d.shard.ledger.committed {
+		if done, ok := a.committed[d.partition]; d.position >= 0 && (!ok || d.position+1 > done) {
 			offsets[d.partition] = kgo.EpochOffset{Epoch: -1, Offset: d.position + 1}
 		}
 	}
-	r.obs.Flushed(r.clock().Sub(flushStart), dirty)
+	a.obs.Flushed(a.clock().Sub(flushStart), dirty)
 	if len(offsets) == 0 {
 		return
 	}
-	commitStart := r.clock()
+	commitStart := a.clock()
 	var commitErr error
-	cl.CommitOffsetsSync(ctx, map[string]map[int32]kgo.EpochOffset{r.cfg.TradesTopic: offsets},
+	cl.CommitOffsetsSync(ctx, map[string]map[int32]kgo.EpochOffset{a.cfg.TradesTopic: offsets},
 		func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
 			if err != nil {
 				commitErr = err
@@ -181,17 +262,15 @@ func (r *runtime) flushLocked(ctx context.Context, cl *kgo.Client, only []int32,
 		// The group moved on (rebalance, fencing): the next owner replays
 		// from the previous commit and its restored state skips what was
 		// already counted.
-		r.log.Warn("commit failed", "err", commitErr)
+		a.log.Warn("commit failed", "err", commitErr)
 		return
 	}
-	for i := range results {
-		if off, ok := offsets[results[i].partition]; ok {
-			results[i].shard.ledger.committed = off.Offset
-		}
+	for p, off := range offsets {
+		a.committed[p] = off.Offset
 	}
-	r.stats.Commits.Add(1)
-	r.stats.LastCommit.Store(r.clock().UnixMilli())
-	r.obs.Committed(r.clock().Sub(commitStart))
+	a.stats.Commits.Add(1)
+	a.stats.LastCommit.Store(a.clock().UnixMilli())
+	a.obs.Committed(a.clock().Sub(commitStart))
 }
 
 // deliverPieces drains targets, delivers each answer's klines and dead
@@ -200,16 +279,16 @@ func (r *runtime) flushLocked(ctx context.Context, cl *kgo.Client, only []int32,
 // each has answered whole. It returns one result per shard, without its
 // records: the last piece's position, the first delivery error, the dirty
 // counts summed.
-func (r *runtime) deliverPieces(ctx context.Context, cl *kgo.Client, targets []*shard, kind drainKind) []drained {
+func (a *atLeastOnce) deliverPieces(ctx context.Context, cl *kgo.Client, targets []*shard, kind drainKind) []drained {
 	var out []drained
 	at := map[*shard]int{}
 	for len(targets) > 0 {
-		results := r.drainShards(targets, kind)
-		r.produceAll(ctx, cl, results, pickFirst)
+		results := drainShards(targets, kind)
+		produceAll(ctx, cl, results, pickFirst)
 		// State only after its klines: a crash in between replays (klines
 		// twice), it never skips a candle.
-		r.produceAll(ctx, cl, results, pickStates)
-		r.countDelivered(results, pickAll)
+		produceAll(ctx, cl, results, pickStates)
+		a.countDelivered(results, pickAll)
 		targets = nil
 		for _, d := range results {
 			i, ok := at[d.shard]
@@ -238,17 +317,17 @@ func (r *runtime) deliverPieces(ctx context.Context, cl *kgo.Client, targets []*
 // the callbacks) shows that the group has not given our partitions to
 // another member. The member's own heartbeats carry on meanwhile; when the
 // group has expelled us they lead kgo to call onLost and rejoin.
-func (r *runtime) proveMembership(ctx context.Context, cl *kgo.Client) error {
+func (a *atLeastOnce) proveMembership(ctx context.Context, cl *kgo.Client) error {
 	member, gen := cl.GroupMetadata()
 	if member == "" || gen < 0 {
 		return errors.New("not joined")
 	}
 	req := kmsg.NewPtrHeartbeatRequest()
-	req.Group, req.MemberID, req.Generation = r.cfg.Group, member, gen
-	if r.cfg.InstanceID != "" {
-		req.InstanceID = &r.cfg.InstanceID
+	req.Group, req.MemberID, req.Generation = a.cfg.Group, member, gen
+	if a.cfg.InstanceID != "" {
+		req.InstanceID = &a.cfg.InstanceID
 	}
-	hctx, cancel := context.WithTimeout(ctx, r.cfg.SessionTimeout/2)
+	hctx, cancel := context.WithTimeout(ctx, a.cfg.SessionTimeout/2)
 	defer cancel()
 	resp, err := req.RequestWith(hctx, cl)
 	if err != nil {
@@ -260,91 +339,95 @@ func (r *runtime) proveMembership(ctx context.Context, cl *kgo.Client) error {
 	return nil
 }
 
-func (r *runtime) onAssigned(ctx context.Context, cl *kgo.Client, assigned map[string][]int32) {
-	ps := assigned[r.cfg.TradesTopic]
+func (a *atLeastOnce) onAssigned(ctx context.Context, cl *kgo.Client, assigned map[string][]int32) {
+	ps := assigned[a.cfg.TradesTopic]
 	if len(ps) == 0 {
 		return
 	}
-	r.flushMu.Lock()
-	defer r.flushMu.Unlock()
-	r.stats.Rebalances.Add(1)
-	start := r.clock()
-	// cl, not r.cl: the group may assign before Run has stored the client.
-	shards, err := r.restoreRetrying(ctx, cl, ps)
+	a.flushMu.Lock()
+	defer a.flushMu.Unlock()
+	a.stats.Rebalances.Add(1)
+	start := a.clock()
+	// cl, not a.cl: the group may assign before Run has stored the client.
+	shards, err := a.restoreRetrying(ctx, cl, ps)
 	if err != nil {
 		// Without its state a shard would count trades twice: stop the
 		// member, so that another one (or a restart) takes over.
-		r.fail(err)
+		a.fail(err)
 		return
 	}
-	r.addShards(shards)
-	r.log.Info("partitions assigned", "partitions", ps, "restore", r.clock().Sub(start).Round(time.Millisecond))
+	a.addShards(shards)
+	a.log.Info("partitions assigned", "partitions", ps, "restore", a.clock().Sub(start).Round(time.Millisecond))
 }
 
-func (r *runtime) onRevoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
-	ps := revoked[r.cfg.TradesTopic]
+func (a *atLeastOnce) onRevoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
+	ps := revoked[a.cfg.TradesTopic]
 	if len(ps) == 0 {
 		return
 	}
-	r.flushMu.Lock()
-	defer r.flushMu.Unlock()
-	r.stats.Rebalances.Add(1)
-	r.flushLocked(ctx, cl, ps, true)
-	r.drop(ps)
-	r.log.Info("partitions revoked", "partitions", ps)
+	a.flushMu.Lock()
+	defer a.flushMu.Unlock()
+	a.stats.Rebalances.Add(1)
+	a.flushLocked(ctx, cl, ps, true)
+	a.drop(ps)
+	for _, p := range ps {
+		delete(a.committed, p)
+	}
+	a.log.Info("partitions revoked", "partitions", ps)
 }
 
 // onLost waits for a flush in flight (flushMu), so that a lost shard is
 // neither drained nor committed after the loss.
-func (r *runtime) onLost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
-	ps := lost[r.cfg.TradesTopic]
-	r.flushMu.Lock()
-	defer r.flushMu.Unlock()
-	r.stats.Rebalances.Add(1)
-	r.drop(ps)
-	r.log.Warn("partitions lost; dropped without committing", "partitions", ps)
+func (a *atLeastOnce) onLost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
+	ps := lost[a.cfg.TradesTopic]
+	a.flushMu.Lock()
+	defer a.flushMu.Unlock()
+	a.stats.Rebalances.Add(1)
+	a.drop(ps)
+	for _, p := range ps {
+		delete(a.committed, p)
+	}
+	a.log.Warn("partitions lost; dropped without committing", "partitions", ps)
 }
 
 // handleRestarts rebuilds shards whose delivery failed: drop the shard,
 // restore it from the state topic and rewind its trades to the last commit.
 // It runs on the poll goroutine, under flushMu, so that no flush and no
 // rebalance callback sees a shard half-restarted.
-func (r *runtime) handleRestarts(ctx context.Context) {
-	r.restartMu.Lock()
-	pending := r.restarts
-	r.restarts = map[int32]bool{}
-	r.restartMu.Unlock()
+func (a *atLeastOnce) handleRestarts(ctx context.Context) {
+	a.restartMu.Lock()
+	pending := a.restarts
+	a.restarts = map[int32]bool{}
+	a.restartMu.Unlock()
 	if len(pending) == 0 {
 		return
 	}
-	r.flushMu.Lock()
-	defer r.flushMu.Unlock()
+	a.flushMu.Lock()
+	defer a.flushMu.Unlock()
 	for p := range pending {
-		old := r.shard(p)
-		if old == nil {
+		if a.shard(p) == nil {
 			continue // revoked or lost meanwhile
 		}
-		committed := old.ledger.committed
-		if committed < 0 {
+		committed, ok := a.committed[p]
+		if !ok {
 			// Nothing committed by this process yet: resume from the
 			// group's commit, made by an earlier owner, if there is one.
-			if offs, err := kadm.NewClient(r.cl).FetchOffsets(ctx, r.cfg.Group); err == nil {
-				if o, ok := offs.Lookup(r.cfg.TradesTopic, p); ok && o.Err == nil {
+			if offs, err := kadm.NewClient(a.cl).FetchOffsets(ctx, a.cfg.Group); err == nil {
+				if o, ok := offs.Lookup(a.cfg.TradesTopic, p); ok && o.Err == nil {
 					committed = o.At
+					a.committed[p] = committed
 				}
 			}
 		}
-		r.drop([]int32{p})
-		shards, err := r.restoreRetrying(ctx, r.cl, []int32{p})
+		a.drop([]int32{p})
+		shards, err := a.restoreRetrying(ctx, a.cl, []int32{p})
 		if err != nil {
-			r.fail(err)
+			a.fail(err)
 			return
 		}
-		s := shards[0]
-		s.ledger.committed = committed
-		r.cl.SetOffsets(map[string]map[int32]kgo.EpochOffset{r.cfg.TradesTopic: {p: {Epoch: -1, Offset: max(committed, 0)}}})
-		r.addShards(shards)
-		r.stats.Restarts.Add(1)
-		r.log.Warn("shard restarted from its last commit", "partition", p, "offset", committed)
+		a.cl.SetOffsets(map[string]map[int32]kgo.EpochOffset{a.cfg.TradesTopic: {p: {Epoch: -1, Offset: max(committed, 0)}}})
+		a.addShards(shards)
+		a.stats.Restarts.Add(1)
+		a.log.Warn("shard restarted from its last commit", "partition", p, "offset", committed)
 	}
 }

@@ -29,7 +29,7 @@ type drained struct {
 // drainShards asks each of targets to drain, on its own goroutine, and
 // collects the answers. A drain request travels behind the records
 // dispatched before it, so each answer reflects all of them.
-func (r *runtime) drainShards(targets []*shard, kind drainKind) []drained {
+func drainShards(targets []*shard, kind drainKind) []drained {
 	// Asked all at once, so that they drain in parallel.
 	replies := make([]chan drained, len(targets))
 	for i, s := range targets {
@@ -57,7 +57,7 @@ func (r *runtime) drainShards(targets []*shard, kind drainKind) []drained {
 
 // produceAll produces pick(d) of every result that has not failed yet and
 // waits for every acknowledgement; a failure is kept in the result's err.
-func (r *runtime) produceAll(ctx context.Context, cl *kgo.Client, results []drained, pick func(*drained) [][]*kgo.Record) {
+func produceAll(ctx context.Context, cl *kgo.Client, results []drained, pick func(*drained) [][]*kgo.Record) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	skip := make([]bool, len(results)) // decided before any promise can write err
@@ -98,18 +98,18 @@ func pickAll(d *drained) [][]*kgo.Record    { return [][]*kgo.Record{d.first, d.
 type tally struct{ klines, states, deadLetters int64 }
 
 // add counts pick(d) unless its delivery failed.
-func (t *tally) add(r *runtime, d *drained, pick func(*drained) [][]*kgo.Record) {
+func (t *tally) add(cfg *Config, d *drained, pick func(*drained) [][]*kgo.Record) {
 	if d.err != nil {
 		return
 	}
 	for _, recs := range pick(d) {
 		for _, rec := range recs {
 			switch rec.Topic {
-			case r.cfg.KlinesTopic:
+			case cfg.KlinesTopic:
 				t.klines++
-			case r.cfg.StateTopic:
+			case cfg.StateTopic:
 				t.states++
-			case r.cfg.DLQTopic:
+			case cfg.DLQTopic:
 				t.deadLetters++
 			}
 		}
@@ -124,10 +124,10 @@ func (t *tally) count(s *Stats) {
 
 // countDelivered adds the records of every result that did not fail to the
 // stats, by topic.
-func (r *runtime) countDelivered(results []drained, pick func(*drained) [][]*kgo.Record) {
+func (c *core) countDelivered(results []drained, pick func(*drained) [][]*kgo.Record) {
 	var t tally
 	for i := range results {
-		t.add(r, &results[i], pick)
+		t.add(&c.cfg, &results[i], pick)
 	}
-	t.count(r.stats)
+	t.count(c.stats)
 }

@@ -10,57 +10,57 @@ import (
 	"github.com/klagg/klagg/schema"
 )
 
-func (r *runtime) setupEncoders(ctx context.Context) error {
+func (c *core) setupEncoders(ctx context.Context) error {
 	var err error
-	if r.stateCodec, err = schema.NewStateCodec(); err != nil {
+	if c.stateCodec, err = schema.NewStateCodec(); err != nil {
 		return err
 	}
-	if r.cfg.SchemaRegistry == "" {
-		r.klineEnc, err = schema.NewKlineEncoder(schema.FramingSingleObject, 0)
+	if c.cfg.SchemaRegistry == "" {
+		c.klineEnc, err = schema.NewKlineEncoder(schema.FramingSingleObject, 0)
 		return err
 	}
-	rcl, err := sr.NewClient(append([]sr.ClientOpt{sr.URLs(r.cfg.SchemaRegistry)}, r.srOpt...)...)
+	rcl, err := sr.NewClient(append([]sr.ClientOpt{sr.URLs(c.cfg.SchemaRegistry)}, c.srOpt...)...)
 	if err != nil {
-		return fmt.Errorf("processor: schema registry %s: %w", r.cfg.SchemaRegistry, err)
+		return fmt.Errorf("processor: schema registry %s: %w", c.cfg.SchemaRegistry, err)
 	}
-	subject := r.cfg.KlinesTopic + "-value"
+	subject := c.cfg.KlinesTopic + "-value"
 	ss, err := rcl.CreateSchema(ctx, subject, sr.Schema{Schema: schema.KlineSchemaText, Type: sr.TypeAvro})
 	var re *sr.ResponseError
 	if errors.As(err, &re) && re.ErrorCode == sr.ErrIncompatibleSchema.Code {
-		return &IncompatibleSchemaError{Subject: subject, Registry: r.cfg.SchemaRegistry, Err: err}
+		return &IncompatibleSchemaError{Subject: subject, Registry: c.cfg.SchemaRegistry, Err: err}
 	}
 	if err != nil {
-		return fmt.Errorf("processor: register the kline schema under %q at %s: %w", subject, r.cfg.SchemaRegistry, err)
+		return fmt.Errorf("processor: register the kline schema under %q at %s: %w", subject, c.cfg.SchemaRegistry, err)
 	}
-	r.log.Info("kline schema registered", "subject", subject, "id", ss.ID)
-	r.klineEnc, err = schema.NewKlineEncoder(schema.FramingConfluent, ss.ID)
-	if err != nil || r.cfg.InputFormat != schema.InputAvro {
+	c.log.Info("kline schema registered", "subject", subject, "id", ss.ID)
+	c.klineEnc, err = schema.NewKlineEncoder(schema.FramingConfluent, ss.ID)
+	if err != nil || c.cfg.InputFormat != schema.InputAvro {
 		return err
 	}
-	return r.findTradeV1IDs(ctx, rcl)
+	return c.findTradeV1IDs(ctx, rcl)
 }
 
 // findTradeV1IDs looks up which registry ids of the trades subject are
 // trade schema 1 (doubles): a Confluent-framed record names only its id.
 // A subject the registry does not have holds none.
-func (r *runtime) findTradeV1IDs(ctx context.Context, rcl *sr.Client) error {
-	subject := r.cfg.TradesTopic + "-value"
+func (c *core) findTradeV1IDs(ctx context.Context, rcl *sr.Client) error {
+	subject := c.cfg.TradesTopic + "-value"
 	all, err := rcl.Schemas(ctx, subject)
 	var re *sr.ResponseError
 	if errors.As(err, &re) && re.StatusCode == 404 {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("processor: read the trade schemas under %q at %s: %w", subject, r.cfg.SchemaRegistry, err)
+		return fmt.Errorf("processor: read the trade schemas under %q at %s: %w", subject, c.cfg.SchemaRegistry, err)
 	}
-	r.tradeV1IDs = map[int]bool{}
+	c.tradeV1IDs = map[int]bool{}
 	for _, s := range all {
 		if schema.IsTradeSchemaV1(s.Schema.Schema) {
-			r.tradeV1IDs[s.ID] = true
+			c.tradeV1IDs[s.ID] = true
 		}
 	}
-	if len(r.tradeV1IDs) > 0 {
-		r.log.Info("trades with trade schema 1 (doubles) are read too", "subject", subject, "ids", len(r.tradeV1IDs))
+	if len(c.tradeV1IDs) > 0 {
+		c.log.Info("trades with trade schema 1 (doubles) are read too", "subject", subject, "ids", len(c.tradeV1IDs))
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -16,6 +17,66 @@ import (
 // commits (the offsets polled so far, see GroupTransactSession.End) is
 // exactly what the drained klines and state reflect. Rebalance callbacks
 // only queue what happened; the poll goroutine applies it between polls.
+
+// exactlyOnce is a member under the exactly-once guarantee. Its one
+// goroutine polls, applies rebalance events, dispatches, drains and ends
+// transactions; the shards' goroutines fold. The rebalance callbacks run
+// on the client's goroutines and only queue events (eventsMu).
+type exactlyOnce struct {
+	*core
+	txnID    string
+	sess     *kgo.GroupTransactSession
+	eventsMu sync.Mutex
+	events   []groupEvent // rebalance callbacks queue, the poll goroutine applies
+	// owned is what the group gave this member, for a rebuild after an
+	// abort; the poll goroutine's alone.
+	owned map[int32]bool
+}
+
+func newExactlyOnce(c *core, txnID string) *exactlyOnce {
+	return &exactlyOnce{core: c, txnID: txnID}
+}
+
+// run runs exactly-once sessions until ctx ends or one fails for good. A
+// session whose producer was fenced (the broker aborted a transaction this
+// member left open past the transaction timeout, say while frozen) ends; a
+// new one rejoins the group with the same transactional id. With an
+// instance id, three such ends within ten minutes mean another process
+// holds the id, and Run stops.
+func (e *exactlyOnce) run(ctx context.Context, memberOpts []kgo.Opt) error {
+	memberOpts = append(memberOpts,
+		kgo.TransactionalID(e.txnID),
+		kgo.TransactionTimeout(e.cfg.TransactionTimeout),
+		kgo.OnPartitionsAssigned(e.queueAssigned),
+		kgo.OnPartitionsRevoked(e.queueRevoked),
+		kgo.OnPartitionsLost(e.queueLost),
+	)
+	var recent []time.Time
+	for {
+		e.eventsMu.Lock()
+		e.events = nil // the previous session's; its callbacks are done
+		e.eventsMu.Unlock()
+		sess, err := kgo.NewGroupTransactSession(memberOpts...)
+		if err != nil {
+			return fmt.Errorf("processor: kafka client: %w", err)
+		}
+		e.sess, e.cl = sess, sess.Client()
+		loopErr := e.transactLoop(ctx)
+		sess.Close()
+		e.stopAll()
+		var pe *producerError
+		if !errors.As(loopErr, &pe) || ctx.Err() != nil {
+			e.log.Info("member stopped")
+			return loopErr
+		}
+		now := e.clock()
+		recent = append(slices.DeleteFunc(recent, func(t time.Time) bool { return now.Sub(t) > 10*time.Minute }), now)
+		if e.cfg.InstanceID != "" && len(recent) >= 3 {
+			return fmt.Errorf("%w (fenced %d times in 10 minutes: is another process running with --instance-id %q?)", loopErr, len(recent), e.cfg.InstanceID)
+		}
+		e.log.Warn("transactional producer fenced; rejoining with a fresh session", "err", pe.err)
+	}
+}
 
 // catchUpInterval is how often a member that is behind (more records wait
 // than it has read) ends a transaction: each one writes every changed
@@ -35,27 +96,27 @@ type groupEvent struct {
 	ps   []int32
 }
 
-func (r *runtime) queue(kind groupEventKind, m map[string][]int32) {
-	ps := m[r.cfg.TradesTopic]
+func (e *exactlyOnce) queue(kind groupEventKind, m map[string][]int32) {
+	ps := m[e.cfg.TradesTopic]
 	if len(ps) == 0 {
 		return
 	}
-	r.stats.Rebalances.Add(1)
-	r.eventsMu.Lock()
-	r.events = append(r.events, groupEvent{kind: kind, ps: slices.Clone(ps)})
-	r.eventsMu.Unlock()
+	e.stats.Rebalances.Add(1)
+	e.eventsMu.Lock()
+	e.events = append(e.events, groupEvent{kind: kind, ps: slices.Clone(ps)})
+	e.eventsMu.Unlock()
 }
 
-func (r *runtime) queueAssigned(_ context.Context, _ *kgo.Client, m map[string][]int32) {
-	r.queue(eventAssigned, m)
+func (e *exactlyOnce) queueAssigned(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+	e.queue(eventAssigned, m)
 }
 
-func (r *runtime) queueRevoked(_ context.Context, _ *kgo.Client, m map[string][]int32) {
-	r.queue(eventRevoked, m)
+func (e *exactlyOnce) queueRevoked(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+	e.queue(eventRevoked, m)
 }
 
-func (r *runtime) queueLost(_ context.Context, _ *kgo.Client, m map[string][]int32) {
-	r.queue(eventLost, m)
+func (e *exactlyOnce) queueLost(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+	e.queue(eventLost, m)
 }
 
 // txnState is the poll goroutine's view of the transaction.
@@ -73,23 +134,23 @@ type txnState struct {
 	delivered tally
 }
 
-func (r *runtime) transactLoop(ctx context.Context) error {
-	r.owned = map[int32]bool{}
+func (e *exactlyOnce) transactLoop(ctx context.Context) error {
+	e.owned = map[int32]bool{}
 	var tx txnState
-	lastEnd := r.clock()
+	lastEnd := e.clock()
 	behind := false
 	var loopErr error
 	for {
-		if err := r.fatal.Load(); err != nil {
+		if err := e.fatal.Load(); err != nil {
 			loopErr = *err
 			break
 		}
 		if ctx.Err() != nil {
 			break
 		}
-		r.applyEvents(ctx, &tx)
+		e.applyEvents(ctx, &tx)
 		if !tx.open {
-			if err := r.sess.Begin(); err != nil {
+			if err := e.sess.Begin(); err != nil {
 				// The producer cannot go on (the broker timed out a
 				// transaction this member left open while frozen, and
 				// fenced its epoch): Run starts a fresh session.
@@ -98,56 +159,56 @@ func (r *runtime) transactLoop(ctx context.Context) error {
 			}
 			tx.open = true
 		}
-		interval := r.cfg.FlushInterval
+		interval := e.cfg.FlushInterval
 		if behind {
 			interval = max(interval, catchUpInterval)
 		}
-		roomy := r.makeRoom(&tx)
-		due := r.clock().Sub(lastEnd) >= interval || tx.records >= r.cfg.MaxTransactionRecords || tx.failed
-		if wait := interval - r.clock().Sub(lastEnd); wait > 0 && !due && roomy {
+		roomy := e.makeRoom(&tx)
+		due := e.clock().Sub(lastEnd) >= interval || tx.records >= e.cfg.MaxTransactionRecords || tx.failed
+		if wait := interval - e.clock().Sub(lastEnd); wait > 0 && !due && roomy {
 			pctx, cancel := context.WithTimeout(ctx, wait)
-			fetches := r.sess.PollRecords(pctx, 10_000)
+			fetches := e.sess.PollRecords(pctx, 10_000)
 			cancel()
 			if fetches.IsClientClosed() {
 				break
 			}
-			if err := r.fetchErrors(fetches); err != nil {
+			if err := e.fetchErrors(fetches); err != nil {
 				loopErr = err
 				break
 			}
 			// Assignments the poll waited for come before their records;
 			// an abort here rewound the fetch positions, so these records
 			// will come again and must not be folded now.
-			if !r.applyEvents(ctx, &tx) {
+			if !e.applyEvents(ctx, &tx) {
 				wasBehind := behind
 				behind = false
 				fetches.EachPartition(func(ftp kgo.FetchTopicPartition) {
-					if len(ftp.Records) > 0 && r.shard(ftp.Partition) != nil {
+					if len(ftp.Records) > 0 && e.shard(ftp.Partition) != nil {
 						tx.folded = true
 					}
-					if r.dispatch(ftp) {
+					if e.dispatch(ftp) {
 						behind = true
 					}
 				})
 				// Just caught up: deliver and commit now, not at the tick.
-				due = due || (wasBehind && !behind && fetches.NumRecords() > 0) || r.clock().Sub(lastEnd) >= interval
+				due = due || (wasBehind && !behind && fetches.NumRecords() > 0) || e.clock().Sub(lastEnd) >= interval
 			}
 		}
 		if due && tx.open {
-			r.commitTxn(ctx, r.cfg.DeliveryTimeout, &tx)
-			lastEnd = r.clock()
+			e.commitTxn(ctx, e.cfg.DeliveryTimeout, &tx)
+			lastEnd = e.clock()
 		}
-		r.sess.AllowRebalance()
+		e.sess.AllowRebalance()
 	}
 	if tx.open {
 		if loopErr == nil {
 			// SIGTERM: what was folded is delivered and committed, within
 			// a bound: a member the group no longer counts in cannot
 			// commit, and waiting for it would only delay the exit.
-			r.commitTxn(ctx, min(r.cfg.DeliveryTimeout, shutdownBound), &tx)
+			e.commitTxn(ctx, min(e.cfg.DeliveryTimeout, shutdownBound), &tx)
 		} else {
-			ectx, cancel := context.WithTimeout(context.Background(), r.cfg.DeliveryTimeout)
-			_, _ = r.sess.End(ectx, kgo.TryAbort)
+			ectx, cancel := context.WithTimeout(context.Background(), e.cfg.DeliveryTimeout)
+			_, _ = e.sess.End(ectx, kgo.TryAbort)
 			cancel()
 		}
 	}
@@ -160,11 +221,11 @@ func (r *runtime) transactLoop(ctx context.Context) error {
 // after any revoke since Begin, kept partitions included), so it ends now,
 // and every shard that folded records since the last commit is rebuilt
 // from the committed state, because the rewound records come again.
-func (r *runtime) applyEvents(ctx context.Context, tx *txnState) (aborted bool) {
-	r.eventsMu.Lock()
-	evs := r.events
-	r.events = nil
-	r.eventsMu.Unlock()
+func (e *exactlyOnce) applyEvents(ctx context.Context, tx *txnState) (aborted bool) {
+	e.eventsMu.Lock()
+	evs := e.events
+	e.events = nil
+	e.eventsMu.Unlock()
 	if len(evs) == 0 {
 		return false
 	}
@@ -173,62 +234,62 @@ func (r *runtime) applyEvents(ctx context.Context, tx *txnState) (aborted bool) 
 		for _, p := range ev.ps {
 			switch ev.kind {
 			case eventAssigned:
-				r.owned[p] = true
+				e.owned[p] = true
 				added = append(added, p)
 			case eventRevoked, eventLost:
-				delete(r.owned, p)
+				delete(e.owned, p)
 				gone = append(gone, p)
 				added = slices.DeleteFunc(added, func(q int32) bool { return q == p })
 			}
 		}
 	}
 	if len(gone) > 0 {
-		r.drop(gone)
-		r.log.Info("partitions revoked or lost", "partitions", gone, "aborting_open_transaction", tx.open)
+		e.drop(gone)
+		e.log.Info("partitions revoked or lost", "partitions", gone, "aborting_open_transaction", tx.open)
 		if tx.open {
-			ectx, cancel := context.WithTimeout(context.Background(), r.cfg.DeliveryTimeout)
-			r.endTxn(ectx, kgo.TryAbort, tx)
+			ectx, cancel := context.WithTimeout(context.Background(), e.cfg.DeliveryTimeout)
+			e.endTxn(ectx, kgo.TryAbort, tx)
 			cancel()
 			aborted = true
 		}
 	}
 	if aborted && tx.folded {
-		r.rebuild(ctx)
+		e.rebuild(ctx)
 		tx.folded = false
 		return true
 	}
 	if len(added) > 0 {
-		start := r.clock()
-		shards, err := r.restoreRetrying(ctx, r.cl, added)
+		start := e.clock()
+		shards, err := e.restoreRetrying(ctx, e.cl, added)
 		if err != nil {
-			r.fail(err)
+			e.fail(err)
 			return aborted
 		}
-		r.addShards(shards)
-		r.log.Info("partitions assigned", "partitions", added, "restore", r.clock().Sub(start).Round(time.Millisecond))
+		e.addShards(shards)
+		e.log.Info("partitions assigned", "partitions", added, "restore", e.clock().Sub(start).Round(time.Millisecond))
 	}
 	return aborted
 }
 
 // rebuild replaces every shard by one restored from the committed state.
-func (r *runtime) rebuild(ctx context.Context) {
-	r.stopAll()
-	ps := make([]int32, 0, len(r.owned))
-	for p := range r.owned {
+func (e *exactlyOnce) rebuild(ctx context.Context) {
+	e.stopAll()
+	ps := make([]int32, 0, len(e.owned))
+	for p := range e.owned {
 		ps = append(ps, p)
 	}
 	slices.Sort(ps)
 	if len(ps) == 0 {
 		return
 	}
-	shards, err := r.restoreRetrying(ctx, r.cl, ps)
+	shards, err := e.restoreRetrying(ctx, e.cl, ps)
 	if err != nil {
-		r.fail(err)
+		e.fail(err)
 		return
 	}
-	r.addShards(shards)
-	r.stats.Restarts.Add(int64(len(shards)))
-	r.log.Info("shards rebuilt from the committed state", "partitions", ps)
+	e.addShards(shards)
+	e.stats.Restarts.Add(int64(len(shards)))
+	e.log.Info("shards rebuilt from the committed state", "partitions", ps)
 }
 
 // shutdownBound bounds the last transaction of a member told to stop.
@@ -239,9 +300,9 @@ const shutdownBound = 30 * time.Second
 // final candles are taken: they go into the open transaction now, and
 // nothing more is read until the shards have room. The transaction grows
 // (up to MaxTransactionRecords), the member's memory does not.
-func (r *runtime) makeRoom(tx *txnState) bool {
-	if queued, backlogged := r.backlog(); backlogged || queued >= int64(r.cfg.MaxQueued) {
-		r.produceFinals(tx)
+func (e *exactlyOnce) makeRoom(tx *txnState) bool {
+	if queued, backlogged := e.backlog(); backlogged || queued >= int64(e.cfg.MaxQueued) {
+		e.produceFinals(tx)
 		return false
 	}
 	return true
@@ -250,27 +311,27 @@ func (r *runtime) makeRoom(tx *txnState) bool {
 // produceFinals drains the final candles of every shard into the open
 // transaction and waits for the broker to acknowledge them, which makes
 // room in backlogged engines.
-func (r *runtime) produceFinals(tx *txnState) {
-	results := r.drainShards(r.allShards(), drainFinals)
-	ectx, cancel := context.WithTimeout(context.Background(), r.cfg.DeliveryTimeout)
+func (e *exactlyOnce) produceFinals(tx *txnState) {
+	results := drainShards(e.allShards(), drainFinals)
+	ectx, cancel := context.WithTimeout(context.Background(), e.cfg.DeliveryTimeout)
 	defer cancel()
-	r.produceAll(ectx, r.cl, results, pickFirst)
-	r.account(tx, results, pickFirst)
+	produceAll(ectx, e.cl, results, pickFirst)
+	e.account(tx, results, pickFirst)
 }
 
 // account adds a drain's delivered records to the open transaction's.
-func (r *runtime) account(tx *txnState, results []drained, pick func(*drained) [][]*kgo.Record) {
+func (e *exactlyOnce) account(tx *txnState, results []drained, pick func(*drained) [][]*kgo.Record) {
 	for i := range results {
 		d := &results[i]
 		if d.err != nil {
-			r.log.Error("delivery failed; aborting the transaction", "partition", d.partition, "err", d.err)
+			e.log.Error("delivery failed; aborting the transaction", "partition", d.partition, "err", d.err)
 			tx.failed = true
 		}
 		// Drained records changed the shards (finals taken, versions):
 		// an abort must rebuild them.
 		tx.folded = tx.folded || len(d.first)+len(d.states) > 0
 		tx.records += len(d.first) + len(d.states)
-		tx.delivered.add(r, d, pick)
+		tx.delivered.add(&e.cfg, d, pick)
 	}
 }
 
@@ -280,29 +341,29 @@ func (r *runtime) account(tx *txnState, results []drained, pick func(*drained) [
 // so every record handed to a shard must be folded first: a shard still
 // holding some answers with its final candles only (partial) and is asked
 // again once they are delivered, which makes room for it to fold more.
-func (r *runtime) commitTxn(ctx context.Context, timeout time.Duration, tx *txnState) {
-	start := r.clock()
-	defer func() { r.stats.LastFlush.Store(r.clock().UnixMilli()) }()
+func (e *exactlyOnce) commitTxn(ctx context.Context, timeout time.Duration, tx *txnState) {
+	start := e.clock()
+	defer func() { e.stats.LastFlush.Store(e.clock().UnixMilli()) }()
 	ectx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	dirty := 0
-	targets := r.allShards()
+	targets := e.allShards()
 	if len(targets) > 0 {
-		r.stats.Flushes.Add(1)
+		e.stats.Flushes.Add(1)
 	}
 	for len(targets) > 0 && !tx.failed {
-		results := r.drainShards(targets, drainTxn)
-		r.produceAll(ectx, r.cl, results, pickAll)
-		r.account(tx, results, pickAll)
+		results := drainShards(targets, drainTxn)
+		produceAll(ectx, e.cl, results, pickAll)
+		e.account(tx, results, pickAll)
 		targets = targets[:0]
 		for i := range results {
 			d := &results[i]
 			dirty += d.dirty
-			r.stats.DirtyFlushed.Add(int64(d.dirty))
+			e.stats.DirtyFlushed.Add(int64(d.dirty))
 			if d.partial {
 				targets = append(targets, d.shard)
 			} else {
-				r.obs.Lag(d.partition, d.lag)
+				e.obs.Lag(d.partition, d.lag)
 			}
 		}
 	}
@@ -310,8 +371,8 @@ func (r *runtime) commitTxn(ctx context.Context, timeout time.Duration, tx *txnS
 	if tx.failed {
 		how = kgo.TryAbort
 	}
-	r.obs.Flushed(r.clock().Sub(start), dirty)
-	commitStart := r.clock()
+	e.obs.Flushed(e.clock().Sub(start), dirty)
+	commitStart := e.clock()
 	// End waits for a heartbeat of the current group session. When that
 	// session has ended (a broker restart, an expulsion), the group can
 	// only move on through the revoke or lost callback, which
@@ -319,17 +380,17 @@ func (r *runtime) commitTxn(ctx context.Context, timeout time.Duration, tx *txnS
 	// and the callback would wait for each other until End's deadline.
 	// Nothing is polled before End, and the callbacks only queue events;
 	// a revoke or loss now makes End abort, as it should.
-	r.sess.AllowRebalance()
-	committed := r.endTxn(ectx, how, tx)
+	e.sess.AllowRebalance()
+	committed := e.endTxn(ectx, how, tx)
 	if committed {
-		tx.delivered.count(r.stats)
-		r.stats.Commits.Add(1)
-		r.stats.LastCommit.Store(r.clock().UnixMilli())
-		r.obs.Committed(r.clock().Sub(commitStart))
+		tx.delivered.count(e.stats)
+		e.stats.Commits.Add(1)
+		e.stats.LastCommit.Store(e.clock().UnixMilli())
+		e.obs.Committed(e.clock().Sub(commitStart))
 	} else if tx.folded && ctx.Err() == nil {
 		// The drains changed the shards (finals, versions, dirty sets) and
 		// the transaction that carried those changes is gone.
-		r.rebuild(ctx)
+		e.rebuild(ctx)
 	}
 	tx.folded, tx.failed, tx.records, tx.delivered = false, false, 0, tally{}
 }
@@ -338,22 +399,22 @@ func (r *runtime) commitTxn(ctx context.Context, timeout time.Duration, tx *txnS
 // error from End that fences this member (another process took its
 // transactional id) ends the member; any other leaves the transaction
 // aborted, the fetch positions rewound, and the member going on.
-func (r *runtime) endTxn(ctx context.Context, how kgo.TransactionEndTry, tx *txnState) bool {
-	committed, err := r.sess.End(ctx, how)
+func (e *exactlyOnce) endTxn(ctx context.Context, how kgo.TransactionEndTry, tx *txnState) bool {
+	committed, err := e.sess.End(ctx, how)
 	tx.open = false
 	switch {
 	case errors.Is(err, kerr.FencedInstanceID), errors.Is(err, kerr.TransactionalIDAuthorizationFailed):
-		r.fail(fmt.Errorf("processor: transactional id %q: %w (is another process running with the same --instance-id?)", r.txnID, err))
+		e.fail(fmt.Errorf("processor: transactional id %q: %w (is another process running with the same --instance-id?)", e.txnID, err))
 		return false
 	case err != nil:
 		// A fenced or timed-out producer shows at the next Begin.
-		r.log.Error("transaction failed; rebuilding from the last commit", "err", err)
+		e.log.Error("transaction failed; rebuilding from the last commit", "err", err)
 	case !committed && how == kgo.TryCommit:
 		// Expected at every rebalance; a failure is logged above.
-		r.log.Info("transaction aborted: the group rebalanced or this member lost its place; rebuilding from the last commit")
+		e.log.Info("transaction aborted: the group rebalanced or this member lost its place; rebuilding from the last commit")
 	}
 	if !committed {
-		r.stats.Aborts.Add(1)
+		e.stats.Aborts.Add(1)
 	}
 	return committed && err == nil
 }
@@ -365,14 +426,3 @@ func (e *producerError) Error() string {
 	return "processor: transactional producer: " + e.err.Error()
 }
 func (e *producerError) Unwrap() error { return e.err }
-
-func (r *runtime) allShards() []*shard {
-	r.shardsMu.Lock()
-	defer r.shardsMu.Unlock()
-	out := make([]*shard, 0, len(r.shards))
-	for _, s := range r.shards {
-		out = append(out, s)
-	}
-	slices.SortFunc(out, func(a, b *shard) int { return int(a.partition - b.partition) })
-	return out
-}

@@ -46,9 +46,8 @@ func run(ctx context.Context, cfg Config, opts ...RunOption) error {
 	for _, fn := range opts {
 		fn(&o)
 	}
-	r := &runtime{cfg: cfg, log: o.log, clock: o.clock, stats: o.stats, obs: o.observer, srOpt: o.srOpts,
-		shards: map[int32]*shard{}, restarts: map[int32]bool{}, kick: make(chan struct{}, 1),
-		progress: make(chan struct{}, 1)}
+	c := &core{cfg: cfg, log: o.log, clock: o.clock, stats: o.stats, obs: o.observer, srOpt: o.srOpts,
+		shards: map[int32]*shard{}}
 
 	base := append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, o.kgoOpts...)
 	admCl, err := kgo.NewClient(base...)
@@ -58,29 +57,32 @@ func run(ctx context.Context, cfg Config, opts ...RunOption) error {
 	defer admCl.Close()
 	adm := kadm.NewClient(admCl)
 	// The registry first: when it refuses, klagg has created nothing.
-	if err := r.setupEncoders(ctx); err != nil {
+	if err := c.setupEncoders(ctx); err != nil {
 		return err
 	}
-	partitions, err := r.ensureTopics(ctx, adm)
+	partitions, err := c.ensureTopics(ctx, adm)
 	if err != nil {
 		return err
 	}
 	// Clipped, so that appending to it (restore clients) always copies and
 	// never writes into an array another goroutine is appending to.
-	r.base = slices.Clip(base)
-
-	memberOpts, err := r.memberOpts(o.memberOpts)
+	c.base = slices.Clip(base)
+	memberOpts, err := c.memberOpts(o.memberOpts)
 	if err != nil {
 		return err
 	}
-	r.writer = r.txnID
-	if r.writer == "" {
-		host, _ := os.Hostname()
-		r.writer = fmt.Sprintf("%s/%s/%s/%d", cfg.Group, cfg.InstanceID, host, os.Getpid())
+	txnID := ""
+	if cfg.Guarantee == ExactlyOnce {
+		txnID = transactionalID(cfg)
 	}
-	r.log.Info("member starting", "group", cfg.Group, "trades", cfg.TradesTopic, "partitions", partitions,
+	c.writer = txnID
+	if c.writer == "" {
+		host, _ := os.Hostname()
+		c.writer = fmt.Sprintf("%s/%s/%s/%d", cfg.Group, cfg.InstanceID, host, os.Getpid())
+	}
+	c.log.Info("member starting", "group", cfg.Group, "trades", cfg.TradesTopic, "partitions", partitions,
 		"periods", len(cfg.Engine.Periods), "flush_interval", cfg.FlushInterval, "guarantee", cfg.Guarantee,
-		"instance_id", cfg.InstanceID, "transactional_id", r.txnID)
+		"instance_id", cfg.InstanceID, "transactional_id", txnID)
 
 	if cfg.Guarantee == ExactlyOnce {
 		if cfg.InstanceID != "" {
@@ -88,77 +90,19 @@ func run(ctx context.Context, cfg Config, opts ...RunOption) error {
 			// with a transaction open; readers of its partitions (our
 			// own restore among them) would wait for it to time out.
 			// Initialising the same transactional id aborts it now.
-			if err := fencePredecessor(ctx, admCl, r.txnID, cfg.TransactionTimeout); err != nil {
+			if err := fencePredecessor(ctx, admCl, txnID, cfg.TransactionTimeout); err != nil {
 				return err
 			}
 		}
-		return r.transactSessions(ctx, memberOpts)
+		return newExactlyOnce(c, txnID).run(ctx, memberOpts)
 	}
-
-	cl, err := kgo.NewClient(memberOpts...)
-	if err != nil {
-		return fmt.Errorf("processor: kafka client: %w", err)
-	}
-	r.cl = cl
-	flushDone := make(chan struct{})
-	flushCtx, stopFlusher := context.WithCancel(context.Background())
-	go func() {
-		defer close(flushDone)
-		r.flushLoop(flushCtx)
-	}()
-
-	pollErr := r.pollLoop(ctx)
-
-	stopFlusher()
-	<-flushDone
-	// Final flush of everything, then leave: Close revokes (our callback
-	// flushes again, finding nothing) and leaves the group.
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.DeliveryTimeout)
-	defer cancel()
-	r.flush(shutdownCtx, cl, nil, true)
-	cl.Close()
-	r.stopAll()
-	r.log.Info("member stopped")
-	return pollErr
+	return newAtLeastOnce(c).run(ctx, memberOpts)
 }
 
-// transactSessions runs exactly-once sessions until ctx ends or one fails
-// for good. A session whose producer was fenced (the broker aborted a
-// transaction this member left open past the transaction timeout, say
-// while frozen) ends; a new one rejoins the group with the same
-// transactional id. With an instance id, three such ends within ten
-// minutes mean another process holds the id, and Run stops.
-func (r *runtime) transactSessions(ctx context.Context, memberOpts []kgo.Opt) error {
-	var recent []time.Time
-	for {
-		r.eventsMu.Lock()
-		r.events = nil // the previous session's; its callbacks are done
-		r.eventsMu.Unlock()
-		sess, err := kgo.NewGroupTransactSession(memberOpts...)
-		if err != nil {
-			return fmt.Errorf("processor: kafka client: %w", err)
-		}
-		r.sess, r.cl = sess, sess.Client()
-		loopErr := r.transactLoop(ctx)
-		sess.Close()
-		r.stopAll()
-		var pe *producerError
-		if !errors.As(loopErr, &pe) || ctx.Err() != nil {
-			r.log.Info("member stopped")
-			return loopErr
-		}
-		now := r.clock()
-		recent = append(slices.DeleteFunc(recent, func(t time.Time) bool { return now.Sub(t) > 10*time.Minute }), now)
-		if r.cfg.InstanceID != "" && len(recent) >= 3 {
-			return fmt.Errorf("%w (fenced %d times in 10 minutes: is another process running with --instance-id %q?)", loopErr, len(recent), r.cfg.InstanceID)
-		}
-		r.log.Warn("transactional producer fenced; rejoining with a fresh session", "err", pe.err)
-	}
-}
-
-// memberOpts are the group member's client options for cfg's guarantee.
-func (r *runtime) memberOpts(extra []kgo.Opt) ([]kgo.Opt, error) {
-	cfg := r.cfg
+// memberOpts are the group member's client options that both guarantees
+// share; each member adds its own (rebalance callbacks, a transactional id).
+func (c *core) memberOpts(extra []kgo.Opt) ([]kgo.Opt, error) {
+	cfg := c.cfg
 	codec, err := compressionCodec(cfg.Compression)
 	if err != nil {
 		return nil, err
@@ -187,23 +131,7 @@ func (r *runtime) memberOpts(extra []kgo.Opt) ([]kgo.Opt, error) {
 	if cfg.InstanceID != "" {
 		opts = append(opts, kgo.InstanceID(cfg.InstanceID))
 	}
-	if cfg.Guarantee == ExactlyOnce {
-		r.txnID = transactionalID(cfg)
-		opts = append(opts,
-			kgo.TransactionalID(r.txnID),
-			kgo.TransactionTimeout(cfg.TransactionTimeout),
-			kgo.OnPartitionsAssigned(r.queueAssigned),
-			kgo.OnPartitionsRevoked(r.queueRevoked),
-			kgo.OnPartitionsLost(r.queueLost),
-		)
-	} else {
-		opts = append(opts,
-			kgo.OnPartitionsAssigned(r.onAssigned),
-			kgo.OnPartitionsRevoked(r.onRevoked),
-			kgo.OnPartitionsLost(r.onLost),
-		)
-	}
-	return slices.Concat(r.base, opts, extra), nil
+	return slices.Concat(c.base, opts, extra), nil
 }
 
 // transactionalID is stable for a member with an instance id (so that a
@@ -249,15 +177,15 @@ func fencePredecessor(ctx context.Context, cl *kgo.Client, txnID string, timeout
 	}
 }
 
-// runtime is one member. Who owns what:
-//   - shards (the registry) is guarded by shardsMu. Under exactly-once only
-//     the poll goroutine changes it; under at-least-once the poll goroutine
-//     (restarts) and the rebalance callbacks change it while holding
-//     flushMu, so no flush sees a half-made change.
+// core is what both guarantees' members share: the configuration, the
+// encoders, the client, and the registry of shards. Who owns what:
+//   - shards (the registry) is guarded by shardsMu; the member's own rules
+//     (exactlyOnce, atLeastOnce) say which goroutines change it.
 //   - a shard's Aggregator belongs to the shard's goroutine alone.
-//   - shard.ledger (what was committed, whether delivery failed) is the
-//     at-least-once flusher's, guarded by flushMu.
-type runtime struct {
+//
+// A member of each guarantee embeds a core and adds the fields that only
+// it uses: see exactlyOnce and atLeastOnce.
+type core struct {
 	cfg   Config
 	log   *slog.Logger
 	clock func() time.Time
@@ -266,7 +194,6 @@ type runtime struct {
 	base  []kgo.Opt
 	srOpt []sr.ClientOpt
 	cl    *kgo.Client
-	txnID string
 	// writer names this member in the state records it writes, so that an
 	// operator can tell whose record won.
 	writer string
@@ -275,88 +202,87 @@ type runtime struct {
 	stateCodec *schema.StateCodec
 	tradeV1IDs map[int]bool // registry ids of trade schema 1, for Confluent-framed Avro trades
 
+	// notify is what a shard calls when its engine becomes backlogged
+	// (backlogged true) or it folded held records: the member's own
+	// reaction (at-least-once flushes at once and polls again).
+	notify func(backlogged bool)
+
 	shardsMu sync.Mutex
 	shards   map[int32]*shard
 
 	// fatal is set when the member cannot go on (a shard it owns cannot be
 	// restored); the poll loop returns it and Run stops with it.
 	fatal atomic.Pointer[error]
-
-	// progress is signalled (without blocking) by a shard that folded
-	// held records or became backlogged: a poll loop waiting for room
-	// looks again.
-	progress chan struct{}
-
-	// At-least-once only.
-
-	// flushMu serializes flushes (the periodic one, a revoke's, the final
-	// one), the loss of partitions and shard restarts.
-	flushMu sync.Mutex
-	// restarts holds the partitions whose shard must be rebuilt; the
-	// flusher adds, the poll loop takes. A set: it can neither block the
-	// flusher nor lose a request.
-	restartMu sync.Mutex
-	restarts  map[int32]bool
-	// kick asks the flusher to flush now instead of at its next tick (a
-	// shard is backlogged, or the poll loop just caught up).
-	kick chan struct{}
-
-	// Exactly-once only.
-	sess     *kgo.GroupTransactSession
-	eventsMu sync.Mutex
-	events   []groupEvent // rebalance callbacks queue, the poll goroutine applies
-	owned    map[int32]bool
 }
 
-func (r *runtime) fail(err error) {
-	r.fatal.CompareAndSwap(nil, &err)
+// shardEnv is what this member's shards are given.
+func (c *core) shardEnv() shardEnv {
+	return shardEnv{clock: c.clock, log: c.log, stats: c.stats, klineEnc: c.klineEnc, stateCodec: c.stateCodec,
+		decoder: schema.TradeDecoder{Format: c.cfg.InputFormat, Validate: schema.ValidateConfig{MaxSkew: c.cfg.MaxSkew}, V1IDs: c.tradeV1IDs},
+		writer: c.writer, klinesTopic: c.cfg.KlinesTopic, stateTopic: c.cfg.StateTopic, dlqTopic: c.cfg.DLQTopic,
+		maxPending: c.cfg.Engine.MaxPending, notify: c.notify}
 }
 
-func (r *runtime) shard(p int32) *shard {
-	r.shardsMu.Lock()
-	defer r.shardsMu.Unlock()
-	return r.shards[p]
-}
-
-func (r *runtime) addShards(shards []*shard) {
-	r.shardsMu.Lock()
-	for _, s := range shards {
-		r.shards[s.partition] = s
-		go s.run()
+// allShards lists the running shards and those marked broken, by partition.
+func (c *core) allShards() []*shard {
+	c.shardsMu.Lock()
+	defer c.shardsMu.Unlock()
+	out := make([]*shard, 0, len(c.shards))
+	for _, s := range c.shards {
+		out = append(out, s)
 	}
-	r.stats.Assigned.Store(int64(len(r.shards)))
-	r.shardsMu.Unlock()
+	slices.SortFunc(out, func(a, b *shard) int { return int(a.partition - b.partition) })
+	return out
+}
+
+func (c *core) fail(err error) {
+	c.fatal.CompareAndSwap(nil, &err)
+}
+
+func (c *core) shard(p int32) *shard {
+	c.shardsMu.Lock()
+	defer c.shardsMu.Unlock()
+	return c.shards[p]
+}
+
+func (c *core) addShards(shards []*shard) {
+	c.shardsMu.Lock()
+	for _, s := range shards {
+		c.shards[s.partition] = s
+		s.start()
+	}
+	c.stats.Assigned.Store(int64(len(c.shards)))
+	c.shardsMu.Unlock()
 }
 
 // drop stops the shards of ps: close quit, wait on done.
-func (r *runtime) drop(ps []int32) {
-	r.shardsMu.Lock()
+func (c *core) drop(ps []int32) {
+	c.shardsMu.Lock()
 	var stopping []*shard
 	for _, p := range ps {
-		if s := r.shards[p]; s != nil {
+		if s := c.shards[p]; s != nil {
 			stopping = append(stopping, s)
-			delete(r.shards, p)
+			delete(c.shards, p)
 		}
 	}
-	r.stats.Assigned.Store(int64(len(r.shards)))
-	r.shardsMu.Unlock()
+	c.stats.Assigned.Store(int64(len(c.shards)))
+	c.shardsMu.Unlock()
 	for _, s := range stopping {
-		close(s.quit)
-		<-s.done
-		r.obs.Forget(s.partition)
+		s.stop()
+		c.obs.Forget(s.partition)
 	}
 }
 
-func (r *runtime) stopAll() {
-	r.drop(r.partitions())
+func (c *core) stopAll() {
+	c.drop(c.partitions())
 }
 
 // partitions lists the partitions that have a shard, in order.
-func (r *runtime) partitions() []int32 {
-	r.shardsMu.Lock()
-	defer r.shardsMu.Unlock()
-	ps := make([]int32, 0, len(r.shards))
-	for p := range r.shards {
+func (c *core) partitions() []int32 {
+	c.shardsMu.Lock()
+	defer c.shardsMu.Unlock()
+	ps := make([]int32, 0, len(c.shards))
+	for p := range c.shards {
 		ps = append(ps, p)
 	}
 	slices.Sort(ps)
@@ -367,13 +293,13 @@ func (r *runtime) partitions() []int32 {
 // reports whether the partition has more records waiting. The fetch's
 // last record may be a transaction marker: the shard gets the trades, and
 // the marker's offset as how far the partition was read.
-func (r *runtime) dispatch(ftp kgo.FetchTopicPartition) (behind bool) {
+func (c *core) dispatch(ftp kgo.FetchTopicPartition) (behind bool) {
 	if len(ftp.Records) == 0 {
 		return false
 	}
 	end := ftp.Records[len(ftp.Records)-1].Offset
 	behind = end+1 < ftp.HighWatermark
-	s := r.shard(ftp.Partition)
+	s := c.shard(ftp.Partition)
 	if s == nil {
 		return behind // not ours any more; the new owner reads them
 	}
@@ -391,28 +317,12 @@ func (r *runtime) dispatch(ftp kgo.FetchTopicPartition) (behind bool) {
 
 func isControl(r *kgo.Record) bool { return r.Attrs.IsControl() }
 
-// wake tells the at-least-once flusher to flush now (a shard is
-// backlogged) and a poll loop waiting for room to look again.
-func (r *runtime) wake() {
-	r.signal(r.kick)
-	r.signal(r.progress)
-}
-
-// signal sends on a channel of capacity one without blocking: a signal
-// already pending says the same.
-func (r *runtime) signal(c chan struct{}) {
-	select {
-	case c <- struct{}{}:
-	default:
-	}
-}
-
 // backlog reports the records handed to shards and not yet folded, and
 // whether any shard's engine waits for a drain.
-func (r *runtime) backlog() (queued int64, backlogged bool) {
-	r.shardsMu.Lock()
-	defer r.shardsMu.Unlock()
-	for _, s := range r.shards {
+func (c *core) backlog() (queued int64, backlogged bool) {
+	c.shardsMu.Lock()
+	defer c.shardsMu.Unlock()
+	for _, s := range c.shards {
 		queued += s.queued.Load()
 		backlogged = backlogged || s.backlogged.Load()
 	}
@@ -421,19 +331,19 @@ func (r *runtime) backlog() (queued int64, backlogged bool) {
 
 // fetchErrors logs fetch errors and returns the first that ends the
 // member: the group refused us for good.
-func (r *runtime) fetchErrors(fetches kgo.Fetches) error {
+func (c *core) fetchErrors(fetches kgo.Fetches) error {
 	var fatal error
 	fetches.EachError(func(topic string, p int32, err error) {
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			return
 		}
-		r.log.Warn("fetch error", "topic", topic, "partition", p, "err", err)
+		c.log.Warn("fetch error", "topic", topic, "partition", p, "err", err)
 		switch {
 		case errors.Is(err, kerr.GroupAuthorizationFailed):
-			fatal = fmt.Errorf("processor: consumer group %q: %w", r.cfg.Group, err)
+			fatal = fmt.Errorf("processor: consumer group %q: %w", c.cfg.Group, err)
 		case errors.Is(err, kerr.FencedInstanceID):
 			fatal = fmt.Errorf("processor: another member of group %q runs with instance id %q: %w (give each process its own --instance-id)",
-				r.cfg.Group, r.cfg.InstanceID, err)
+				c.cfg.Group, c.cfg.InstanceID, err)
 		}
 	})
 	return fatal

@@ -36,14 +36,14 @@ func (e *BadStateError) Unwrap() error { return e.Err }
 // reached (a broker restart lands on a rebalance or an abort, whose
 // restore then finds nobody to answer). A record it cannot use, or ctx
 // ending, stops it: those are not transient.
-func (r *runtime) restoreRetrying(ctx context.Context, cl *kgo.Client, ps []int32) ([]*shard, error) {
+func (c *core) restoreRetrying(ctx context.Context, cl *kgo.Client, ps []int32) ([]*shard, error) {
 	for {
-		shards, err := r.restore(ctx, cl, ps)
+		shards, err := c.restore(ctx, cl, ps)
 		var bad *BadStateError
 		if err == nil || errors.As(err, &bad) || errors.Is(err, engine.ErrBadState) || ctx.Err() != nil {
 			return shards, err
 		}
-		r.log.Warn("restore failed; trying again", "partitions", ps, "err", err)
+		c.log.Warn("restore failed; trying again", "partitions", ps, "err", err)
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -60,8 +60,8 @@ func (r *runtime) restoreRetrying(ctx context.Context, cl *kgo.Client, ps []int3
 // winning. It reads with read_committed up to the end offset as it stands,
 // so it waits for a transaction open on the partition to end: a member
 // that died with one open holds it up to the transaction timeout.
-func (r *runtime) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*shard, error) {
-	start := r.clock()
+func (c *core) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*shard, error) {
+	start := c.clock()
 	latest := map[int32]map[string]schema.SymbolState{}
 	bad := map[int32]map[string]*BadStateError{}
 	targets := make([]int32, 0, len(ps))
@@ -70,7 +70,7 @@ func (r *runtime) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*s
 		bad[partition.Target(p)] = map[string]*BadStateError{}
 		targets = append(targets, partition.Target(p))
 	}
-	err := scanState(ctx, cl, r.base, r.cfg.StateTopic, targets, func(rec *kgo.Record) {
+	err := scanState(ctx, cl, c.base, c.cfg.StateTopic, targets, func(rec *kgo.Record) {
 		m := latest[rec.Partition]
 		key := string(rec.Key)
 		if rec.Value == nil {
@@ -79,7 +79,7 @@ func (r *runtime) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*s
 			return
 		}
 		var st schema.SymbolState
-		if err := r.stateCodec.Decode(rec.Value, &st); err != nil {
+		if err := c.stateCodec.Decode(rec.Value, &st); err != nil {
 			// It may hold more trades than any record before it: those
 			// older ones cannot stand in for it.
 			delete(m, key)
@@ -87,7 +87,7 @@ func (r *runtime) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*s
 			return
 		}
 		if prev, ok := m[st.Symbol]; ok && prev.SourceOffset > st.SourceOffset {
-			r.stats.StaleStates.Add(1)
+			c.stats.StaleStates.Add(1)
 			return
 		}
 		m[st.Symbol] = st
@@ -98,7 +98,7 @@ func (r *runtime) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*s
 		return nil, fmt.Errorf("processor: restore: %w", err)
 	}
 	var out []*shard
-	now := r.clock().UnixMilli()
+	now := c.clock().UnixMilli()
 	symbols := 0
 	var legacy, rounded int // records of state schemas 1 and 2 (doubles), and the values they rounded
 	for _, p := range ps {
@@ -111,13 +111,13 @@ func (r *runtime) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*s
 			}
 		}
 		if b := bad[partition.Target(p)]; len(b) > 0 {
-			rebuilt, err := r.rebuildSymbols(ctx, cl, p, b, now)
+			rebuilt, err := c.rebuildSymbols(ctx, cl, p, b, now)
 			if err != nil {
 				return nil, err
 			}
 			states = append(states, rebuilt...)
 		}
-		agg, err := engine.NewAggregator(r.cfg.Engine, engine.WithLogger(r.log))
+		agg, err := engine.NewAggregator(c.cfg.Engine, engine.WithLogger(c.log))
 		if err != nil {
 			return nil, err
 		}
@@ -125,17 +125,17 @@ func (r *runtime) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*s
 			return nil, fmt.Errorf("processor: restore partition %d: %w", p, err)
 		}
 		symbols += len(states)
-		out = append(out, r.newShard(p, agg))
-		r.log.Debug("shard restored", "partition", p, "symbols", len(states), "position", agg.Position())
+		out = append(out, newShard(p, agg, c.shardEnv()))
+		c.log.Debug("shard restored", "partition", p, "symbols", len(states), "position", agg.Position())
 	}
-	r.stats.Restores.Add(int64(len(ps)))
-	r.stats.RestoreNanos.Store(int64(r.clock().Sub(start)))
-	r.obs.Restored(r.clock().Sub(start), len(ps))
-	r.log.Info("restored", "partitions", ps, "symbols", symbols, "took", r.clock().Sub(start).Round(time.Millisecond))
+	c.stats.Restores.Add(int64(len(ps)))
+	c.stats.RestoreNanos.Store(int64(c.clock().Sub(start)))
+	c.obs.Restored(c.clock().Sub(start), len(ps))
+	c.log.Info("restored", "partitions", ps, "symbols", symbols, "took", c.clock().Sub(start).Round(time.Millisecond))
 	if legacy > 0 {
 		// The one inexact step (DESIGN.md, "State records and their
 		// schemas"): say what it did.
-		r.log.Warn("restored state written with doubles by an older klagg: each value taken as its shortest decimal",
+		c.log.Warn("restored state written with doubles by an older klagg: each value taken as its shortest decimal",
 			"records", legacy, "values_rounded_to_scale", rounded)
 	}
 	return out, nil
@@ -146,8 +146,8 @@ func (r *runtime) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*s
 // recomputed from its trades that the trades topic still holds, up to the
 // group's committed offset (what the unreadable record reflected at most);
 // the consumer resumes from that offset as usual.
-func (r *runtime) rebuildSymbols(ctx context.Context, cl *kgo.Client, p int32, bad map[string]*BadStateError, nowMs int64) ([]schema.SymbolState, error) {
-	if r.cfg.BadState != BadStateRebuild {
+func (c *core) rebuildSymbols(ctx context.Context, cl *kgo.Client, p int32, bad map[string]*BadStateError, nowMs int64) ([]schema.SymbolState, error) {
+	if c.cfg.BadState != BadStateRebuild {
 		var first *BadStateError
 		for _, b := range bad {
 			if first == nil || b.Offset < first.Offset {
@@ -157,41 +157,41 @@ func (r *runtime) rebuildSymbols(ctx context.Context, cl *kgo.Client, p int32, b
 		return nil, first
 	}
 	adm := kadm.NewClient(cl)
-	commits, err := adm.FetchOffsets(ctx, r.cfg.Group)
+	commits, err := adm.FetchOffsets(ctx, c.cfg.Group)
 	if err != nil {
-		return nil, fmt.Errorf("processor: rebuild partition %d: committed offsets of group %q: %w", p, r.cfg.Group, err)
+		return nil, fmt.Errorf("processor: rebuild partition %d: committed offsets of group %q: %w", p, c.cfg.Group, err)
 	}
 	until := int64(0)
-	if c, ok := commits.Lookup(r.cfg.TradesTopic, p); ok && c.Err == nil {
+	if c, ok := commits.Lookup(c.cfg.TradesTopic, p); ok && c.Err == nil {
 		until = c.At
 	}
-	starts, err := adm.ListStartOffsets(ctx, r.cfg.TradesTopic)
+	starts, err := adm.ListStartOffsets(ctx, c.cfg.TradesTopic)
 	if err != nil {
-		return nil, fmt.Errorf("processor: rebuild partition %d: start offsets of %q: %w", p, r.cfg.TradesTopic, err)
+		return nil, fmt.Errorf("processor: rebuild partition %d: start offsets of %q: %w", p, c.cfg.TradesTopic, err)
 	}
 	from := int64(0)
-	if s, ok := starts.Lookup(r.cfg.TradesTopic, p); ok && s.Err == nil {
+	if s, ok := starts.Lookup(c.cfg.TradesTopic, p); ok && s.Err == nil {
 		from = s.Offset
 	}
 	aggs := map[string]*engine.Aggregator{}
 	for sym, b := range bad {
-		agg, err := engine.NewAggregator(r.cfg.Engine, engine.WithLogger(r.log))
+		agg, err := engine.NewAggregator(c.cfg.Engine, engine.WithLogger(c.log))
 		if err != nil {
 			return nil, err
 		}
 		aggs[sym] = agg
-		r.stats.RebuiltStates.Add(1)
-		r.log.Warn("state record unreadable; rebuilding the symbol from the retained trades",
+		c.stats.RebuiltStates.Add(1)
+		c.log.Warn("state record unreadable; rebuilding the symbol from the retained trades",
 			"record", fmt.Sprintf("%s/%d@%d", b.Topic, b.Partition, b.Offset), "symbol", sym, "err", b.Err,
 			"trades_from", from, "trades_until", until)
 		if from > 0 {
-			r.log.Warn("the trades topic no longer holds its first records: the rebuilt symbol's longer candles may lack their earliest trades",
+			c.log.Warn("the trades topic no longer holds its first records: the rebuilt symbol's longer candles may lack their earliest trades",
 				"symbol", sym, "partition", p, "first_retained_offset", from)
 		}
 	}
 	if until > from {
-		rc, err := kgo.NewClient(append(r.base,
-			kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{r.cfg.TradesTopic: {p: kgo.NewOffset().At(from)}}),
+		rc, err := kgo.NewClient(append(c.base,
+			kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{c.cfg.TradesTopic: {p: kgo.NewOffset().At(from)}}),
 			kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 			kgo.KeepControlRecords(),
 		)...)
@@ -199,7 +199,7 @@ func (r *runtime) rebuildSymbols(ctx context.Context, cl *kgo.Client, p int32, b
 			return nil, fmt.Errorf("processor: rebuild client: %w", err)
 		}
 		defer rc.Close()
-		dec := schema.TradeDecoder{Format: r.cfg.InputFormat, Validate: schema.ValidateConfig{MaxSkew: r.cfg.MaxSkew}, V1IDs: r.tradeV1IDs}
+		dec := schema.TradeDecoder{Format: c.cfg.InputFormat, Validate: schema.ValidateConfig{MaxSkew: c.cfg.MaxSkew}, V1IDs: c.tradeV1IDs}
 		var t schema.Trade
 		for done := false; !done; {
 			fetches := rc.PollFetches(ctx)
@@ -209,7 +209,7 @@ func (r *runtime) rebuildSymbols(ctx context.Context, cl *kgo.Client, p int32, b
 			var ferr error
 			fetches.EachError(func(_ string, _ int32, err error) { ferr = err })
 			if ferr != nil {
-				return nil, fmt.Errorf("processor: rebuild partition %d: fetch %q: %w", p, r.cfg.TradesTopic, ferr)
+				return nil, fmt.Errorf("processor: rebuild partition %d: fetch %q: %w", p, c.cfg.TradesTopic, ferr)
 			}
 			fetches.EachRecord(func(rec *kgo.Record) {
 				if done || rec.Offset >= until {
@@ -233,7 +233,7 @@ func (r *runtime) rebuildSymbols(ctx context.Context, cl *kgo.Client, p int32, b
 		var b engine.Batch // its own: the states' candles live in it
 		agg.Drain(&b, nowMs)
 		if len(b.States) == 0 {
-			r.log.Warn("no retained trade of the symbol: it starts afresh at its next trade", "symbol", sym, "partition", p)
+			c.log.Warn("no retained trade of the symbol: it starts afresh at its next trade", "symbol", sym, "partition", p)
 			continue
 		}
 		out = append(out, b.States...)

@@ -1,6 +1,7 @@
 package processor
 
 import (
+	"log/slog"
 	"slices"
 	"strconv"
 	"sync/atomic"
@@ -13,20 +14,16 @@ import (
 	"github.com/klagg/klagg/schema"
 )
 
-// shard is one assigned trades partition: its goroutine owns agg.
+// shard is one assigned trades partition: its goroutine owns agg. What it
+// needs from its member comes in env; it holds no pointer back.
 type shard struct {
 	partition int32
 	agg       *engine.Aggregator
-	r         *runtime
+	env       shardEnv
+	state     atomic.Uint32 // a shardState
 	in        chan shardMsg
 	quit      chan struct{}
 	done      chan struct{}
-	// ledger is the at-least-once flusher's record of this shard, never
-	// touched by the shard's goroutine; guarded by runtime.flushMu.
-	ledger struct {
-		committed int64 // next offset committed, -1 before the first commit
-		broken    bool  // a delivery failed: no drain, no commit until restarted
-	}
 
 	dec   schema.TradeDecoder
 	trade schema.Trade
@@ -90,18 +87,85 @@ const (
 	drainFinals
 )
 
-func (r *runtime) newShard(p int32, agg *engine.Aggregator) *shard {
-	s := &shard{
-		partition: p, agg: agg, r: r,
+// shardEnv is what a shard is given by its member.
+type shardEnv struct {
+	clock      func() time.Time
+	log        *slog.Logger
+	stats      *Stats
+	klineEnc   *schema.KlineEncoder
+	stateCodec *schema.StateCodec
+	decoder    schema.TradeDecoder // copied into each shard
+	// writer names the member in the state records.
+	writer                            string
+	klinesTopic, stateTopic, dlqTopic string
+	maxPending                        int // a full drain's pieces, as the engine's own bound
+	// notify, when set, is called by the shard's goroutine when its engine
+	// becomes backlogged (true) or it folded held records (false).
+	notify func(backlogged bool)
+}
+
+// shardState is where a shard is in its life. Every shard goes
+// restoring → running → stopped; at-least-once may mark a running shard
+// broken, and then replaces it by a new one.
+type shardState uint32
+
+const (
+	// shardRestoring: built, its engine being restored; no goroutine yet.
+	shardRestoring shardState = iota
+	// shardRunning: its goroutine folds what it is given and answers drains.
+	shardRunning
+	// shardBroken (at-least-once): a delivery of its records failed, so
+	// it is neither drained nor committed again; it waits to be rebuilt
+	// from its last commit.
+	shardBroken
+	// shardStopped: quit closed and its goroutine done.
+	shardStopped
+)
+
+var shardStateNames = [...]string{"restoring", "running", "broken", "stopped"}
+
+func (st shardState) String() string { return shardStateNames[st] }
+
+func newShard(p int32, agg *engine.Aggregator, env shardEnv) *shard {
+	return &shard{
+		partition: p, agg: agg, env: env, dec: env.decoder,
 		in: make(chan shardMsg, 8), quit: make(chan struct{}), done: make(chan struct{}),
-		dec:  schema.TradeDecoder{Format: r.cfg.InputFormat, Validate: schema.ValidateConfig{MaxSkew: r.cfg.MaxSkew}, V1IDs: r.tradeV1IDs},
-		last: agg.Position(),
-		// A shard catching up from its start may hold back its open
-		// candles for a first catchUpHold.
-		fullDrainAt: r.clock(),
 	}
-	s.ledger.committed = -1
-	return s
+}
+
+// State is where the shard is in its life.
+func (s *shard) State() shardState { return shardState(s.state.Load()) }
+
+// start runs the shard's goroutine on its restored engine.
+func (s *shard) start() {
+	s.begin()
+	go s.run()
+}
+
+// begin makes a restored shard running; its goroutine (or a test) drives it.
+func (s *shard) begin() {
+	s.last = s.agg.Position()
+	// A shard catching up from its start may hold back its open candles
+	// for a first catchUpHold.
+	s.fullDrainAt = s.env.clock()
+	s.state.Store(uint32(shardRunning))
+}
+
+// markBroken takes a running shard out of flushes until it is replaced.
+func (s *shard) markBroken() {
+	s.state.CompareAndSwap(uint32(shardRunning), uint32(shardBroken))
+}
+
+// stop closes quit and waits on done.
+func (s *shard) stop() {
+	if s.State() == shardStopped {
+		return
+	}
+	if s.State() != shardRestoring {
+		close(s.quit)
+		<-s.done
+	}
+	s.state.Store(uint32(shardStopped))
 }
 
 func (s *shard) run() {
@@ -159,20 +223,18 @@ func (s *shard) work() {
 	}
 	b := s.agg.Backlogged()
 	if b && !s.backlogged.Load() {
-		s.r.stats.Backlogs.Add(1)
+		s.env.stats.Backlogs.Add(1)
 	}
 	s.backlogged.Store(b)
-	if b {
-		s.r.wake() // the at-least-once flusher drains it at once
-	} else if folded {
-		s.r.signal(s.r.progress)
+	if s.env.notify != nil && (b || folded) {
+		s.env.notify(b)
 	}
 }
 
 // fold folds recs in order until the engine is backlogged, and returns how
 // many it took.
 func (s *shard) fold(recs []*kgo.Record) int {
-	now := s.r.clock().UnixMilli()
+	now := s.env.clock().UnixMilli()
 	// Counted here and added once per batch: shards share the Stats, and
 	// an atomic add per trade would bounce its cache line between cores.
 	var outcomes [numOutcomes]int64
@@ -185,7 +247,7 @@ func (s *shard) fold(recs []*kgo.Record) int {
 		s.last = rec.Offset
 		if err := s.dec.Decode(rec.Key, rec.Value, now, &s.trade); err != nil {
 			reason := schema.ReasonOf(err)
-			s.r.stats.Invalid[reason].Add(1)
+			s.env.stats.Invalid[reason].Add(1)
 			s.agg.MarkOffset(rec.Offset)
 			s.deadLetter(rec, reason, err)
 			continue
@@ -198,7 +260,7 @@ func (s *shard) fold(recs []*kgo.Record) int {
 	}
 	for i, c := range outcomes {
 		if c > 0 {
-			s.r.stats.Trades[i].Add(c)
+			s.env.stats.Trades[i].Add(c)
 		}
 	}
 	s.foldedSinceDrain += int64(n)
@@ -213,7 +275,7 @@ func (s *shard) deadLetter(rec *kgo.Record, reason schema.Reason, err error) {
 	if err != nil {
 		headers = append(headers, kgo.RecordHeader{Key: HeaderError, Value: []byte(err.Error())})
 	}
-	s.dlq = append(s.dlq, &kgo.Record{Topic: s.r.cfg.DLQTopic, Partition: partition.Target(s.partition),
+	s.dlq = append(s.dlq, &kgo.Record{Topic: s.env.dlqTopic, Partition: partition.Target(s.partition),
 		Key: rec.Key, Value: rec.Value, Headers: headers})
 }
 
@@ -256,7 +318,7 @@ func (s *shard) finalsOnly(kind drainKind, lag int64, now time.Time) bool {
 // when caught up or when catchUpHold ends, delivers the open candles and
 // state and commits. See drainKind for the others.
 func (s *shard) drain(kind drainKind) drained {
-	now := s.r.clock()
+	now := s.env.clock()
 	nowMs := now.UnixMilli()
 	lag := max(0, s.hw-(s.last+1)) + s.queued.Load()
 	if s.draining && kind == drainFinals {
@@ -276,7 +338,7 @@ func (s *shard) drain(kind drainKind) drained {
 	} else {
 		// In pieces of the engine's own bound: during a catch-up nearly
 		// every slot changed between two full drains.
-		done := s.agg.DrainSome(&s.batch, nowMs, s.r.cfg.Engine.MaxPending)
+		done := s.agg.DrainSome(&s.batch, nowMs, s.env.maxPending)
 		s.draining, partial = !done, !done
 		if done {
 			s.fullDrainAt = now
@@ -299,10 +361,10 @@ func (s *shard) drain(kind drainKind) drained {
 		start := len(buf)
 		buf = append(buf, k.Symbol...)
 		mid := len(buf)
-		buf = s.r.klineEnc.Append(buf, k)
+		buf = s.env.klineEnc.Append(buf, k)
 		// If append moved buf, the earlier records keep the old array,
 		// which stays valid until this drain's records are all delivered.
-		s.slab[i] = kgo.Record{Topic: s.r.cfg.KlinesTopic, Partition: p,
+		s.slab[i] = kgo.Record{Topic: s.env.klinesTopic, Partition: p,
 			Key: buf[start:mid:mid], Value: buf[mid:len(buf):len(buf)]}
 		s.ptrs = append(s.ptrs, &s.slab[i])
 	}
@@ -312,15 +374,15 @@ func (s *shard) drain(kind drainKind) drained {
 	s.dlq = nil
 	for i := range s.batch.States {
 		st := &s.batch.States[i]
-		st.Writer, st.WrittenAt = s.r.writer, nowMs
-		v, err := s.r.stateCodec.Encode(st)
+		st.Writer, st.WrittenAt = s.env.writer, nowMs
+		v, err := s.env.stateCodec.Encode(st)
 		if err != nil {
 			// Our own struct: cannot fail unless the schema and the struct
 			// disagree, which the tests rule out.
-			s.r.log.Error("encode state", "symbol", st.Symbol, "err", err)
+			s.env.log.Error("encode state", "symbol", st.Symbol, "err", err)
 			continue
 		}
-		d.states = append(d.states, &kgo.Record{Topic: s.r.cfg.StateTopic, Partition: p, Key: []byte(st.Symbol), Value: v})
+		d.states = append(d.states, &kgo.Record{Topic: s.env.stateTopic, Partition: p, Key: []byte(st.Symbol), Value: v})
 	}
 	return d
 }

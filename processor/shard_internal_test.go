@@ -13,8 +13,8 @@ import (
 	"github.com/klagg/klagg/schema"
 )
 
-// testShard is a shard of partition 0 over a runtime with just what a
-// shard uses, driven on the test's goroutine (its own is not started).
+// testShard is a shard of partition 0, given only what a shard is given,
+// driven on the test's goroutine (its own is not started).
 func testShard(t *testing.T, cfg Config, clock func() time.Time) *shard {
 	t.Helper()
 	enc, err := schema.NewKlineEncoder(schema.FramingSingleObject, 0)
@@ -25,13 +25,58 @@ func testShard(t *testing.T, cfg Config, clock func() time.Time) *shard {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &runtime{cfg: cfg, log: slog.New(slog.DiscardHandler), clock: clock, stats: &Stats{}, obs: nopObserver{},
-		klineEnc: enc, stateCodec: codec}
 	agg, err := engine.NewAggregator(cfg.Engine)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return r.newShard(0, agg)
+	s := newShard(0, agg, shardEnv{clock: clock, log: slog.New(slog.DiscardHandler), stats: &Stats{},
+		klineEnc: enc, stateCodec: codec, decoder: schema.TradeDecoder{Format: cfg.InputFormat},
+		klinesTopic: cfg.KlinesTopic, stateTopic: cfg.StateTopic, dlqTopic: cfg.DLQTopic, maxPending: cfg.Engine.MaxPending})
+	s.begin()
+	return s
+}
+
+// TestShardLifecycle walks a shard through its states: restoring until
+// started, running, broken when marked (only from running), stopped by
+// stop, which also ends its goroutine and may be called again.
+func TestShardLifecycle(t *testing.T) {
+	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	cfg := DefaultConfig()
+	agg, err := engine.NewAggregator(cfg.Engine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newShard(3, agg, shardEnv{clock: func() time.Time { return now }, stats: &Stats{}})
+	if s.State() != shardRestoring {
+		t.Fatalf("a new shard is %s", s.State())
+	}
+	s.markBroken()
+	if s.State() != shardRestoring {
+		t.Fatalf("a restoring shard marked broken is %s", s.State())
+	}
+	s.start()
+	if s.State() != shardRunning {
+		t.Fatalf("a started shard is %s", s.State())
+	}
+	s.markBroken()
+	if s.State() != shardBroken {
+		t.Fatalf("a running shard marked broken is %s", s.State())
+	}
+	s.stop()
+	select {
+	case <-s.done:
+	default:
+		t.Fatal("stop returned with the shard's goroutine running")
+	}
+	s.stop()
+	if s.State() != shardStopped || s.State().String() != "stopped" {
+		t.Fatalf("a stopped shard is %s", s.State())
+	}
+	never := newShard(4, agg, shardEnv{})
+	never.stop() // never started: nothing to wait for
+	if never.State() != shardStopped {
+		t.Fatalf("a shard stopped while restoring is %s", never.State())
+	}
 }
 
 // give hands a fetch to s as the poll loop does, on the test's goroutine.

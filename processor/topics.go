@@ -19,33 +19,33 @@ var ErrTopicMissing = errors.New("trades topic does not exist")
 
 // ensureTopics checks the trades topic and creates the others with its
 // partition count; a count that differs is an error naming both.
-func (r *runtime) ensureTopics(ctx context.Context, adm *kadm.Client) (int32, error) {
-	c := r.cfg
-	details, err := r.awaitTradesTopic(ctx, adm)
+func (c *core) ensureTopics(ctx context.Context, adm *kadm.Client) (int32, error) {
+	cfg := c.cfg
+	details, err := c.awaitTradesTopic(ctx, adm)
 	if err != nil {
 		return 0, err
 	}
-	trades := details[c.TradesTopic]
+	trades := details[cfg.TradesTopic]
 	n := int32(len(trades.Partitions))
 	counts := map[string]int32{}
 	for _, spec := range []struct {
 		topic   string
 		configs map[string]*string
 	}{
-		{c.KlinesTopic, nil},
-		{c.StateTopic, map[string]*string{"cleanup.policy": kadm.StringPtr("compact")}},
-		{c.DLQTopic, nil},
+		{cfg.KlinesTopic, nil},
+		{cfg.StateTopic, map[string]*string{"cleanup.policy": kadm.StringPtr("compact")}},
+		{cfg.DLQTopic, nil},
 	} {
 		if d, ok := details[spec.topic]; ok && d.Err == nil {
 			counts[spec.topic] = int32(len(d.Partitions)) // 0 while another member creates it
 			continue
 		}
-		resp, err := adm.CreateTopic(ctx, n, c.ReplicationFactor, spec.configs, spec.topic)
+		resp, err := adm.CreateTopic(ctx, n, cfg.ReplicationFactor, spec.configs, spec.topic)
 		if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
 			return 0, fmt.Errorf("processor: create topic %q: %w", spec.topic, err)
 		}
 		if err == nil {
-			r.log.Info("created topic", "topic", spec.topic, "partitions", n, "compacted", spec.configs != nil)
+			c.log.Info("created topic", "topic", spec.topic, "partitions", n, "compacted", spec.configs != nil)
 			counts[spec.topic] = resp.NumPartitions
 			if resp.NumPartitions <= 0 {
 				counts[spec.topic] = n
@@ -56,7 +56,7 @@ func (r *runtime) ensureTopics(ctx context.Context, adm *kadm.Client) (int32, er
 	}
 	// A topic another member has just created may be listed before its
 	// partitions are: wait for the metadata to settle before comparing.
-	err = r.awaitPartitions(ctx, counts, func(topics []string) (map[string]int32, error) {
+	err = c.awaitPartitions(ctx, counts, func(topics []string) (map[string]int32, error) {
 		d, err := adm.ListTopics(ctx, topics...)
 		got := map[string]int32{}
 		for _, topic := range topics {
@@ -67,7 +67,7 @@ func (r *runtime) ensureTopics(ctx context.Context, adm *kadm.Client) (int32, er
 	if err != nil {
 		return 0, err
 	}
-	if err := partition.CheckPartitionCounts(c.TradesTopic, n, counts); err != nil {
+	if err := partition.CheckPartitionCounts(cfg.TradesTopic, n, counts); err != nil {
 		return 0, fmt.Errorf("processor: %w", err)
 	}
 	return n, nil
@@ -77,24 +77,24 @@ func (r *runtime) ensureTopics(ctx context.Context, adm *kadm.Client) (int32, er
 // with back-off, and saying so, while the brokers cannot be reached or the
 // topic is not there yet (a deployment may start klagg before the job that
 // creates it), for as long as ctx lives.
-func (r *runtime) awaitTradesTopic(ctx context.Context, adm *kadm.Client) (kadm.TopicDetails, error) {
-	c := r.cfg
+func (c *core) awaitTradesTopic(ctx context.Context, adm *kadm.Client) (kadm.TopicDetails, error) {
+	cfg := c.cfg
 	wait, waited := 100*time.Millisecond, time.Duration(0)
 	for {
-		details, err := adm.ListTopics(ctx, c.TradesTopic, c.KlinesTopic, c.StateTopic, c.DLQTopic)
-		trades, ok := details[c.TradesTopic]
+		details, err := adm.ListTopics(ctx, cfg.TradesTopic, cfg.KlinesTopic, cfg.StateTopic, cfg.DLQTopic)
+		trades, ok := details[cfg.TradesTopic]
 		switch {
 		case err != nil:
-			err = fmt.Errorf("processor: list topics on %v: %w (are the brokers reachable?)", c.Brokers, err)
+			err = fmt.Errorf("processor: list topics on %v: %w (are the brokers reachable?)", cfg.Brokers, err)
 		case !ok || errors.Is(trades.Err, kerr.UnknownTopicOrPartition):
-			err = fmt.Errorf("processor: %w: %q (create it, keyed by symbol, or point --trades-topic at yours)", ErrTopicMissing, c.TradesTopic)
+			err = fmt.Errorf("processor: %w: %q (create it, keyed by symbol, or point --trades-topic at yours)", ErrTopicMissing, cfg.TradesTopic)
 		case trades.Err != nil:
-			return nil, fmt.Errorf("processor: describe %q: %w", c.TradesTopic, trades.Err)
+			return nil, fmt.Errorf("processor: describe %q: %w", cfg.TradesTopic, trades.Err)
 		default:
 			return details, nil
 		}
 		if waited >= 500*time.Millisecond { // past the first quick looks
-			r.log.Warn("waiting", "for", err.Error(), "waited", waited.Round(100*time.Millisecond))
+			c.log.Warn("waiting", "for", err.Error(), "waited", waited.Round(100*time.Millisecond))
 		}
 		select {
 		case <-ctx.Done():
@@ -111,7 +111,7 @@ func (r *runtime) awaitTradesTopic(ctx context.Context, adm *kadm.Client) (kadm.
 // 100 ms to 5 s between looks and saying what it waits for, for as long as
 // ctx lives: a busy cluster may take a while to propagate a topic another
 // member has just created, and a member that gave up would be lost.
-func (r *runtime) awaitPartitions(ctx context.Context, counts map[string]int32,
+func (c *core) awaitPartitions(ctx context.Context, counts map[string]int32,
 	describe func([]string) (map[string]int32, error)) error {
 	wait, waited := 100*time.Millisecond, time.Duration(0)
 	for {
@@ -126,7 +126,7 @@ func (r *runtime) awaitPartitions(ctx context.Context, counts map[string]int32,
 		}
 		slices.Sort(pending)
 		if waited >= 5*time.Second {
-			r.log.Info("waiting for the topics' partitions to show", "topics", pending, "waited", waited.Round(time.Second))
+			c.log.Info("waiting for the topics' partitions to show", "topics", pending, "waited", waited.Round(time.Second))
 		}
 		select {
 		case <-ctx.Done():
@@ -138,7 +138,7 @@ func (r *runtime) awaitPartitions(ctx context.Context, counts map[string]int32,
 		got, err := describe(pending)
 		if err != nil {
 			// Transient while the broker restarts or the metadata settles.
-			r.log.Warn("describe topics", "topics", pending, "err", err)
+			c.log.Warn("describe topics", "topics", pending, "err", err)
 		}
 		for _, topic := range pending {
 			counts[topic] = got[topic]

@@ -18,7 +18,7 @@ import (
 func TestAwaitPartitions(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var logs bytes.Buffer
-		r := &runtime{log: slog.New(slog.NewTextHandler(&logs, nil))}
+		r := &core{log: slog.New(slog.NewTextHandler(&logs, nil))}
 		start := time.Now()
 		looks := 0
 		describe := func(topics []string) (map[string]int32, error) {
