@@ -217,10 +217,21 @@ type core struct {
 
 // shardEnv is what this member's shards are given.
 func (c *core) shardEnv() shardEnv {
-	return shardEnv{clock: c.clock, log: c.log, stats: c.stats, klineEnc: c.klineEnc, stateCodec: c.stateCodec,
-		decoder: schema.TradeDecoder{Format: c.cfg.InputFormat, Validate: schema.ValidateConfig{MaxSkew: c.cfg.MaxSkew}, V1IDs: c.tradeV1IDs},
-		writer: c.writer, klinesTopic: c.cfg.KlinesTopic, stateTopic: c.cfg.StateTopic, dlqTopic: c.cfg.DLQTopic,
-		maxPending: c.cfg.Engine.MaxPending, notify: c.notify}
+	return shardEnv{
+		clock:      c.clock,
+		log:        c.log,
+		stats:      c.stats,
+		klineEnc:   c.klineEnc,
+		stateCodec: c.stateCodec,
+		decoder: schema.TradeDecoder{Format: c.cfg.InputFormat, V1IDs: c.tradeV1IDs,
+			Validate: schema.ValidateConfig{MaxSkew: c.cfg.MaxSkew}},
+		writer:      c.writer,
+		klinesTopic: c.cfg.KlinesTopic,
+		stateTopic:  c.cfg.StateTopic,
+		dlqTopic:    c.cfg.DLQTopic,
+		maxPending:  c.cfg.Engine.MaxPending,
+		notify:      c.notify,
+	}
 }
 
 // allShards lists the running shards and those marked broken, by partition.
