@@ -90,7 +90,7 @@ func run(ctx context.Context, cfg Config, opts ...RunOption) error {
 			// with a transaction open; readers of its partitions (our
 			// own restore among them) would wait for it to time out.
 			// Initialising the same transactional id aborts it now.
-			if err := fencePredecessor(ctx, admCl, txnID, cfg.TransactionTimeout); err != nil {
+			if err := fencePredecessor(ctx, admCl, c.log, txnID, cfg.TransactionTimeout); err != nil {
 				return err
 			}
 		}
@@ -149,31 +149,37 @@ func transactionalID(cfg Config) string {
 
 // fencePredecessor initialises txnID once, which bumps its producer epoch:
 // the broker aborts a transaction the previous holder of the id left open
-// and refuses that holder from now on.
-func fencePredecessor(ctx context.Context, cl *kgo.Client, txnID string, timeout time.Duration) error {
+// and refuses that holder from now on. While the transaction coordinator
+// is not there yet (a cluster starting, a coordinator moving, the abort
+// still under way) it waits with back-off, and says so, while ctx lives.
+func fencePredecessor(ctx context.Context, cl *kgo.Client, log *slog.Logger, txnID string, timeout time.Duration) error {
 	req := kmsg.NewPtrInitProducerIDRequest()
 	req.TransactionalID = &txnID
 	req.TransactionTimeoutMillis = int32(timeout.Milliseconds())
 	req.ProducerID, req.ProducerEpoch = -1, -1
+	var b backoff
 	for {
 		resp, err := req.RequestWith(ctx, cl)
 		if err == nil {
 			err = kerr.ErrorForCode(resp.ErrorCode)
 		}
-		// The abort of the open transaction takes a moment; the broker
-		// says so with a retriable error.
-		if errors.Is(err, kerr.ConcurrentTransactions) || errors.Is(err, kerr.CoordinatorLoadInProgress) {
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(100 * time.Millisecond):
-			}
-			continue
+		if err == nil {
+			return nil
 		}
-		if err != nil {
-			return fmt.Errorf("processor: fence transactional id %q: %w", txnID, err)
+		err = fmt.Errorf("processor: fence transactional id %q: %w", txnID, err)
+		// Worth waiting for: the coordinator is loading or moving, the
+		// abort is still under way (CONCURRENT_TRANSACTIONS, which kerr
+		// does not count retriable), or the brokers cannot be reached.
+		var ke *kerr.Error
+		if ctx.Err() != nil || errors.As(err, &ke) && !ke.Retriable && !errors.Is(err, kerr.ConcurrentTransactions) {
+			return err
 		}
-		return nil
+		if b.waited >= time.Second {
+			log.Warn("waiting for the transaction coordinator", "err", err, "waited", b.waited.Round(100*time.Millisecond))
+		}
+		if !b.wait(ctx) {
+			return err
+		}
 	}
 }
 

@@ -181,6 +181,49 @@ func TestRunWaitsForTradesTopic(t *testing.T) {
 	}
 }
 
+// TestRunWaitsForTransactionCoordinator: a member with an instance id
+// fences its predecessor's transactional id first; while the coordinator
+// answers COORDINATOR_NOT_AVAILABLE (a cluster still starting) it waits
+// with back-off, says so, and starts once the coordinator answers. The
+// client retries such answers itself for up to 30 s, silently; it is
+// told to retry once here, so that the member's own waiting shows.
+func TestRunWaitsForTransactionCoordinator(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, processor.DefaultConfig().TradesTopic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	var refused atomic.Int32
+	cluster.ControlKey(int16(kmsg.InitProducerID), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		cluster.KeepControl()
+		if refused.Load() >= 12 {
+			return nil, nil, false
+		}
+		refused.Add(1)
+		resp := req.(*kmsg.InitProducerIDRequest).ResponseKind().(*kmsg.InitProducerIDResponse)
+		resp.ErrorCode = kerr.CoordinatorNotAvailable.Code
+		return resp, nil, true
+	})
+	cfg := processor.DefaultConfig()
+	cfg.Brokers, cfg.InstanceID = cluster.ListenAddrs(), "klagg-0"
+	stats := &processor.Stats{}
+	logs := &lockedLog{}
+	ctx, cancel := context.WithCancel(t.Context())
+	errs := make(chan error, 1)
+	go func() {
+		errs <- processor.Run(ctx, cfg, processor.WithStats(stats), processor.WithKgoOpts(kgo.RequestRetries(1)),
+			processor.WithRunLogger(slog.New(slog.NewTextHandler(logs, nil))))
+	}()
+	waitFor(t, 30*time.Second, "the member to own the partitions", func() bool { return stats.Assigned.Load() == 2 })
+	cancel()
+	if err := <-errs; err != nil {
+		t.Fatalf("member: %v", err)
+	}
+	if refused.Load() < 12 || !strings.Contains(logs.String(), "waiting for the transaction coordinator") {
+		t.Fatalf("refused %d times; logs:\n%s", refused.Load(), logs.String())
+	}
+}
+
 // TestRegistryRefusesKlineSchema2: a subject that holds kline schema 1
 // under BACKWARD compatibility refuses schema 2, as Confluent's registry
 // does (srfake does not check compatibility: an interceptor answers as the

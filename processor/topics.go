@@ -79,7 +79,7 @@ func (c *core) ensureTopics(ctx context.Context, adm *kadm.Client) (int32, error
 // creates it), for as long as ctx lives.
 func (c *core) awaitTradesTopic(ctx context.Context, adm *kadm.Client) (kadm.TopicDetails, error) {
 	cfg := c.cfg
-	wait, waited := 100*time.Millisecond, time.Duration(0)
+	var b backoff
 	for {
 		details, err := adm.ListTopics(ctx, cfg.TradesTopic, cfg.KlinesTopic, cfg.StateTopic, cfg.DLQTopic)
 		trades, ok := details[cfg.TradesTopic]
@@ -93,16 +93,12 @@ func (c *core) awaitTradesTopic(ctx context.Context, adm *kadm.Client) (kadm.Top
 		default:
 			return details, nil
 		}
-		if waited >= 500*time.Millisecond { // past the first quick looks
-			c.log.Warn("waiting", "for", err.Error(), "waited", waited.Round(100*time.Millisecond))
+		if b.waited >= 500*time.Millisecond { // past the first quick looks
+			c.log.Warn("waiting", "for", err.Error(), "waited", b.waited.Round(100*time.Millisecond))
 		}
-		select {
-		case <-ctx.Done():
+		if !b.wait(ctx) {
 			return nil, err
-		case <-time.After(wait):
 		}
-		waited += wait
-		wait = min(2*wait, 5*time.Second)
 	}
 }
 
@@ -113,7 +109,7 @@ func (c *core) awaitTradesTopic(ctx context.Context, adm *kadm.Client) (kadm.Top
 // member has just created, and a member that gave up would be lost.
 func (c *core) awaitPartitions(ctx context.Context, counts map[string]int32,
 	describe func([]string) (map[string]int32, error)) error {
-	wait, waited := 100*time.Millisecond, time.Duration(0)
+	var b backoff
 	for {
 		var pending []string
 		for topic, got := range counts {
@@ -125,16 +121,12 @@ func (c *core) awaitPartitions(ctx context.Context, counts map[string]int32,
 			return nil
 		}
 		slices.Sort(pending)
-		if waited >= 5*time.Second {
-			c.log.Info("waiting for the topics' partitions to show", "topics", pending, "waited", waited.Round(time.Second))
+		if b.waited >= 5*time.Second {
+			c.log.Info("waiting for the topics' partitions to show", "topics", pending, "waited", b.waited.Round(time.Second))
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("processor: topics %v still show no partitions after %s: %w", pending, waited.Round(time.Millisecond), ctx.Err())
-		case <-time.After(wait):
+		if !b.wait(ctx) {
+			return fmt.Errorf("processor: topics %v still show no partitions after %s: %w", pending, b.waited.Round(time.Millisecond), ctx.Err())
 		}
-		waited += wait
-		wait = min(2*wait, 5*time.Second)
 		got, err := describe(pending)
 		if err != nil {
 			// Transient while the broker restarts or the metadata settles.
