@@ -17,6 +17,7 @@ import (
 
 	"github.com/klagg/klagg/decimal"
 	"github.com/klagg/klagg/internal/oracle"
+	"github.com/klagg/klagg/internal/testkit"
 	"github.com/klagg/klagg/processor"
 	"github.com/klagg/klagg/schema"
 )
@@ -231,7 +232,7 @@ func live(b *testing.B, g processor.Guarantee) {
 		member := exec.Command(benchBinary(b), "run", "--brokers", strings.Join(brokers, ","), "--group", name,
 			"--trades-topic", name+"-trades", "--klines-topic", name+"-klines", "--state-topic", name+"-state",
 			"--dlq-topic", name+"-dlq", "--metrics-addr", "", "--log-format", "text", "--guarantee", string(g))
-		var memberLog lockedBuffer
+		var memberLog testkit.Buffer
 		member.Stdout, member.Stderr = &memberLog, &memberLog
 		if err := member.Start(); err != nil {
 			b.Fatal(err)

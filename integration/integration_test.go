@@ -1,13 +1,11 @@
 package integration_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,7 +13,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,6 +21,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/klagg/klagg/internal/oracle"
+	"github.com/klagg/klagg/internal/testkit"
 	"github.com/klagg/klagg/processor"
 	"github.com/klagg/klagg/schema"
 )
@@ -80,27 +78,9 @@ type bed struct {
 
 type member struct {
 	cmd  *exec.Cmd
-	log  *lockedBuffer
+	log  *testkit.Buffer
 	done chan struct{} // closed when the process has exited
 	err  error         // its exit status, once done
-}
-
-// lockedBuffer is the member's output: exec writes it while the test reads.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func newBed(t *testing.T, partitions int32) *bed {
@@ -136,7 +116,7 @@ func (b *bed) args() []string {
 
 func (b *bed) start(name string) {
 	b.t.Helper()
-	m := &member{cmd: exec.Command(binary, b.args()...), log: &lockedBuffer{}, done: make(chan struct{})}
+	m := &member{cmd: exec.Command(binary, b.args()...), log: &testkit.Buffer{}, done: make(chan struct{})}
 	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
 	if err := m.cmd.Start(); err != nil {
 		b.t.Fatal(err)
@@ -423,7 +403,7 @@ func TestBrokerRestart(t *testing.T) {
 func TestBadInputToDeadLetters(t *testing.T) {
 	b := newBed(t, 3)
 	recs := market(5, 50_000, 3, "2024-10-31T23:00:00Z", 300, 0.01, 0.001)
-	metricsAddr := freeAddr(t)
+	metricsAddr := testkit.FreeAddr(t)
 	b.extra = []string{"--metrics-addr", metricsAddr}
 	b.start("a")
 	b.produce(recs)
@@ -450,16 +430,6 @@ func TestBadInputToDeadLetters(t *testing.T) {
 		t.Fatalf("dead letters by reason %v (total %d); want %d refused: %d bad, %d duplicate or late", reasons, total, refused, bad, dup)
 	}
 	t.Logf("dead letters by reason: %v", reasons)
-}
-
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // checkMetrics scrapes a member's /metrics and /readyz: every metric the
@@ -688,10 +658,10 @@ func TestStaticMemberRestart(t *testing.T) {
 func TestServeKlinesAPI(t *testing.T) {
 	b := newBed(t, 3)
 	recs := market(9, 30_000, 3, "2024-06-30T21:00:00Z", 400, 0, 0)
-	addr, data := freeAddr(t), t.TempDir()
+	addr, data := testkit.FreeAddr(t), t.TempDir()
 	startServe := func() *member {
 		srv := &member{cmd: exec.Command(binary, "serve", "--brokers", strings.Join(brokers, ","), "--klines-topic", b.topic("klines"),
-			"--http", addr, "--data", data, "--log-format", "text"), log: &lockedBuffer{}, done: make(chan struct{})}
+			"--http", addr, "--data", data, "--log-format", "text"), log: &testkit.Buffer{}, done: make(chan struct{})}
 		srv.cmd.Stdout, srv.cmd.Stderr = srv.log, srv.log
 		if err := srv.cmd.Start(); err != nil {
 			t.Fatal(err)

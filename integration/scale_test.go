@@ -20,6 +20,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/klagg/klagg/internal/oracle"
+	"github.com/klagg/klagg/internal/testkit"
 	"github.com/klagg/klagg/processor"
 )
 
@@ -66,7 +67,7 @@ type catchUp struct {
 	klines  float64 // kline records delivered, from the member's metrics
 	peakKiB int64   // VmHWM: the process's peak resident memory
 	cmd     *exec.Cmd
-	log     *lockedBuffer
+	log     *testkit.Buffer
 	metrics string
 	done    chan struct{} // closed once the process has exited and been reaped
 	err     error         // its exit status, once done
@@ -76,7 +77,7 @@ type catchUp struct {
 // named after the group.
 func startMember(tb testing.TB, bin, topic, group string, flags ...string) *catchUp {
 	tb.Helper()
-	c := &catchUp{log: &lockedBuffer{}, metrics: freeAddr(tb), done: make(chan struct{})}
+	c := &catchUp{log: &testkit.Buffer{}, metrics: testkit.FreeAddr(tb), done: make(chan struct{})}
 	args := append([]string{"run", "--brokers", strings.Join(brokers, ","), "--group", group,
 		"--trades-topic", topic, "--klines-topic", group + "-klines", "--state-topic", group + "-state",
 		"--dlq-topic", group + "-dlq", "--metrics-addr", c.metrics, "--log-format", "json"}, flags...)

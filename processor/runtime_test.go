@@ -1,7 +1,6 @@
 package processor_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -10,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -25,24 +23,12 @@ import (
 
 	"github.com/klagg/klagg/decimal"
 	"github.com/klagg/klagg/internal/oracle"
+	"github.com/klagg/klagg/internal/testkit"
 	"github.com/klagg/klagg/partition"
 	"github.com/klagg/klagg/processor"
 	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
-
-// waitFor polls cond until it holds or the deadline passes. The pipeline is
-// asynchronous (a broker in between), so there is no event to wait on.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 func handled(s *processor.Stats) int64 {
 	var n int64
@@ -65,11 +51,7 @@ func TestRunKfake(t *testing.T) {
 }
 
 func testRunKfake(t *testing.T, g processor.Guarantee) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "trades"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(3, "trades"))
 	brokers := cluster.ListenAddrs()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
@@ -99,7 +81,7 @@ func testRunKfake(t *testing.T, g processor.Guarantee) {
 			errs <- processor.Run(mctx, cfg, processor.WithStats(stats[i]), processor.WithRunLogger(slog.New(slog.NewTextHandler(t.Output(), nil))))
 		}()
 	}
-	waitFor(t, time.Minute, "every record handled", func() bool {
+	testkit.WaitFor(t, time.Minute, "every record handled", func() bool {
 		select {
 		case err := <-errs:
 			t.Fatalf("a member stopped early: %v", err)
@@ -108,7 +90,7 @@ func testRunKfake(t *testing.T, g processor.Guarantee) {
 		return handled(stats[0])+handled(stats[1]) >= int64(len(recs))
 	})
 	adm := kadm.NewClient(prod)
-	waitFor(t, time.Minute, "offsets committed to the end", func() bool {
+	testkit.WaitFor(t, time.Minute, "offsets committed to the end", func() bool {
 		ok, err := oracle.Committed(ctx, adm, cfg.Group, cfg.TradesTopic)
 		return err == nil && ok
 	})
@@ -132,14 +114,10 @@ func testRunKfake(t *testing.T, g processor.Guarantee) {
 }
 
 func TestRunRefusesMismatchedTopics(t *testing.T) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "trades"), kfake.SeedTopics(2, "klines"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(3, "trades"), kfake.SeedTopics(2, "klines"))
 	cfg := processor.DefaultConfig()
 	cfg.Brokers = cluster.ListenAddrs()
-	err = processor.Run(t.Context(), cfg)
+	err := processor.Run(t.Context(), cfg)
 	if !errors.Is(err, partition.ErrPartitionMismatch) || !strings.Contains(err.Error(), `"klines" has 2 partitions but trades topic "trades" has 3`) {
 		t.Fatalf("got %v", err)
 	}
@@ -148,7 +126,7 @@ func TestRunRefusesMismatchedTopics(t *testing.T) {
 	cfg.TradesTopic = "nope"
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
 	defer cancel()
-	var logs lockedLog
+	var logs testkit.Buffer
 	err = processor.Run(ctx, cfg, processor.WithRunLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	if err != nil || !strings.Contains(logs.String(), "waiting") ||
 		!strings.Contains(logs.String(), processor.ErrTopicMissing.Error()+`: \"nope\"`) {
@@ -159,11 +137,7 @@ func TestRunRefusesMismatchedTopics(t *testing.T) {
 // TestRunWaitsForTradesTopic: a member started before its trades topic
 // exists starts once it is created.
 func TestRunWaitsForTradesTopic(t *testing.T) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1))
 	cfg := processor.DefaultConfig()
 	cfg.Brokers = cluster.ListenAddrs()
 	stats := &processor.Stats{}
@@ -174,7 +148,7 @@ func TestRunWaitsForTradesTopic(t *testing.T) {
 	if _, err := kadm.NewClient(mustClient(t, cluster)).CreateTopic(t.Context(), 2, 1, nil, cfg.TradesTopic); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "the member to own the new topic's partitions", func() bool { return stats.Assigned.Load() == 2 })
+	testkit.WaitFor(t, 30*time.Second, "the member to own the new topic's partitions", func() bool { return stats.Assigned.Load() == 2 })
 	cancel()
 	if err := <-errs; err != nil {
 		t.Fatalf("member: %v", err)
@@ -188,11 +162,7 @@ func TestRunWaitsForTradesTopic(t *testing.T) {
 // client retries such answers itself for up to 30 s, silently; it is
 // told to retry once here, so that the member's own waiting shows.
 func TestRunWaitsForTransactionCoordinator(t *testing.T) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, processor.DefaultConfig().TradesTopic))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, processor.DefaultConfig().TradesTopic))
 	var refused atomic.Int32
 	cluster.ControlKey(int16(kmsg.InitProducerID), func(req kmsg.Request) (kmsg.Response, error, bool) {
 		cluster.KeepControl()
@@ -207,14 +177,14 @@ func TestRunWaitsForTransactionCoordinator(t *testing.T) {
 	cfg := processor.DefaultConfig()
 	cfg.Brokers, cfg.InstanceID = cluster.ListenAddrs(), "klagg-0"
 	stats := &processor.Stats{}
-	logs := &lockedLog{}
+	logs := &testkit.Buffer{}
 	ctx, cancel := context.WithCancel(t.Context())
 	errs := make(chan error, 1)
 	go func() {
 		errs <- processor.Run(ctx, cfg, processor.WithStats(stats), processor.WithKgoOpts(kgo.RequestRetries(1)),
 			processor.WithRunLogger(slog.New(slog.NewTextHandler(logs, nil))))
 	}()
-	waitFor(t, 30*time.Second, "the member to own the partitions", func() bool { return stats.Assigned.Load() == 2 })
+	testkit.WaitFor(t, 30*time.Second, "the member to own the partitions", func() bool { return stats.Assigned.Load() == 2 })
 	cancel()
 	if err := <-errs; err != nil {
 		t.Fatalf("member: %v", err)
@@ -231,11 +201,7 @@ func TestRunWaitsForTransactionCoordinator(t *testing.T) {
 // with an error that names the subject and both ways forward; once the
 // subject's level is NONE, it starts.
 func TestRegistryRefusesKlineSchema2(t *testing.T) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
 	reg := srfake.New(srfake.WithGlobalCompat(sr.CompatBackward))
 	defer reg.Close()
 	v1, err := os.ReadFile("../schema/kline.v1.avsc")
@@ -271,7 +237,7 @@ func TestRegistryRefusesKlineSchema2(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- processor.Run(ctx, cfg) }()
-	waitFor(t, 20*time.Second, "schema 2 registered", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "schema 2 registered", func() bool {
 		s, ok := reg.GetSchema("klines-value", 2)
 		return ok && s.Schema.Schema == schema.KlineSchemaText
 	})
@@ -301,11 +267,7 @@ func TestDeliveryFailureRestartsShard(t *testing.T) {
 }
 
 func testDeliveryFailureRestartsShard(t *testing.T, g processor.Guarantee) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
 	var refuse atomic.Bool
 	var refused atomic.Int64
 	cluster.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
@@ -355,7 +317,7 @@ func testDeliveryFailureRestartsShard(t *testing.T, g processor.Guarantee) {
 		done <- processor.Run(mctx, cfg, processor.WithStats(stats), processor.WithRunLogger(slog.New(slog.NewTextHandler(t.Output(), nil))))
 	}()
 
-	waitFor(t, time.Minute, "two shard restarts", func() bool { return stats.Restarts.Load() >= 2 })
+	testkit.WaitFor(t, time.Minute, "two shard restarts", func() bool { return stats.Restarts.Load() >= 2 })
 	adm := kadm.NewClient(prod)
 	if commits, err := adm.FetchOffsets(ctx, cfg.Group); err == nil {
 		if c, ok := commits.Lookup("trades", 0); ok && c.At > 0 {
@@ -366,7 +328,7 @@ func testDeliveryFailureRestartsShard(t *testing.T, g processor.Guarantee) {
 	if err := oracle.Produce(ctx, prod, "trades", recs[len(recs)/2:]); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, time.Minute, "offsets committed to the end", func() bool {
+	testkit.WaitFor(t, time.Minute, "offsets committed to the end", func() bool {
 		ok, err := oracle.Committed(ctx, adm, cfg.Group, cfg.TradesTopic)
 		return err == nil && ok
 	})
@@ -386,11 +348,7 @@ func testDeliveryFailureRestartsShard(t *testing.T, g processor.Guarantee) {
 // trades without its state (it would count them twice): Run stops with an
 // error that names the record.
 func TestRunStopsOnCorruptState(t *testing.T) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"), kfake.SeedTopics(1, "klines-state"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"), kfake.SeedTopics(1, "klines-state"))
 	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...))
 	if err != nil {
 		t.Fatal(err)
@@ -416,11 +374,7 @@ func TestRunStopsOnCorruptState(t *testing.T) {
 // rebuilds that symbol from the trades still on the trades topic, and the
 // candles come out exact.
 func TestBadStateRebuild(t *testing.T) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
 	brokers := cluster.ListenAddrs()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
@@ -439,7 +393,7 @@ func TestBadStateRebuild(t *testing.T) {
 		mctx, stop := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		go func() { done <- processor.Run(mctx, cfg, processor.WithStats(stats)) }()
-		waitFor(t, time.Minute, "offsets committed to the end", func() bool {
+		testkit.WaitFor(t, time.Minute, "offsets committed to the end", func() bool {
 			select {
 			case err := <-done:
 				t.Fatalf("member stopped: %v", err)
@@ -493,11 +447,7 @@ func TestTransactionalTrades(t *testing.T) {
 }
 
 func testTransactionalTrades(t *testing.T, g processor.Guarantee) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
 	brokers := cluster.ListenAddrs()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
@@ -565,7 +515,7 @@ func testTransactionalTrades(t *testing.T, g processor.Guarantee) {
 		}
 	}
 	adm := kadm.NewClient(prod)
-	waitFor(t, 20*time.Second, "offsets committed to the end, past the last marker", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "offsets committed to the end, past the last marker", func() bool {
 		ok, err := oracle.Committed(ctx, adm, cfg.Group, cfg.TradesTopic)
 		return err == nil && ok
 	})
@@ -580,12 +530,8 @@ func TestRestoreDoubleState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"), kfake.SeedTopics(1, "klines-state"),
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"), kfake.SeedTopics(1, "klines-state"),
 		kfake.SeedTopics(1, "klines"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
 	cl := mustClient(t, cluster)
 	recs := []*kgo.Record{{Topic: "klines-state", Key: []byte("BTCUSDT"), Value: rec}}
 	// The record reflects trades offsets up to 99: fill them with another
@@ -605,7 +551,7 @@ func TestRestoreDoubleState(t *testing.T) {
 	cfg := processor.DefaultConfig()
 	cfg.Brokers = cluster.ListenAddrs()
 	cfg.FlushInterval = 50 * time.Millisecond
-	var logs lockedLog
+	var logs testkit.Buffer
 	ctx, cancel := context.WithCancel(t.Context())
 	errs := make(chan error, 1)
 	go func() {
@@ -621,7 +567,7 @@ func TestRestoreDoubleState(t *testing.T) {
 		}
 	}()
 	var got schema.Kline
-	waitFor(t, 20*time.Second, "the restored BTCUSDT 1m candle with the new trade", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "the restored BTCUSDT 1m candle with the new trade", func() bool {
 		_ = oracle.ReadTopic(t.Context(), cluster.ListenAddrs(), "klines", func(r *kgo.Record) {
 			var k schema.Kline
 			if schema.DecodeKline(r.Value, &k) == nil && k.Symbol == "BTCUSDT" && k.Period == "1m" && k.TradeCount == 3 {
@@ -642,33 +588,12 @@ func TestRestoreDoubleState(t *testing.T) {
 	}
 }
 
-type lockedLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // TestAvroTradesBothSchemas: Confluent-framed Avro trades of trade schema 1
 // (doubles, registered under trades-value by an older producer) and of
 // schema 2 (decimals) on one topic: the member learns schema 1's id from
 // the registry at start-up and folds both exactly.
 func TestAvroTradesBothSchemas(t *testing.T) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
 	reg := srfake.New()
 	defer reg.Close()
 	v1ID, _, err := reg.RegisterSchema("trades-value", sr.Schema{Schema: schema.TradeSchemaV1Text, Type: sr.TypeAvro})
@@ -709,7 +634,7 @@ func TestAvroTradesBothSchemas(t *testing.T) {
 		}
 	}()
 	var got schema.Kline
-	waitFor(t, 20*time.Second, "the 1m candle of all four trades, two of schema 1", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "the 1m candle of all four trades, two of schema 1", func() bool {
 		_ = oracle.ReadTopic(t.Context(), cluster.ListenAddrs(), "klines", func(r *kgo.Record) {
 			var k schema.Kline
 			if schema.DecodeKline(r.Value, &k) == nil && k.Period == "1m" && k.TradeCount == 4 {
@@ -729,11 +654,7 @@ func TestAvroTradesBothSchemas(t *testing.T) {
 // quantity until a candle's sums pass 2^125: the next is a dead letter
 // with reason out_of_range, and the member goes on.
 func TestSumsOutOfRangeToDeadLetters(t *testing.T) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
 	at := time.Now().Add(-time.Hour).Truncate(time.Minute)
 	var recs []*kgo.Record
 	for i := range 6 {
@@ -758,7 +679,7 @@ func TestSumsOutOfRangeToDeadLetters(t *testing.T) {
 		}
 	}()
 	reasons := map[string]int{}
-	waitFor(t, 20*time.Second, "the refused trades on the dead-letter topic", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "the refused trades on the dead-letter topic", func() bool {
 		clear(reasons)
 		_ = oracle.ReadTopic(t.Context(), cluster.ListenAddrs(), cfg.DLQTopic, func(r *kgo.Record) {
 			for _, h := range r.Headers {

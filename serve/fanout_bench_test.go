@@ -16,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/klagg/klagg/internal/testkit"
 	"github.com/klagg/klagg/schema"
 	"github.com/klagg/klagg/serve"
 )
@@ -34,12 +35,7 @@ func BenchmarkFanOut(b *testing.B) {
 	topic := fmt.Sprintf("fanout-%d", time.Now().UnixNano())
 	brokers := strings.Split(os.Getenv("KLAGG_TEST_BROKERS"), ",")
 	if brokers[0] == "" {
-		cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer cluster.Close()
-		brokers = cluster.ListenAddrs()
+		brokers = testkit.Cluster(b, kfake.NumBrokers(1)).ListenAddrs()
 	}
 	adm, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
 	if err != nil {

@@ -24,21 +24,11 @@ import (
 
 	"github.com/klagg/klagg/decimal"
 	"github.com/klagg/klagg/internal/oracle"
+	"github.com/klagg/klagg/internal/testkit"
 	"github.com/klagg/klagg/processor"
 	"github.com/klagg/klagg/schema"
 	"github.com/klagg/klagg/serve"
 )
-
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // pipeline runs one klagg member over recs on kfake until every offset is
 // committed, then a Server over its klines topic until it has read them
@@ -53,12 +43,7 @@ func pipeline(t *testing.T, ctx context.Context, recs []oracle.Record, keep int)
 // returns the server.
 func pipelineWith(t *testing.T, ctx context.Context, recs []oracle.Record, set func(*serve.Config)) (string, processor.Config, *kgo.Client, *serve.Server) {
 	t.Helper()
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "trades"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cluster.Close)
-	brokers := cluster.ListenAddrs()
+	brokers := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "trades")).ListenAddrs()
 	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +65,7 @@ func pipelineWith(t *testing.T, ctx context.Context, recs []oracle.Record, set f
 		}
 	})
 	adm := kadm.NewClient(prod)
-	waitFor(t, time.Minute, "offsets committed", func() bool {
+	testkit.WaitFor(t, time.Minute, "offsets committed", func() bool {
 		ok, err := oracle.Committed(ctx, adm, cfg.Group, cfg.TradesTopic)
 		return err == nil && ok
 	})
@@ -105,7 +90,7 @@ func pipelineWith(t *testing.T, ctx context.Context, recs []oracle.Record, set f
 			t.Error(err)
 		}
 	})
-	waitFor(t, time.Minute, "the server to read the klines topic", func() bool { return srv.Records() >= int64(got.Records) })
+	testkit.WaitFor(t, time.Minute, "the server to read the klines topic", func() bool { return srv.Records() >= int64(got.Records) })
 	return "http://" + srv.Addr(), cfg, prod, srv
 }
 
@@ -516,7 +501,7 @@ func TestCcxtPro(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, time.Minute, "ccxt.pro to subscribe", func() bool { return srv.Streams() == 1 })
+	testkit.WaitFor(t, time.Minute, "ccxt.pro to subscribe", func() bool { return srv.Streams() == 1 })
 	// The market moves on while it watches, a little at a time.
 	for i := 300; i < len(recs); i += 100 {
 		if err := oracle.Produce(ctx, prod, "trades", recs[i:min(i+100, len(recs))]); err != nil {

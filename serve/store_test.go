@@ -19,6 +19,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/klagg/klagg/decimal"
+	"github.com/klagg/klagg/internal/testkit"
 	"github.com/klagg/klagg/schema"
 	"github.com/klagg/klagg/serve"
 )
@@ -29,11 +30,7 @@ import (
 // replaces the stored one, an older version does not, and the history
 // answers in full.
 func TestStoreResumes(t *testing.T) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "klines"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "klines"))
 	prod, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
 	if err != nil {
 		t.Fatal(err)
@@ -78,7 +75,7 @@ func TestStoreResumes(t *testing.T) {
 		}
 	}
 	srv, stop := run("klines", dir)
-	waitFor(t, 20*time.Second, "the first ten records", func() bool { return srv.Records() == 10 })
+	testkit.WaitFor(t, 20*time.Second, "the first ten records", func() bool { return srv.Records() == 10 })
 	if got := query(t, srv); len(got) != 10 {
 		t.Fatalf("%d candles after the first run", len(got))
 	}
@@ -97,7 +94,7 @@ func TestStoreResumes(t *testing.T) {
 	produce(later...)
 	for _, restart := range []struct{ name, dir string }{{"a clean stop", dir}, {"kill -9", crashed}} {
 		srv, stop = run("klines", restart.dir)
-		waitFor(t, 20*time.Second, "the records produced while serve was down", func() bool { return srv.Records() >= int64(len(later)) })
+		testkit.WaitFor(t, 20*time.Second, "the records produced while serve was down", func() bool { return srv.Records() >= int64(len(later)) })
 		got := query(t, srv)
 		if srv.Records() != int64(len(later)) {
 			t.Fatalf("after %s, the second run read %d records; only the %d produced since were new", restart.name, srv.Records(), len(later))
@@ -139,11 +136,7 @@ func TestStoreFormat(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.Close()
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "klines"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "klines"))
 	cfg := serve.DefaultConfig()
 	cfg.Brokers, cfg.HTTP, cfg.Data = cluster.ListenAddrs(), "127.0.0.1:0", dir
 	srv, err := serve.New(cfg)

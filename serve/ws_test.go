@@ -14,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/klagg/klagg/internal/oracle"
+	"github.com/klagg/klagg/internal/testkit"
 	"github.com/klagg/klagg/schema"
 	"github.com/klagg/klagg/serve"
 )
@@ -138,7 +139,7 @@ func TestWebsocketStreams(t *testing.T) {
 	if e := reply(`{"method":"SET_PROPERTY","params":["combined",true],"id":9}`); e.Code != nil || string(e.ID) != "9" {
 		t.Fatalf("SET_PROPERTY combined: %+v", e)
 	}
-	waitFor(t, 10*time.Second, "three stream clients", func() bool { return srv.Streams() == 3 })
+	testkit.WaitFor(t, 10*time.Second, "three stream clients", func() bool { return srv.Streams() == 3 })
 
 	if err := oracle.Produce(ctx, prod, "trades", recs[1000:]); err != nil {
 		t.Fatal(err)
@@ -192,12 +193,12 @@ func TestWebsocketSlowClient(t *testing.T) {
 		}
 	}
 	c := dial(t, ctx, base+"/stream?streams="+strings.Join(streams, "/"))
-	waitFor(t, 10*time.Second, "the client to subscribe", func() bool { return srv.Streams() == 1 })
+	testkit.WaitFor(t, 10*time.Second, "the client to subscribe", func() bool { return srv.Streams() == 1 })
 	if err := oracle.Produce(ctx, prod, "trades", recs[500:]); err != nil {
 		t.Fatal(err)
 	}
 	// Each flush sends some 24 updates at once: a buffer of one overflows.
-	waitFor(t, time.Minute, "the slow client to be cut off", func() bool { return srv.Streams() == 0 })
+	testkit.WaitFor(t, time.Minute, "the slow client to be cut off", func() bool { return srv.Streams() == 0 })
 	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer rcancel()
 	var err error
@@ -232,7 +233,7 @@ func TestWebsocketFanOut(t *testing.T) {
 	for i := range conns {
 		conns[i] = dial(t, ctx, base+"/ws/sym000usdt@kline_1m")
 	}
-	waitFor(t, 30*time.Second, "1,000 stream clients", func() bool { return srv.Streams() == clients })
+	testkit.WaitFor(t, 30*time.Second, "1,000 stream clients", func() bool { return srv.Streams() == clients })
 	var mu sync.Mutex // guards got
 	for i, c := range conns {
 		wg.Add(1)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/klagg/klagg/internal/testkit"
 )
 
 // TestDemoChart opens the demo's chart page in headless Chromium (Debian's
@@ -29,8 +30,8 @@ func TestDemoChart(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	var stdout syncBuffer
-	var stderr syncBuffer
+	var stdout testkit.Buffer
+	var stderr testkit.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"demo", "--symbols", "10", "--rate", "400", "--http", "127.0.0.1:0"}, &stdout, &stderr)

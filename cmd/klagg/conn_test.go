@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klagg/klagg/internal/testkit"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -122,12 +123,8 @@ func TestSecureCluster(t *testing.T) {
 	} {
 		t.Run(tt.mech, func(t *testing.T) {
 			const saslPass, regPass = "kafka-Secret-51", "registry-Secret-83"
-			cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "trades"),
+			cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "trades"),
 				kfake.EnableSASL(), kfake.Superuser(tt.mech, "klagg", saslPass), kfake.TLS(pki.serverTLS()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer cluster.Close()
 			reg := srfake.New(srfake.WithAuth("Basic " + base64.StdEncoding.EncodeToString([]byte("klagg:"+regPass))))
 			defer reg.Close()
 			https := httptest.NewUnstartedServer(reg.Handler())
@@ -151,7 +148,7 @@ func TestSecureCluster(t *testing.T) {
 				t.Setenv(envSASLPassword, saslPass)
 				t.Setenv(envRegistryPassword, regPass)
 			}
-			var stdout, stderr syncBuffer
+			var stdout, stderr testkit.Buffer
 			args := func(cmd string, extra ...string) []string { return append(append([]string{cmd}, secure...), extra...) }
 
 			if code := run(t.Context(), args("gen", "--format", "avro", "--schema-registry", https.URL,
@@ -193,12 +190,8 @@ func TestSecureCluster(t *testing.T) {
 // error and a non-zero exit, not a hang, and still print no secret.
 func TestSecureClusterRefusals(t *testing.T) {
 	pki := newTestPKI(t)
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"),
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"),
 		kfake.EnableSASL(), kfake.Superuser("SCRAM-SHA-256", "klagg", "right-password"), kfake.TLS(pki.serverTLS()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
 	broker := cluster.ListenAddrs()[0]
 	tlsArgs := []string{"--brokers", broker, "--tls-ca", pki.ca, "--tls-cert", pki.cert, "--tls-key", pki.key}
 	tests := []struct {
@@ -254,11 +247,7 @@ func TestSecureClusterRefusals(t *testing.T) {
 // TestRegistryRefuses: a registry that refuses the schema stops gen before
 // it produces anything, and run before it joins the group.
 func TestRegistryRefuses(t *testing.T) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
 	reg := srfake.New(srfake.WithAuth("Basic " + base64.StdEncoding.EncodeToString([]byte("someone:else"))))
 	defer reg.Close()
 	broker := cluster.ListenAddrs()[0]

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klagg/klagg/internal/testkit"
 	"github.com/twmb/franz-go/pkg/kfake"
 )
 
@@ -34,13 +35,9 @@ func TestDashboardQueries(t *testing.T) {
 		t.Fatalf("promtool check config %s: %v\n%s", conf, err, out)
 	}
 
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "trades"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "trades"))
 	brokers := cluster.ListenAddrs()[0]
-	metricsAddr := freeAddr(t)
+	metricsAddr := testkit.FreeAddr(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	done := make(chan int, 2)
@@ -64,7 +61,7 @@ func TestDashboardQueries(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	promAddr := freeAddr(t)
+	promAddr := testkit.FreeAddr(t)
 	var promOut bytes.Buffer
 	prom := exec.CommandContext(ctx, bin, "--config.file="+filepath.Join(dir, "prometheus.yml"),
 		"--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+promAddr)

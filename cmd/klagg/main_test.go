@@ -14,7 +14,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -23,6 +22,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/klagg/klagg/decimal"
+	"github.com/klagg/klagg/internal/testkit"
 	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/processor"
 	"github.com/klagg/klagg/schema"
@@ -123,11 +123,7 @@ func TestEnvironmentFillsFlags(t *testing.T) {
 // TestRunStopsOnSignal: klagg run against kfake exits 0 when its context
 // (SIGTERM in main) is cancelled.
 func TestRunStopsOnSignal(t *testing.T) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "trades"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "trades"))
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan int, 1)
 	var stderr bytes.Buffer
@@ -157,10 +153,10 @@ func TestDemoRuns(t *testing.T) {
 	// under the race detector), then stop it as Ctrl-C would.
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	var stdout syncBuffer
+	var stdout testkit.Buffer
 	var stderr bytes.Buffer
 	done := make(chan int, 1)
-	listen := freeAddr(t)
+	listen := testkit.FreeAddr(t)
 	go func() {
 		done <- run(ctx, []string{"demo", "--symbols", "20", "--rate", "500", "--listen", listen, "--http", "127.0.0.1:0"}, &stdout, &stderr)
 	}()
@@ -207,30 +203,8 @@ func TestDemoRuns(t *testing.T) {
 	}
 }
 
-// syncBuffer is written by the demo's goroutine while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestTail(t *testing.T) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "klines"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "klines"))
 	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...))
 	if err != nil {
 		t.Fatal(err)
@@ -294,12 +268,8 @@ func TestTail(t *testing.T) {
 }
 
 func TestMetricsAndHealth(t *testing.T) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "trades"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
-	addr := freeAddr(t)
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "trades"))
+	addr := testkit.FreeAddr(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan int, 1)
 	go func() {
@@ -366,11 +336,7 @@ func TestMetricsAndHealth(t *testing.T) {
 }
 
 func TestGenCSVAndSynthetic(t *testing.T) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
 	dir := t.TempDir()
 	file := filepath.Join(dir, "BTCUSDT-aggTrades-2024-01-01.csv")
 	csv := "agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker\n" +
@@ -430,17 +396,6 @@ func TestGenCSVAndSynthetic(t *testing.T) {
 	}
 }
 
-// freeAddr is a loopback address with a port nothing listens on now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func TestFitted(t *testing.T) {
 	for _, tc := range []struct {
 		v     string
@@ -469,11 +424,7 @@ func TestFitted(t *testing.T) {
 // TestTailDeadLetters: refused trades are visible with their reason,
 // source and error, as JSON lines or a table of at most 100 columns.
 func TestTailDeadLetters(t *testing.T) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades-dlq"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "trades-dlq"))
 	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...))
 	if err != nil {
 		t.Fatal(err)
@@ -518,11 +469,7 @@ func TestTailDeadLetters(t *testing.T) {
 // accepts connections but never answers is reported within the connect
 // bound, with its address.
 func TestSaysSoAtOnce(t *testing.T) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
 	var stdout, stderr bytes.Buffer
 	start := time.Now()
 	// tail says so, then waits for klagg run to create it.
@@ -646,11 +593,7 @@ func TestEveryBadFlagOnce(t *testing.T) {
 // running pipeline warns that klagg run would refuse it; a fresh topic
 // does not.
 func TestGenWarnsOfRefusals(t *testing.T) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "trades"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "trades"))
 	brokers := cluster.ListenAddrs()[0]
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan int, 1)
@@ -724,14 +667,10 @@ func TestRefusal(t *testing.T) {
 // TestRunHTTP: klagg run --http serves the chart page and the klines API
 // from the klines topic, beside its work.
 func TestRunHTTP(t *testing.T) {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "trades"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "trades"))
 	brokers := cluster.ListenAddrs()[0]
 	ctx, cancel := context.WithCancel(t.Context())
-	var stdout syncBuffer
+	var stdout testkit.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"run", "--brokers", brokers, "--metrics-addr", "", "--flush-interval", "50ms", "--http", "127.0.0.1:0"}, &stdout, io.Discard)
