@@ -10,8 +10,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -131,7 +129,7 @@ parse are skipped and counted). Binance JSON, or Avro with --format avro.`)
 	} else {
 		now := time.Now().UnixMilli()
 		for i := range *symbols {
-			firsts[syntheticSymbol(i)] = schema.Trade{AggID: 1, Time: now}
+			firsts[syntheticSymbol(i)] = schema.Trade{Symbol: []byte(syntheticSymbol(i)), AggID: 1, Time: now}
 		}
 	}
 	warnIfRefused(ctx, cl, append(conn.kgo, kgo.SeedBrokers(splitList(*brokers)...)), *topic, *stateTopic, firsts, stderr)
@@ -268,18 +266,16 @@ func csvSymbol(file, symbol string) (string, error) {
 		}
 		return symbol, nil
 	}
-	symbol = strings.SplitN(filepath.Base(file), "-", 2)[0]
-	if schema.ValidSymbol([]byte(symbol)) != schema.ReasonNone || !strings.Contains(filepath.Base(file), "-") {
+	symbol, ok := schema.CSVSymbol(file)
+	if !ok {
 		return "", fmt.Errorf("%s: cannot tell the symbol from the file name; pass --symbol", file)
 	}
 	return symbol, nil
 }
 
-// replayCSV produces the rows of one Binance aggTrades file: agg_trade_id,
-// price, quantity, first_trade_id, last_trade_id, transact_time,
-// is_buyer_maker (and the best-match column some files add), with or
-// without a header. transact_time in microseconds (newer files) is read as
-// such. It returns the rows it skipped.
+// replayCSV produces the rows of one Binance trades archive (aggTrades or
+// raw trades, schema.ParseCSVTrade), with or without a header. It returns
+// the rows it skipped.
 func replayCSV(p *producer, file, symbol string, speed float64) (int, error) {
 	symbol, err := csvSymbol(file, symbol)
 	if err != nil {
@@ -295,8 +291,8 @@ func replayCSV(p *producer, file, symbol string, speed float64) (int, error) {
 	var first, firstWall int64
 	for sc.Scan() {
 		line++
-		t, ok := parseAggTradeRow(sc.Text(), symbol)
-		if !ok {
+		t, err := schema.ParseCSVTrade(sc.Text(), symbol)
+		if err != nil {
 			if line > 1 || startsWithDigit(sc.Text()) {
 				skipped++ // a header is the first line only
 			}
@@ -323,53 +319,4 @@ func replayCSV(p *producer, file, symbol string, speed float64) (int, error) {
 	return skipped, nil
 }
 
-// parseRawTradeRow reads a row of Binance's trades archive (raw trades, not
-// aggregated): id, price, qty, quote_qty, time, is_buyer_maker,
-// is_best_match. Each is one trade: an aggregate of itself, f = l = id.
-func parseRawTradeRow(f []string, symbol string) (schema.Trade, bool) {
-	id, err1 := strconv.ParseInt(f[0], 10, 64)
-	price, err2 := decimal.ParseFixed([]byte(f[1]))
-	qty, err3 := decimal.ParseFixed([]byte(f[2]))
-	tm, err4 := strconv.ParseInt(f[4], 10, 64)
-	maker, err5 := strconv.ParseBool(strings.ToLower(f[5]))
-	if errors.Join(err1, err2, err3, err4, err5) != nil {
-		return schema.Trade{}, false
-	}
-	if tm > 1e14 { // microseconds
-		tm /= 1000
-	}
-	return schema.Trade{Symbol: []byte(symbol), AggID: id, Price: price, Quantity: qty,
-		FirstID: id, LastID: id, Time: tm, BuyerMaker: maker}, true
-}
-
 func startsWithDigit(s string) bool { return s != "" && s[0] >= '0' && s[0] <= '9' }
-
-func parseAggTradeRow(row, symbol string) (schema.Trade, bool) {
-	f := strings.Split(strings.TrimSpace(row), ",")
-	if len(f) < 7 {
-		return schema.Trade{}, false
-	}
-	if len(f) == 7 && strings.Contains(f[3], ".") {
-		return parseRawTradeRow(f, symbol)
-	}
-	ints := make([]int64, 0, 4)
-	for _, i := range []int{0, 3, 4, 5} {
-		v, err := strconv.ParseInt(f[i], 10, 64)
-		if err != nil {
-			return schema.Trade{}, false
-		}
-		ints = append(ints, v)
-	}
-	price, err1 := decimal.ParseFixed([]byte(f[1]))
-	qty, err2 := decimal.ParseFixed([]byte(f[2]))
-	maker, err3 := strconv.ParseBool(strings.ToLower(f[6]))
-	if err1 != nil || err2 != nil || err3 != nil {
-		return schema.Trade{}, false
-	}
-	tm := ints[3]
-	if tm > 1e14 { // microseconds
-		tm /= 1000
-	}
-	return schema.Trade{Symbol: []byte(symbol), AggID: ints[0], Price: price, Quantity: qty,
-		FirstID: ints[1], LastID: ints[2], Time: tm, BuyerMaker: maker}, true
-}

@@ -5,18 +5,15 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"maps"
-	"math"
 	"os"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/processor"
+	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -46,15 +43,9 @@ func warnIfRefused(ctx context.Context, cl *kgo.Client, opts []kgo.Opt, topic, s
 	}
 	var refused []string
 	why := map[string]string{}
-	newSymbol := newSymbolRule(states)
+	judge := engine.NewJudge(states)
 	for sym, first := range firsts {
-		var reason string
-		if st, ok := states[sym]; ok {
-			reason = refusal(&st, &first)
-		} else {
-			reason = newSymbol(&first)
-		}
-		if reason != "" {
+		if _, reason := judge.Trade(&first); reason != "" {
 			refused = append(refused, sym)
 			why[sym] = reason
 		}
@@ -87,50 +78,6 @@ func wrap(s string, width int) string {
 		col += len(w)
 	}
 	return b.String()
-}
-
-// refusal says why the engine would refuse t given the symbol's state st
-// (its rules for a known symbol: engine.Aggregator.Fold), or "".
-func refusal(st *schema.SymbolState, t *schema.Trade) string {
-	if t.AggID <= st.LastAggID {
-		return fmt.Sprintf("duplicate, trade id %d is not above its last, %d", t.AggID, st.LastAggID)
-	}
-	var open int64
-	for _, c := range st.Candles {
-		open = max(open, c.OpenTime) // the finest period's: the latest to open
-	}
-	if t.Time < open {
-		return fmt.Sprintf("late, %s is before its open candle of %s",
-			time.UnixMilli(t.Time).UTC().Format(time.DateTime), time.UnixMilli(open).UTC().Format(time.DateTime))
-	}
-	return ""
-}
-
-// newSymbolRule returns the refusal of the first trade of a symbol the
-// state does not know: late if one of its candles (of the periods the state
-// has) already closed by the watermark of every shard, as the engine's
-// rule for a new symbol says against its own shard's watermark.
-func newSymbolRule(states map[string]schema.SymbolState) func(*schema.Trade) string {
-	seen := map[period.Period]bool{}
-	watermark := int64(math.MaxInt64)
-	for _, st := range states {
-		watermark = min(watermark, st.Watermark)
-		for _, c := range st.Candles {
-			if p, err := period.Parse(c.Period); err == nil {
-				seen[p] = true
-			}
-		}
-	}
-	periods := slices.Sorted(maps.Keys(seen)) // the finest first
-	return func(t *schema.Trade) string {
-		for _, p := range periods {
-			if p.Next(p.Open(t.Time)) <= watermark {
-				return fmt.Sprintf("late, its %s candle of %s closed before the watermark of every shard, %s", p,
-					time.UnixMilli(p.Open(t.Time)).UTC().Format(time.DateTime), time.UnixMilli(watermark).UTC().Format(time.DateTime))
-			}
-		}
-		return ""
-	}
 }
 
 // groupsReading lists the consumer groups with offsets committed on topic.
@@ -169,7 +116,7 @@ func firstCSVTrade(file, symbol string) (schema.Trade, bool) {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for line := 0; line < 2 && sc.Scan(); line++ { // a header, then the first row
-		if t, ok := parseAggTradeRow(sc.Text(), symbol); ok {
+		if t, err := schema.ParseCSVTrade(sc.Text(), symbol); err == nil {
 			return t, true
 		}
 	}

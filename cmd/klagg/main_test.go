@@ -647,23 +647,6 @@ func TestGenWarnsOfRefusals(t *testing.T) {
 	}
 }
 
-func TestRefusal(t *testing.T) {
-	minute := int64(1714557600000)
-	st := schema.SymbolState{LastAggID: 100, Candles: []schema.CandleState{{Period: "1h", OpenTime: minute - 59*60_000}, {Period: "1m", OpenTime: minute}}}
-	for _, tc := range []struct {
-		aggID, time int64
-		want        string
-	}{
-		{100, minute + 1000, "duplicate, trade id 100 is not above its last, 100"},
-		{101, minute - 1, "late, 2024-05-01 09:59:59 is before its open candle of 2024-05-01 10:00:00"},
-		{101, minute, ""},
-	} {
-		if got := refusal(&st, &schema.Trade{AggID: tc.aggID, Time: tc.time}); got != tc.want {
-			t.Errorf("refusal(%d, %d) = %q, want %q", tc.aggID, tc.time, got, tc.want)
-		}
-	}
-}
-
 // TestRunHTTP: klagg run --http serves the chart page and the klines API
 // from the klines topic, beside its work.
 func TestRunHTTP(t *testing.T) {
