@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"net"
 	"net/http"
@@ -34,67 +35,20 @@ import (
 // several klagg members in one consumer group; it prints the open 1m
 // candle of the busiest symbols, the one before it, and the live figures.
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("klagg demo", flag.ContinueOnError)
-	fs.SetOutput(stdout) // -h is asked for: it goes to stdout; errors go to stderr
-	describe(fs, "klagg demo [flags]", `Runs everything in one process, with nothing to set up: an embedded Kafka
-broker and schema registry, a synthetic market, and klagg members in one
-group. Shows the busiest symbols' open 1m candle and the one before it
-(final a second after its minute ends) and the live figures until
-interrupted or --duration ends.`)
-	duration := fs.Duration("duration", 0, "stop after this long (0: until interrupted)")
-	symbols := fs.Int("symbols", 300, "symbols in the synthetic market")
-	rate := fs.Int("rate", 3000, "trades per second")
-	members := fs.Int("members", 3, "klagg members in the group")
-	partitions := fs.Int("partitions", 6, "partitions of the trades topic")
-	httpAddr := fs.String("http", "127.0.0.1:8080", "address of the live chart page and the klines API (klagg serve on the demo's topic; empty: none)")
-	listen := fs.String("listen", "", "serve the embedded broker on this HOST:PORT and the schema registry on PORT+1, for klagg tail and other tools (default: random loopback ports)")
-	var logs logFlags
-	logs.register(fs)
-	perr := parse(fs, args, os.Getenv)
-	if errors.Is(perr, flag.ErrHelp) {
-		return 0
+	f, code := parseDemoFlags(args, stdout, stderr)
+	if f == nil {
+		return code
 	}
-	errs := []error{perr} // with the checks below: every problem at once
-	if *symbols < 1 || *symbols > 100_000 {
-		errs = append(errs, fmt.Errorf("--symbols %d: want 1 to 100000", *symbols))
-	}
-	if *rate < 1 || *rate > 1_000_000 {
-		errs = append(errs, fmt.Errorf("--rate %d: want 1 to 1000000", *rate))
-	}
-	if *members < 1 || *members > 32 {
-		errs = append(errs, fmt.Errorf("--members %d: want 1 to 32", *members))
-	}
-	if *partitions < 1 || *partitions > 256 {
-		errs = append(errs, fmt.Errorf("--partitions %d: want 1 to 256", *partitions))
-	}
-	var listenHost string
-	var listenPort int
-	if *listen != "" {
-		host, port, err := net.SplitHostPort(*listen)
-		n, perr := strconv.Atoi(port)
-		if err != nil || perr != nil || n < 1 || n > 65534 {
-			errs = append(errs, fmt.Errorf("--listen %q: want HOST:PORT, PORT from 1 to 65534", *listen))
-		}
-		listenHost, listenPort = host, n
-	}
-	if err := errors.Join(errs...); err != nil {
-		fmt.Fprintf(stderr, "klagg demo: %v\n", err)
-		return 2
-	}
-	if logs.level == "info" {
-		logs.level = "warn" // the table is the demo's output; logs only for trouble
-	}
-	log, err := logs.logger(stderr)
+	log, err := f.logs.logger(stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "klagg demo: %v\n", err)
 		return 2
 	}
-	if *duration > 0 {
+	if f.duration > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, *duration)
+		ctx, cancel = context.WithTimeout(ctx, f.duration)
 		defer cancel()
 	}
-
 	// Most of the demo's heap is the embedded broker's records, which
 	// change all the time: a soft limit makes the collector return them
 	// before the heap doubles, as it would by default (GOMEMLIMIT wins).
@@ -102,122 +56,44 @@ interrupted or --duration ends.`)
 	if os.Getenv("GOMEMLIMIT") == "" {
 		defer debug.SetMemoryLimit(debug.SetMemoryLimit(demoMemoryLimit))
 	}
-	// The embedded broker keeps records in memory: like a real cluster's
-	// retention, old records are dropped (the state topic is compacted
-	// instead), so that the demo's memory stays flat however long it runs.
-	// Retention drops whole segments only, and kfake's default segment is
-	// 100 MiB a partition: small segments let it drop them.
-	kopts := []kfake.Opt{kfake.NumBrokers(1), kfake.BrokerConfigs(map[string]string{
-		"log.cleaner.backoff.ms": "10000",
-		"log.segment.bytes":      strconv.Itoa(demoSegmentBytes),
-	})}
-	if *listen != "" {
-		kopts = append(kopts, kfake.Ports(listenPort), kfake.ListenFn(func(network, _ string) (net.Listener, error) {
-			return net.Listen(network, *listen)
-		}))
-	}
-	cluster, err := kfake.NewCluster(kopts...)
-	if err != nil {
-		fmt.Fprintf(stderr, "klagg demo: embedded broker on %s: %v\n", cmp.Or(*listen, "a loopback port"), err)
-		return 1
-	}
-	defer cluster.Close()
-	regURL, stopRegistry, err := startRegistry(listenHost, listenPort)
-	if err != nil {
-		fmt.Fprintf(stderr, "klagg demo: embedded schema registry: %v\n", err)
-		return 1
-	}
-	defer stopRegistry()
-	brokers := cluster.ListenAddrs()
-	admCl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	d, err := startDemoCluster(ctx, f)
 	if err != nil {
 		fmt.Fprintf(stderr, "klagg demo: %v\n", err)
 		return 1
 	}
-	adm := kadm.NewClient(admCl)
-	defer adm.Close()
+	defer d.close()
 
-	cfg := processor.DefaultConfig()
-	cfg.Brokers = brokers
-	cfg.SchemaRegistry = regURL
-	for _, t := range []struct {
-		topic     string
-		retention time.Duration
-	}{
-		{cfg.TradesTopic, demoTradesRetention}, {cfg.KlinesTopic, demoKlinesRetention}, {cfg.DLQTopic, demoKlinesRetention},
-	} {
-		ms := strconv.FormatInt(t.retention.Milliseconds(), 10)
-		if _, err := adm.CreateTopic(ctx, int32(*partitions), 1, map[string]*string{"retention.ms": &ms}, t.topic); err != nil {
-			fmt.Fprintf(stderr, "klagg demo: create topic %q: %v\n", t.topic, err)
-			return 1
-		}
-	}
-
-	var wg sync.WaitGroup
-	stats := make([]*processor.Stats, *members)
-	runCtx, stopMembers := context.WithCancel(context.Background())
-	failed := make(chan error, *members)
-	for i := range stats {
-		stats[i] = &processor.Stats{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := processor.Run(runCtx, cfg, processor.WithStats(stats[i]), processor.WithRunLogger(log.With("member", i))); err != nil {
-				failed <- err
-			}
-		}()
-	}
-	defer func() {
-		stopMembers()
-		wg.Wait()
-	}()
-
-	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(cfg.TradesTopic))
+	stats := make([]*processor.Stats, f.members)
+	failed := make(chan error, f.members)
+	defer d.startMembers(stats, failed, log)()
+	prod, err := kgo.NewClient(kgo.SeedBrokers(d.brokers...), kgo.DefaultProduceTopic(d.cfg.TradesTopic))
 	if err != nil {
 		fmt.Fprintf(stderr, "klagg demo: %v\n", err)
 		return 1
 	}
 	defer prod.Close()
-	go synthetic(&producer{ctx: ctx, cl: prod, enc: schema.AppendBinanceJSON}, *symbols, *rate, 100*365*24*time.Hour, uint64(time.Now().UnixNano()), true) // until ctx ends
+	go synthetic(&producer{ctx: ctx, cl: prod, enc: schema.AppendBinanceJSON}, f.symbols, f.rate, 100*365*24*time.Hour, uint64(time.Now().UnixNano()), true) // until ctx ends
 
 	chartNote := ""
-	if *httpAddr != "" {
-		scfg := serve.DefaultConfig()
-		scfg.Brokers, scfg.KlinesTopic, scfg.HTTP = brokers, cfg.KlinesTopic, *httpAddr
-		srv, err := newServer(scfg, log, nil)
+	if f.httpAddr != "" {
+		addr, err := d.startChart(ctx, f.httpAddr, log)
 		if err != nil {
 			fmt.Fprintf(stderr, "klagg demo: chart page: %v (choose another --http, or --http \"\")\n", err)
 			return 1
 		}
-		chartNote = ", chart on http://" + srv.Addr() + "/"
+		chartNote = ", chart on http://" + addr + "/"
 		// First, so that it is the line to find.
-		fmt.Fprintf(stdout, "klagg demo: live chart on http://%s/ (and Binance's /api/v3/klines)\n", srv.Addr())
-		go func() {
-			if err := srv.Run(ctx); err != nil {
-				log.Error("chart page", "err", err)
-			}
-		}()
+		fmt.Fprintf(stdout, "klagg demo: live chart on http://%s/ (and Binance's /api/v3/klines)\n", addr)
 	}
-
 	view := newKlineView()
-	tail, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(cfg.KlinesTopic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
-	if err != nil {
+	if err := d.follow(ctx, view); err != nil {
 		fmt.Fprintf(stderr, "klagg demo: %v\n", err)
 		return 1
 	}
-	defer tail.Close()
-	go func() {
-		for ctx.Err() == nil {
-			tail.PollFetches(ctx).EachRecord(func(r *kgo.Record) { view.add(r.Value) })
-		}
-	}()
 
-	term := isTerminal(stdout)
+	screen := demoScreen{d: d, f: f, stats: stats, view: view, chartNote: chartNote, term: isTerminal(stdout)}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	var prevTrades, prevKlines int64
-	var prevRefused map[string]int64
 	for {
 		select {
 		case err := <-failed:
@@ -227,42 +103,244 @@ interrupted or --duration ends.`)
 			fmt.Fprintln(stdout, "demo finished")
 			return 0
 		case <-tick.C:
-			lag := "?"
-			lctx, lcancel := context.WithTimeout(ctx, 500*time.Millisecond)
-			if lags, err := adm.Lag(lctx, cfg.Group); err == nil {
-				if g, ok := lags[cfg.Group]; ok && g.Error() == nil {
-					lag = strconv.FormatInt(g.Lag.Total(), 10)
-				}
-			}
-			lcancel()
-			var trades, klines, flushes, dirty, rebalances int64
-			for _, s := range stats {
-				for i := range s.Trades {
-					trades += s.Trades[i].Load()
-				}
-				klines += s.Klines.Load()
-				flushes += s.Flushes.Load()
-				dirty += s.DirtyFlushed.Load()
-				rebalances += s.Rebalances.Load()
-			}
-			var b strings.Builder
-			if term {
-				b.WriteString("\x1b[H\x1b[2J")
-			}
-			// At most 100 columns a line.
-			fmt.Fprintf(&b, "klagg demo: %d members, %d symbols%s\n", *members, *symbols, chartNote)
-			fmt.Fprintf(&b, "%d trades/s  %d candles/s  %.0f dirty candles/flush  lag %s trades  %d rebalances\n",
-				trades-prevTrades, klines-prevKlines, float64(dirty)/math.Max(1, float64(flushes)), lag, rebalances)
-			refused := refusals(stats)
-			fmt.Fprintf(&b, "refused/s %s\n", refusedPerSecond(refused, prevRefused))
-			prevRefused = refused
-			fmt.Fprintf(&b, "broker %s  registry %s  topics %s -> %s\n(try: klagg tail --brokers %s)\n",
-				brokers[0], regURL, cfg.TradesTopic, cfg.KlinesTopic, brokers[0])
-			prevTrades, prevKlines = trades, klines
-			view.render(&b, 10, time.Now())
-			fmt.Fprint(stdout, b.String())
+			fmt.Fprint(stdout, screen.render(ctx))
 		}
 	}
+}
+
+// demoFlags are the demo's settings.
+type demoFlags struct {
+	duration                           time.Duration
+	symbols, rate, members, partitions int
+	httpAddr, listen                   string
+	listenHost                         string
+	listenPort                         int
+	logs                               logFlags
+}
+
+// parseDemoFlags reads args, or returns nil and the exit code (0 for -h,
+// 2 with every problem printed at once).
+func parseDemoFlags(args []string, stdout, stderr io.Writer) (*demoFlags, int) {
+	fs := flag.NewFlagSet("klagg demo", flag.ContinueOnError)
+	fs.SetOutput(stdout) // -h is asked for: it goes to stdout; errors go to stderr
+	describe(fs, "klagg demo [flags]", `Runs everything in one process, with nothing to set up: an embedded Kafka
+broker and schema registry, a synthetic market, and klagg members in one
+group. Shows the busiest symbols' open 1m candle and the one before it
+(final a second after its minute ends) and the live figures until
+interrupted or --duration ends.`)
+	f := &demoFlags{}
+	fs.DurationVar(&f.duration, "duration", 0, "stop after this long (0: until interrupted)")
+	fs.IntVar(&f.symbols, "symbols", 300, "symbols in the synthetic market")
+	fs.IntVar(&f.rate, "rate", 3000, "trades per second")
+	fs.IntVar(&f.members, "members", 3, "klagg members in the group")
+	fs.IntVar(&f.partitions, "partitions", 6, "partitions of the trades topic")
+	fs.StringVar(&f.httpAddr, "http", "127.0.0.1:8080", "address of the live chart page and the klines API (klagg serve on the demo's topic; empty: none)")
+	fs.StringVar(&f.listen, "listen", "", "serve the embedded broker on this HOST:PORT and the schema registry on PORT+1, for klagg tail and other tools (default: random loopback ports)")
+	f.logs.register(fs)
+	perr := parse(fs, args, os.Getenv)
+	if errors.Is(perr, flag.ErrHelp) {
+		return nil, 0
+	}
+	errs := []error{perr} // with the checks below: every problem at once
+	for _, c := range []struct {
+		name      string
+		v, lo, hi int
+	}{{"symbols", f.symbols, 1, 100_000}, {"rate", f.rate, 1, 1_000_000}, {"members", f.members, 1, 32}, {"partitions", f.partitions, 1, 256}} {
+		if c.v < c.lo || c.v > c.hi {
+			errs = append(errs, fmt.Errorf("--%s %d: want %d to %d", c.name, c.v, c.lo, c.hi))
+		}
+	}
+	if f.listen != "" {
+		host, port, err := net.SplitHostPort(f.listen)
+		n, perr := strconv.Atoi(port)
+		if err != nil || perr != nil || n < 1 || n > 65534 {
+			errs = append(errs, fmt.Errorf("--listen %q: want HOST:PORT, PORT from 1 to 65534", f.listen))
+		}
+		f.listenHost, f.listenPort = host, n
+	}
+	if err := errors.Join(errs...); err != nil {
+		fmt.Fprintf(stderr, "klagg demo: %v\n", err)
+		return nil, 2
+	}
+	if f.logs.level == "info" {
+		f.logs.level = "warn" // the table is the demo's output; logs only for trouble
+	}
+	return f, 0
+}
+
+// demoCluster is the demo's embedded broker and registry, with its topics.
+type demoCluster struct {
+	cluster *kfake.Cluster
+	brokers []string
+	regURL  string
+	adm     *kadm.Client
+	cfg     processor.Config
+	closers []func()
+}
+
+func (d *demoCluster) close() {
+	for i := len(d.closers) - 1; i >= 0; i-- {
+		d.closers[i]()
+	}
+}
+
+// startDemoCluster starts the embedded broker and registry and creates
+// the topics, with a retention that keeps the demo's memory flat.
+func startDemoCluster(ctx context.Context, f *demoFlags) (*demoCluster, error) {
+	// The embedded broker keeps records in memory: like a real cluster's
+	// retention, old records are dropped (the state topic is compacted
+	// instead), so that the demo's memory stays flat however long it runs.
+	// Retention drops whole segments only, and kfake's default segment is
+	// 100 MiB a partition: small segments let it drop them.
+	kopts := []kfake.Opt{kfake.NumBrokers(1), kfake.BrokerConfigs(map[string]string{
+		"log.cleaner.backoff.ms": "10000",
+		"log.segment.bytes":      strconv.Itoa(demoSegmentBytes),
+	})}
+	if f.listen != "" {
+		kopts = append(kopts, kfake.Ports(f.listenPort), kfake.ListenFn(func(network, _ string) (net.Listener, error) {
+			return net.Listen(network, f.listen)
+		}))
+	}
+	d := &demoCluster{}
+	cluster, err := kfake.NewCluster(kopts...)
+	if err != nil {
+		return nil, fmt.Errorf("embedded broker on %s: %w", cmp.Or(f.listen, "a loopback port"), err)
+	}
+	d.cluster, d.brokers = cluster, cluster.ListenAddrs()
+	d.closers = append(d.closers, cluster.Close)
+	regURL, stopRegistry, err := startRegistry(f.listenHost, f.listenPort)
+	if err != nil {
+		d.close()
+		return nil, fmt.Errorf("embedded schema registry: %w", err)
+	}
+	d.regURL = regURL
+	d.closers = append(d.closers, stopRegistry)
+	admCl, err := kgo.NewClient(kgo.SeedBrokers(d.brokers...))
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	d.adm = kadm.NewClient(admCl)
+	d.closers = append(d.closers, d.adm.Close)
+
+	d.cfg = processor.DefaultConfig()
+	d.cfg.Brokers, d.cfg.SchemaRegistry = d.brokers, regURL
+	for _, t := range []struct {
+		topic     string
+		retention time.Duration
+	}{
+		{d.cfg.TradesTopic, demoTradesRetention}, {d.cfg.KlinesTopic, demoKlinesRetention}, {d.cfg.DLQTopic, demoKlinesRetention},
+	} {
+		ms := strconv.FormatInt(t.retention.Milliseconds(), 10)
+		if _, err := d.adm.CreateTopic(ctx, int32(f.partitions), 1, map[string]*string{"retention.ms": &ms}, t.topic); err != nil {
+			d.close()
+			return nil, fmt.Errorf("create topic %q: %w", t.topic, err)
+		}
+	}
+	return d, nil
+}
+
+// startMembers runs a klagg member per element of stats, each counting
+// into its own; a member that fails sends its error on failed. The
+// function returned stops them all and waits.
+func (d *demoCluster) startMembers(stats []*processor.Stats, failed chan<- error, log *slog.Logger) (stop func()) {
+	var wg sync.WaitGroup
+	runCtx, stopMembers := context.WithCancel(context.Background())
+	for i := range stats {
+		stats[i] = &processor.Stats{}
+		wg.Go(func() {
+			if err := processor.Run(runCtx, d.cfg, processor.WithStats(stats[i]), processor.WithRunLogger(log.With("member", i))); err != nil {
+				failed <- err
+			}
+		})
+	}
+	return func() {
+		stopMembers()
+		wg.Wait()
+	}
+}
+
+// startChart serves the chart page and the klines API on addr until ctx
+// ends, and returns the address it listens on.
+func (d *demoCluster) startChart(ctx context.Context, addr string, log *slog.Logger) (string, error) {
+	scfg := serve.DefaultConfig()
+	scfg.Brokers, scfg.KlinesTopic, scfg.HTTP = d.brokers, d.cfg.KlinesTopic, addr
+	srv, err := newServer(scfg, log, nil)
+	if err != nil {
+		return "", err
+	}
+	go func() {
+		if err := srv.Run(ctx); err != nil {
+			log.Error("chart page", "err", err)
+		}
+	}()
+	return srv.Addr(), nil
+}
+
+// follow reads the committed klines into view until ctx ends.
+func (d *demoCluster) follow(ctx context.Context, view *klineView) error {
+	tail, err := kgo.NewClient(kgo.SeedBrokers(d.brokers...), kgo.ConsumeTopics(d.cfg.KlinesTopic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	if err != nil {
+		return err
+	}
+	go func() {
+		defer tail.Close()
+		for ctx.Err() == nil {
+			tail.PollFetches(ctx).EachRecord(func(r *kgo.Record) { view.add(r.Value) })
+		}
+	}()
+	return nil
+}
+
+// demoScreen is what the demo prints every second.
+type demoScreen struct {
+	d                      *demoCluster
+	f                      *demoFlags
+	stats                  []*processor.Stats
+	view                   *klineView
+	chartNote              string
+	term                   bool
+	prevTrades, prevKlines int64
+	prevRefused            map[string]int64
+}
+
+// render is the screen at most 100 columns wide: the live figures, then
+// the busiest symbols' candles.
+func (sc *demoScreen) render(ctx context.Context) string {
+	d, cfg := sc.d, sc.d.cfg
+	lag := "?"
+	lctx, lcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	if lags, err := d.adm.Lag(lctx, cfg.Group); err == nil {
+		if g, ok := lags[cfg.Group]; ok && g.Error() == nil {
+			lag = strconv.FormatInt(g.Lag.Total(), 10)
+		}
+	}
+	lcancel()
+	var trades, klines, flushes, dirty, rebalances int64
+	for _, s := range sc.stats {
+		for i := range s.Trades {
+			trades += s.Trades[i].Load()
+		}
+		klines += s.Klines.Load()
+		flushes += s.Flushes.Load()
+		dirty += s.DirtyFlushed.Load()
+		rebalances += s.Rebalances.Load()
+	}
+	var b strings.Builder
+	if sc.term {
+		b.WriteString("\x1b[H\x1b[2J")
+	}
+	fmt.Fprintf(&b, "klagg demo: %d members, %d symbols%s\n", sc.f.members, sc.f.symbols, sc.chartNote)
+	fmt.Fprintf(&b, "%d trades/s  %d candles/s  %.0f dirty candles/flush  lag %s trades  %d rebalances\n",
+		trades-sc.prevTrades, klines-sc.prevKlines, float64(dirty)/math.Max(1, float64(flushes)), lag, rebalances)
+	refused := refusals(sc.stats)
+	fmt.Fprintf(&b, "refused/s %s\n", refusedPerSecond(refused, sc.prevRefused))
+	fmt.Fprintf(&b, "broker %s  registry %s  topics %s -> %s\n(try: klagg tail --brokers %s)\n",
+		d.brokers[0], d.regURL, cfg.TradesTopic, cfg.KlinesTopic, d.brokers[0])
+	sc.prevRefused, sc.prevTrades, sc.prevKlines = refused, trades, klines
+	sc.view.render(&b, 10, time.Now())
+	return b.String()
 }
 
 // How long the demo's embedded broker keeps records: trades are read

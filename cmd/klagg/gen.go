@@ -27,118 +27,33 @@ import (
 // cmdGen produces trades to a topic, keyed by symbol: a synthetic market,
 // or a replay of Binance's public aggTrades CSV files.
 func cmdGen(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("klagg gen", flag.ContinueOnError)
-	fs.SetOutput(stdout) // -h is asked for: it goes to stdout; errors go to stderr
-	describe(fs, "klagg gen [flags]", `Produces trades to a topic, keyed by symbol: a synthetic market, or with
---csv a replay of Binance's public aggTrades (or raw trades) CSV files (rows that do not
-parse are skipped and counted). Binance JSON, or Avro with --format avro.`)
-	def := processor.DefaultConfig()
-	brokers := fs.String("brokers", strings.Join(def.Brokers, ","), "Kafka bootstrap brokers, comma-separated")
-	topic := fs.String("trades-topic", def.TradesTopic, "topic to produce to")
-	format := fs.String("format", "binance-json", "value encoding: binance-json or avro")
-	registry := fs.String("schema-registry", "", "with avro: register trade.avsc and Confluent-frame the values (default: single-object encoding)")
-	symbols := fs.Int("symbols", 100, "synthetic: number of symbols")
-	rate := fs.Int("rate", 1000, "synthetic: trades per second")
-	duration := fs.Duration("duration", 10*time.Second, "synthetic: how long to produce")
-	seed := fs.Uint64("seed", 1, "synthetic: random seed")
-	csvFiles := fs.String("csv", "", "replay these Binance aggTrades CSV files (comma-separated) instead of a synthetic market")
-	symbol := fs.String("symbol", "", "CSV: the symbol of the files (default: from a name like BTCUSDT-aggTrades-2024-01-01.csv)")
-	speed := fs.Float64("speed", 0, "CSV: 0 as fast as possible, 1 the original pace, 10 ten times faster")
-	createTopic := fs.Bool("create-topic", false, "create --trades-topic first if it does not exist (a fresh topic for a replay)")
-	partitions := fs.Int("partitions", 6, "with --create-topic: its partition count")
-	stateTopic := fs.String("state-topic", def.StateTopic, "warn if a group reads --trades-topic and this state topic is past the trades sent")
-	var cf connFlags
-	cf.register(fs)
-	perr := parse(fs, args, os.Getenv)
-	if errors.Is(perr, flag.ErrHelp) {
-		return 0
+	f, code := parseGenFlags(args, stdout, stderr)
+	if f == nil {
+		return code
 	}
-	errs := []error{perr} // with the checks below: every problem at once
-	inFormat, err := schema.ParseInputFormat(*format)
-	if err != nil {
-		errs = append(errs, fmt.Errorf("--format: %w", err))
-	}
-	if *csvFiles == "" && (*symbols < 1 || *rate < 1 || *duration <= 0) {
-		errs = append(errs, fmt.Errorf("--symbols, --rate and --duration must be positive"))
-	}
-	if *speed < 0 {
-		errs = append(errs, fmt.Errorf("--speed %g is negative", *speed))
-	}
-	if *partitions < 1 || *partitions > 10_000 {
-		errs = append(errs, fmt.Errorf("--partitions %d: want 1 to 10000", *partitions))
-	}
-	conn, err := cf.resolve(os.Getenv)
-	if err != nil {
-		errs = append(errs, err)
-	}
-	if *csvFiles != "" {
-		for _, file := range strings.Split(*csvFiles, ",") {
-			// A missing file first: its name is then beside the point.
-			if _, err := os.Stat(file); err != nil {
-				errs = append(errs, fmt.Errorf("--csv: %w", err))
-			} else if _, err := csvSymbol(file, *symbol); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		fmt.Fprintf(stderr, "klagg gen: %v\n", err)
-		return 2
-	}
-	enc, err := newTradeEncoder(ctx, inFormat, *registry, *topic, conn.sr)
+	enc, err := newTradeEncoder(ctx, f.format, f.registry, f.topic, f.conn.sr)
 	if err != nil {
 		fmt.Fprintf(stderr, "klagg gen: %v\n", err)
 		return 1
 	}
-	cl, err := kgo.NewClient(append(conn.kgo, kgo.SeedBrokers(splitList(*brokers)...), kgo.DefaultProduceTopic(*topic))...)
+	seeds := append(f.conn.kgo, kgo.SeedBrokers(splitList(f.brokers)...))
+	cl, err := kgo.NewClient(append(seeds, kgo.DefaultProduceTopic(f.topic))...)
 	if err != nil {
 		fmt.Fprintf(stderr, "klagg gen: %v\n", err)
 		return 1
 	}
 	defer cl.Close()
-	if err := reach(ctx, cl, *brokers); err != nil {
+	if err := f.prepareTopic(ctx, cl, stdout); err != nil {
 		fmt.Fprintf(stderr, "klagg gen: %v\n", err)
 		return 1
 	}
-	if *createTopic {
-		cctx, cancel := context.WithTimeout(ctx, connectTimeout)
-		_, err := kadm.NewClient(cl).CreateTopic(cctx, int32(*partitions), -1, nil, *topic)
-		cancel()
-		switch {
-		case err == nil:
-			fmt.Fprintf(stdout, "created topic %q with %d partitions\n", *topic, *partitions)
-		case errors.Is(err, kerr.TopicAlreadyExists):
-		default:
-			fmt.Fprintf(stderr, "klagg gen: create topic %q: %v\n", *topic, err)
-			return 1
-		}
-	}
-	if err := topicExists(ctx, cl, *topic, "--trades-topic, or --create-topic"); err != nil {
-		fmt.Fprintf(stderr, "klagg gen: %v\n", err)
-		return 1
-	}
-	firsts := map[string]schema.Trade{}
-	if *csvFiles != "" {
-		for _, file := range strings.Split(*csvFiles, ",") {
-			if t, ok := firstCSVTrade(file, *symbol); ok {
-				if prev, seen := firsts[string(t.Symbol)]; !seen || t.AggID < prev.AggID {
-					firsts[string(t.Symbol)] = t
-				}
-			}
-		}
-	} else {
-		now := time.Now().UnixMilli()
-		for i := range *symbols {
-			firsts[syntheticSymbol(i)] = schema.Trade{Symbol: []byte(syntheticSymbol(i)), AggID: 1, Time: now}
-		}
-	}
-	warnIfRefused(ctx, cl, append(conn.kgo, kgo.SeedBrokers(splitList(*brokers)...)), *topic, *stateTopic, firsts, stderr)
+	warnIfRefused(ctx, cl, seeds, f.topic, f.stateTopic, f.firstTrades(), stderr)
 	p := &producer{ctx: ctx, cl: cl, enc: enc}
 	start := time.Now()
-	if *csvFiles != "" {
+	if f.csvFiles != "" {
 		skipped := 0
-		for _, file := range strings.Split(*csvFiles, ",") {
-			n, err := replayCSV(p, file, *symbol, *speed)
+		for _, file := range strings.Split(f.csvFiles, ",") {
+			n, err := replayCSV(p, file, f.symbol, f.speed)
 			skipped += n
 			if err != nil {
 				fmt.Fprintf(stderr, "klagg gen: %v\n", err)
@@ -149,14 +64,131 @@ parse are skipped and counted). Binance JSON, or Avro with --format avro.`)
 			fmt.Fprintf(stderr, "klagg gen: skipped %d CSV rows that did not parse\n", skipped)
 		}
 	} else {
-		synthetic(p, *symbols, *rate, *duration, *seed, false)
+		synthetic(p, f.symbols, f.rate, f.duration, f.seed, false)
 	}
 	if err := p.flush(); err != nil {
-		fmt.Fprintf(stderr, "klagg gen: produce to %q: %v\n", *topic, err)
+		fmt.Fprintf(stderr, "klagg gen: produce to %q: %v\n", f.topic, err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "produced %d trades to %q in %s\n", p.n, *topic, time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(stdout, "produced %d trades to %q in %s\n", p.n, f.topic, time.Since(start).Round(time.Millisecond))
 	return 0
+}
+
+// genFlags are gen's settings.
+type genFlags struct {
+	brokers, topic, registry, csvFiles, symbol, stateTopic string
+	format                                                 schema.InputFormat
+	symbols, rate, partitions                              int
+	duration                                               time.Duration
+	seed                                                   uint64
+	speed                                                  float64
+	createTopic                                            bool
+	conn                                                   conn
+}
+
+// parseGenFlags reads args, or returns nil and the exit code (0 for -h,
+// 2 with every problem printed at once).
+func parseGenFlags(args []string, stdout, stderr io.Writer) (*genFlags, int) {
+	fs := flag.NewFlagSet("klagg gen", flag.ContinueOnError)
+	fs.SetOutput(stdout) // -h is asked for: it goes to stdout; errors go to stderr
+	describe(fs, "klagg gen [flags]", `Produces trades to a topic, keyed by symbol: a synthetic market, or with
+--csv a replay of Binance's public aggTrades (or raw trades) CSV files (rows that do not
+parse are skipped and counted). Binance JSON, or Avro with --format avro.`)
+	def := processor.DefaultConfig()
+	f := &genFlags{}
+	fs.StringVar(&f.brokers, "brokers", strings.Join(def.Brokers, ","), "Kafka bootstrap brokers, comma-separated")
+	fs.StringVar(&f.topic, "trades-topic", def.TradesTopic, "topic to produce to")
+	format := fs.String("format", "binance-json", "value encoding: binance-json or avro")
+	fs.StringVar(&f.registry, "schema-registry", "", "with avro: register trade.avsc and Confluent-frame the values (default: single-object encoding)")
+	fs.IntVar(&f.symbols, "symbols", 100, "synthetic: number of symbols")
+	fs.IntVar(&f.rate, "rate", 1000, "synthetic: trades per second")
+	fs.DurationVar(&f.duration, "duration", 10*time.Second, "synthetic: how long to produce")
+	fs.Uint64Var(&f.seed, "seed", 1, "synthetic: random seed")
+	fs.StringVar(&f.csvFiles, "csv", "", "replay these Binance aggTrades CSV files (comma-separated) instead of a synthetic market")
+	fs.StringVar(&f.symbol, "symbol", "", "CSV: the symbol of the files (default: from a name like BTCUSDT-aggTrades-2024-01-01.csv)")
+	fs.Float64Var(&f.speed, "speed", 0, "CSV: 0 as fast as possible, 1 the original pace, 10 ten times faster")
+	fs.BoolVar(&f.createTopic, "create-topic", false, "create --trades-topic first if it does not exist (a fresh topic for a replay)")
+	fs.IntVar(&f.partitions, "partitions", 6, "with --create-topic: its partition count")
+	fs.StringVar(&f.stateTopic, "state-topic", def.StateTopic, "warn if a group reads --trades-topic and this state topic is past the trades sent")
+	var cf connFlags
+	cf.register(fs)
+	perr := parse(fs, args, os.Getenv)
+	if errors.Is(perr, flag.ErrHelp) {
+		return nil, 0
+	}
+	errs := []error{perr} // with the checks below: every problem at once
+	var err error
+	if f.format, err = schema.ParseInputFormat(*format); err != nil {
+		errs = append(errs, fmt.Errorf("--format: %w", err))
+	}
+	if f.csvFiles == "" && (f.symbols < 1 || f.rate < 1 || f.duration <= 0) {
+		errs = append(errs, fmt.Errorf("--symbols, --rate and --duration must be positive"))
+	}
+	if f.speed < 0 {
+		errs = append(errs, fmt.Errorf("--speed %g is negative", f.speed))
+	}
+	if f.partitions < 1 || f.partitions > 10_000 {
+		errs = append(errs, fmt.Errorf("--partitions %d: want 1 to 10000", f.partitions))
+	}
+	if f.conn, err = cf.resolve(os.Getenv); err != nil {
+		errs = append(errs, err)
+	}
+	if f.csvFiles != "" {
+		for _, file := range strings.Split(f.csvFiles, ",") {
+			// A missing file first: its name is then beside the point.
+			if _, err := os.Stat(file); err != nil {
+				errs = append(errs, fmt.Errorf("--csv: %w", err))
+			} else if _, err := csvSymbol(file, f.symbol); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		fmt.Fprintf(stderr, "klagg gen: %v\n", err)
+		return nil, 2
+	}
+	return f, 0
+}
+
+// prepareTopic checks that the brokers answer and the trades topic exists,
+// creating it first with --create-topic.
+func (f *genFlags) prepareTopic(ctx context.Context, cl *kgo.Client, stdout io.Writer) error {
+	if err := reach(ctx, cl, f.brokers); err != nil {
+		return err
+	}
+	if f.createTopic {
+		cctx, cancel := context.WithTimeout(ctx, connectTimeout)
+		_, err := kadm.NewClient(cl).CreateTopic(cctx, int32(f.partitions), -1, nil, f.topic)
+		cancel()
+		switch {
+		case err == nil:
+			fmt.Fprintf(stdout, "created topic %q with %d partitions\n", f.topic, f.partitions)
+		case errors.Is(err, kerr.TopicAlreadyExists):
+		default:
+			return fmt.Errorf("create topic %q: %w", f.topic, err)
+		}
+	}
+	return topicExists(ctx, cl, f.topic, "--trades-topic, or --create-topic")
+}
+
+// firstTrades is the first trade gen will send of each symbol.
+func (f *genFlags) firstTrades() map[string]schema.Trade {
+	firsts := map[string]schema.Trade{}
+	if f.csvFiles == "" {
+		now := time.Now().UnixMilli()
+		for i := range f.symbols {
+			firsts[syntheticSymbol(i)] = schema.Trade{Symbol: []byte(syntheticSymbol(i)), AggID: 1, Time: now}
+		}
+		return firsts
+	}
+	for _, file := range strings.Split(f.csvFiles, ",") {
+		if t, ok := firstCSVTrade(file, f.symbol); ok {
+			if prev, seen := firsts[string(t.Symbol)]; !seen || t.AggID < prev.AggID {
+				firsts[string(t.Symbol)] = t
+			}
+		}
+	}
+	return firsts
 }
 
 type tradeEncoder func(dst []byte, t *schema.Trade) []byte

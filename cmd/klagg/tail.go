@@ -24,56 +24,19 @@ import (
 // aligned table or JSON lines. Both framings (Confluent, single-object) are
 // recognised by their first byte.
 func cmdTail(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("klagg tail", flag.ContinueOnError)
-	fs.SetOutput(stdout) // -h is asked for: it goes to stdout; errors go to stderr
-	describe(fs, "klagg tail [flags]", `Reads the klines topic and prints the candles as an aligned table or JSON
-lines. Both framings are read: Confluent (with a registry) and Avro
-single-object encoding.`)
-	def := processor.DefaultConfig()
-	brokers := fs.String("brokers", strings.Join(def.Brokers, ","), "Kafka bootstrap brokers, comma-separated")
-	topic := fs.String("klines-topic", def.KlinesTopic, "topic to read")
-	symbol := fs.String("symbol", "", "only this symbol")
-	onlyPeriod := fs.String("period", "", "only this period (1m, 1h, 1M, …)")
-	finalOnly := fs.Bool("final-only", false, "only final candles")
-	fromBeginning := fs.Bool("from-beginning", false, "read the topic from its start (default: only new records)")
-	format := fs.String("format", "table", "output: table or json (one object per line)")
-	maxRecords := fs.Int("max", 0, "stop after printing this many candles (0: never)")
-	deadLetters := fs.Bool("dead-letters", false, "print the dead-letter topic instead: each refused trade with its reason, source and error")
-	dlqTopic := fs.String("dlq-topic", def.DLQTopic, "dead-letter topic, with --dead-letters")
-	var cf connFlags
-	cf.register(fs)
-	perr := parse(fs, args, os.Getenv)
-	if errors.Is(perr, flag.ErrHelp) {
-		return 0
-	}
-	errs := []error{perr} // with the checks below: every problem at once
-	if *onlyPeriod != "" {
-		if _, err := period.Parse(*onlyPeriod); err != nil {
-			errs = append(errs, fmt.Errorf("--period: %w", err))
-		}
-	}
-	if *format != "table" && *format != "json" {
-		errs = append(errs, fmt.Errorf("--format %q: want table or json", *format))
-	}
-	if *maxRecords < 0 {
-		errs = append(errs, fmt.Errorf("--max %d is negative", *maxRecords))
-	}
-	conn, err := cf.resolve(os.Getenv)
-	if err != nil {
-		errs = append(errs, err)
-	}
-	if err := errors.Join(errs...); err != nil {
-		fmt.Fprintf(stderr, "klagg tail: %v\n", err)
-		return 2
+	f, code := parseTailFlags(args, stdout, stderr)
+	if f == nil {
+		return code
 	}
 	start := kgo.NewOffset().AtEnd()
-	if *fromBeginning {
+	if f.fromBeginning {
 		start = kgo.NewOffset().AtStart()
 	}
-	if *deadLetters {
-		*topic = *dlqTopic
+	topic, flagName := f.topic, "--klines-topic"
+	if f.deadLetters {
+		topic, flagName = f.dlqTopic, "--dlq-topic"
 	}
-	cl, err := kgo.NewClient(append(conn.kgo, kgo.SeedBrokers(splitList(*brokers)...), kgo.ConsumeTopics(*topic),
+	cl, err := kgo.NewClient(append(f.conn.kgo, kgo.SeedBrokers(splitList(f.brokers)...), kgo.ConsumeTopics(topic),
 		// Only what klagg committed: records of an aborted flush never show.
 		kgo.ConsumeResetOffset(start), kgo.FetchIsolationLevel(kgo.ReadCommitted()))...)
 	if err != nil {
@@ -81,27 +44,85 @@ single-object encoding.`)
 		return 1
 	}
 	defer cl.Close()
-	if err := reach(ctx, cl, *brokers); err != nil {
+	if err := reach(ctx, cl, f.brokers); err != nil {
 		fmt.Fprintf(stderr, "klagg tail: %v\n", err)
 		return 1
 	}
-	flagName := "--klines-topic"
-	if *deadLetters {
-		flagName = "--dlq-topic"
-	}
-	if err := topicExists(ctx, cl, *topic, flagName); errors.Is(err, errNoTopic) {
+	if err := topicExists(ctx, cl, topic, flagName); errors.Is(err, errNoTopic) {
 		// Said at once; then wait, since klagg run creates it on start.
 		fmt.Fprintf(stderr, "klagg tail: %v; waiting for it to be created\n", err)
 	} else if err != nil {
 		fmt.Fprintf(stderr, "klagg tail: %v\n", err)
 		return 1
 	}
-
-	enc := json.NewEncoder(stdout)
-	if *deadLetters {
-		return printDeadLetters(ctx, cl, *format == "json", *maxRecords, stdout, stderr)
+	if f.deadLetters {
+		return printDeadLetters(ctx, cl, f.format == "json", f.max, stdout, stderr)
 	}
-	if *format == "table" {
+	return f.printKlines(ctx, cl, stdout, stderr)
+}
+
+// tailFlags are tail's settings.
+type tailFlags struct {
+	brokers, topic, symbol, period, format, dlqTopic string
+	finalOnly, fromBeginning, deadLetters            bool
+	max                                              int
+	conn                                             conn
+}
+
+// parseTailFlags reads args, or returns nil and the exit code (0 for -h,
+// 2 with every problem printed at once).
+func parseTailFlags(args []string, stdout, stderr io.Writer) (*tailFlags, int) {
+	fs := flag.NewFlagSet("klagg tail", flag.ContinueOnError)
+	fs.SetOutput(stdout) // -h is asked for: it goes to stdout; errors go to stderr
+	describe(fs, "klagg tail [flags]", `Reads the klines topic and prints the candles as an aligned table or JSON
+lines. Both framings are read: Confluent (with a registry) and Avro
+single-object encoding.`)
+	def := processor.DefaultConfig()
+	f := &tailFlags{}
+	fs.StringVar(&f.brokers, "brokers", strings.Join(def.Brokers, ","), "Kafka bootstrap brokers, comma-separated")
+	fs.StringVar(&f.topic, "klines-topic", def.KlinesTopic, "topic to read")
+	fs.StringVar(&f.symbol, "symbol", "", "only this symbol")
+	fs.StringVar(&f.period, "period", "", "only this period (1m, 1h, 1M, …)")
+	fs.BoolVar(&f.finalOnly, "final-only", false, "only final candles")
+	fs.BoolVar(&f.fromBeginning, "from-beginning", false, "read the topic from its start (default: only new records)")
+	fs.StringVar(&f.format, "format", "table", "output: table or json (one object per line)")
+	fs.IntVar(&f.max, "max", 0, "stop after printing this many candles (0: never)")
+	fs.BoolVar(&f.deadLetters, "dead-letters", false, "print the dead-letter topic instead: each refused trade with its reason, source and error")
+	fs.StringVar(&f.dlqTopic, "dlq-topic", def.DLQTopic, "dead-letter topic, with --dead-letters")
+	var cf connFlags
+	cf.register(fs)
+	perr := parse(fs, args, os.Getenv)
+	if errors.Is(perr, flag.ErrHelp) {
+		return nil, 0
+	}
+	errs := []error{perr} // with the checks below: every problem at once
+	if f.period != "" {
+		if _, err := period.Parse(f.period); err != nil {
+			errs = append(errs, fmt.Errorf("--period: %w", err))
+		}
+	}
+	if f.format != "table" && f.format != "json" {
+		errs = append(errs, fmt.Errorf("--format %q: want table or json", f.format))
+	}
+	if f.max < 0 {
+		errs = append(errs, fmt.Errorf("--max %d is negative", f.max))
+	}
+	var err error
+	if f.conn, err = cf.resolve(os.Getenv); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		fmt.Fprintf(stderr, "klagg tail: %v\n", err)
+		return nil, 2
+	}
+	return f, 0
+}
+
+// printKlines prints the candles that pass the filters until ctx ends or
+// --max are printed.
+func (f *tailFlags) printKlines(ctx context.Context, cl *kgo.Client, stdout, stderr io.Writer) int {
+	enc := json.NewEncoder(stdout)
+	if f.format == "table" {
 		fmt.Fprintln(stdout, tableHeader)
 	}
 	printed, undecodable := 0, 0
@@ -126,16 +147,16 @@ single-object encoding.`)
 				undecodable++
 				return
 			}
-			if (*symbol != "" && k.Symbol != *symbol) || (*onlyPeriod != "" && k.Period != *onlyPeriod) || (*finalOnly && !k.IsFinal) {
+			if (f.symbol != "" && k.Symbol != f.symbol) || (f.period != "" && k.Period != f.period) || (f.finalOnly && !k.IsFinal) {
 				return
 			}
-			if *format == "json" {
+			if f.format == "json" {
 				enc.Encode(klineJSONOf(&k)) //nolint:errcheck // stdout
 			} else {
 				fmt.Fprintln(stdout, tableRow(&k))
 			}
 			printed++
-			done = *maxRecords > 0 && printed >= *maxRecords
+			done = f.max > 0 && printed >= f.max
 		})
 		if done {
 			break
