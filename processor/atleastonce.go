@@ -242,6 +242,16 @@ func (a *atLeastOnce) flushLocked(ctx context.Context, cl *kgo.Client, only []in
 	if len(offsets) == 0 {
 		return
 	}
+	if a.commit(ctx, cl, offsets) {
+		for p, off := range offsets {
+			a.committed[p] = off.Offset
+		}
+	}
+}
+
+// commit commits offsets of the trades topic and reports whether the
+// group took them all.
+func (a *atLeastOnce) commit(ctx context.Context, cl *kgo.Client, offsets map[int32]kgo.EpochOffset) bool {
 	commitStart := a.clock()
 	var commitErr error
 	cl.CommitOffsetsSync(ctx, map[string]map[int32]kgo.EpochOffset{a.cfg.TradesTopic: offsets},
@@ -263,14 +273,12 @@ func (a *atLeastOnce) flushLocked(ctx context.Context, cl *kgo.Client, only []in
 		// from the previous commit and its restored state skips what was
 		// already counted.
 		a.log.Warn("commit failed", "err", commitErr)
-		return
-	}
-	for p, off := range offsets {
-		a.committed[p] = off.Offset
+		return false
 	}
 	a.stats.Commits.Add(1)
 	a.stats.LastCommit.Store(a.clock().UnixMilli())
 	a.obs.Committed(a.clock().Sub(commitStart))
+	return true
 }
 
 // deliverPieces drains targets, delivers each answer's klines and dead

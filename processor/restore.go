@@ -190,42 +190,8 @@ func (c *core) rebuildSymbols(ctx context.Context, cl *kgo.Client, p int32, bad 
 		}
 	}
 	if until > from {
-		rc, err := kgo.NewClient(append(c.base,
-			kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{c.cfg.TradesTopic: {p: kgo.NewOffset().At(from)}}),
-			kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-			kgo.KeepControlRecords(),
-		)...)
-		if err != nil {
-			return nil, fmt.Errorf("processor: rebuild client: %w", err)
-		}
-		defer rc.Close()
-		dec := schema.TradeDecoder{Format: c.cfg.InputFormat, Validate: schema.ValidateConfig{MaxSkew: c.cfg.MaxSkew}, V1IDs: c.tradeV1IDs}
-		var t schema.Trade
-		for done := false; !done; {
-			fetches := rc.PollFetches(ctx)
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("processor: rebuild partition %d: %w", p, ctx.Err())
-			}
-			var ferr error
-			fetches.EachError(func(_ string, _ int32, err error) { ferr = err })
-			if ferr != nil {
-				return nil, fmt.Errorf("processor: rebuild partition %d: fetch %q: %w", p, c.cfg.TradesTopic, ferr)
-			}
-			fetches.EachRecord(func(rec *kgo.Record) {
-				if done || rec.Offset >= until {
-					done = true
-					return
-				}
-				if rec.Offset+1 >= until {
-					done = true
-				}
-				if rec.Attrs.IsControl() || dec.Decode(rec.Key, rec.Value, nowMs, &t) != nil {
-					return
-				}
-				if agg := aggs[string(t.Symbol)]; agg != nil {
-					agg.Fold(&t, rec.Offset, nowMs)
-				}
-			})
+		if err := c.refold(ctx, p, from, until, aggs, nowMs); err != nil {
+			return nil, err
 		}
 	}
 	var out []schema.SymbolState
@@ -239,6 +205,49 @@ func (c *core) rebuildSymbols(ctx context.Context, cl *kgo.Client, p int32, bad 
 		out = append(out, b.States...)
 	}
 	return out, nil
+}
+
+// refold folds the trades of partition p from offset from up to until into
+// the aggregators of their symbols (aggs, by symbol; others are skipped).
+func (c *core) refold(ctx context.Context, p int32, from, until int64, aggs map[string]*engine.Aggregator, nowMs int64) error {
+	rc, err := kgo.NewClient(append(c.base,
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{c.cfg.TradesTopic: {p: kgo.NewOffset().At(from)}}),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.KeepControlRecords(),
+	)...)
+	if err != nil {
+		return fmt.Errorf("processor: rebuild client: %w", err)
+	}
+	defer rc.Close()
+	dec := c.shardEnv().decoder
+	var t schema.Trade
+	for done := false; !done; {
+		fetches := rc.PollFetches(ctx)
+		if ctx.Err() != nil {
+			return fmt.Errorf("processor: rebuild partition %d: %w", p, ctx.Err())
+		}
+		var ferr error
+		fetches.EachError(func(_ string, _ int32, err error) { ferr = err })
+		if ferr != nil {
+			return fmt.Errorf("processor: rebuild partition %d: fetch %q: %w", p, c.cfg.TradesTopic, ferr)
+		}
+		fetches.EachRecord(func(rec *kgo.Record) {
+			if done || rec.Offset >= until {
+				done = true
+				return
+			}
+			if rec.Offset+1 >= until {
+				done = true
+			}
+			if rec.Attrs.IsControl() || dec.Decode(rec.Key, rec.Value, nowMs, &t) != nil {
+				return
+			}
+			if agg := aggs[string(t.Symbol)]; agg != nil {
+				agg.Fold(&t, rec.Offset, nowMs)
+			}
+		})
+	}
+	return nil
 }
 
 // ErrBadStatePolicy is wrapped by Config.Validate for an unknown policy.
