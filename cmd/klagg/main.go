@@ -375,7 +375,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	stats := &processor.Stats{}
 	m := newMetrics(stats)
-	srv, err := startHealth(rf.metricsAddr, stats, m.reg, rf.cfg.FlushInterval, log)
+	srv, err := ops{reg: m.reg, ready: memberReady(stats, rf.cfg.FlushInterval), log: log}.listen(rf.metricsAddr)
 	if err != nil {
 		fmt.Fprintf(stderr, "klagg run: %v\n", err)
 		return 1

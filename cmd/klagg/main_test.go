@@ -335,6 +335,49 @@ func TestMetricsAndHealth(t *testing.T) {
 	}
 }
 
+// TestServeOps: klagg serve mounts the operations endpoints every command
+// serves (ops) beside its API: /healthz at once, /readyz once the klines
+// topic is read, /metrics with serve's own counter.
+func TestServeOps(t *testing.T) {
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "klines"))
+	ctx, cancel := context.WithCancel(t.Context())
+	var stdout testkit.Buffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"serve", "--brokers", cluster.ListenAddrs()[0], "--http", "127.0.0.1:0", "--data", t.TempDir()}, &stdout, io.Discard)
+	}()
+	defer func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("serve exited %d", code)
+		}
+	}()
+	addrRe := regexp.MustCompile(`klagg serve: chart on http://([0-9.:]+)/`)
+	var addr string
+	testkit.WaitFor(t, 10*time.Second, "serve's address on stdout", func() bool {
+		if m := addrRe.FindStringSubmatch(stdout.String()); m != nil {
+			addr = m[1]
+		}
+		return addr != ""
+	})
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, b := get("/healthz"); code != 200 || b != "ok\n" {
+		t.Errorf("/healthz %d %q", code, b)
+	}
+	testkit.WaitFor(t, 20*time.Second, "/readyz to answer 200", func() bool { code, _ := get("/readyz"); return code == 200 })
+	if code, b := get("/metrics"); code != 200 || !strings.Contains(b, "klagg_serve_records_total 0") || !strings.Contains(b, "go_goroutines") {
+		t.Errorf("/metrics %d:\n%s", code, b)
+	}
+}
+
 func TestGenCSVAndSynthetic(t *testing.T) {
 	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
 	dir := t.TempDir()
@@ -618,7 +661,7 @@ func TestGenWarnsOfRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	waitUntil(t, 30*time.Second, "state of the 3 symbols", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "state of the 3 symbols", func() bool {
 		states, _, err := processor.LatestStates(t.Context(), cl, "klines-state", kgo.SeedBrokers(brokers))
 		return err == nil && len(states) == 3
 	})
@@ -666,7 +709,7 @@ func TestRunHTTP(t *testing.T) {
 	}()
 	addrRe := regexp.MustCompile(`klagg run: chart on http://([0-9.:]+)/, klines API on http://[0-9.:]+/api/v3/klines`)
 	var addr string
-	waitUntil(t, 10*time.Second, "the chart's address on stdout", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the chart's address on stdout", func() bool {
 		if m := addrRe.FindStringSubmatch(stdout.String()); m != nil {
 			addr = m[1]
 		}
@@ -676,7 +719,7 @@ func TestRunHTTP(t *testing.T) {
 		t.Fatalf("gen: exit %d", code)
 	}
 	var candles [][]any
-	waitUntil(t, 20*time.Second, "S000USDT's 1m candles from /api/v3/klines", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "S000USDT's 1m candles from /api/v3/klines", func() bool {
 		resp, err := http.Get("http://" + addr + "/api/v3/klines?symbol=S000USDT&interval=1m")
 		if err != nil {
 			return false
@@ -695,17 +738,6 @@ func TestRunHTTP(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(page), "<html") {
 		t.Errorf("the chart page: %d %.200s", resp.StatusCode, page)
-	}
-}
-
-func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s after %s", what, d)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 

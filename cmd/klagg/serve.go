@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/klagg/klagg/period"
@@ -148,16 +146,16 @@ func newServer(cfg serve.Config, log *slog.Logger, kgoOpts []kgo.Opt) (*serve.Se
 	var srv *serve.Server
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "klagg_serve_records_total", Help: "Kline records read from the klines topic."},
 		func() float64 { return float64(srv.Records()) }))
-	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	srv, err := serve.New(cfg, serve.WithLogger(log), serve.WithKgoOpts(kgoOpts...),
-		serve.WithHandler("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{})),
-		serve.WithHandler("GET /healthz", ok),
-		serve.WithHandler("GET /readyz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			if !srv.Ready() {
-				http.Error(w, "not ready: the klines topic is not read yet", http.StatusServiceUnavailable)
-				return
-			}
-			fmt.Fprintln(w, "ok")
-		})))
+	o := ops{reg: reg, log: log, ready: func() (string, error) {
+		if !srv.Ready() {
+			return "", errors.New("the klines topic is not read yet")
+		}
+		return "", nil
+	}}
+	opts := []serve.Option{serve.WithLogger(log), serve.WithKgoOpts(kgoOpts...)}
+	for pattern, h := range o.routes() {
+		opts = append(opts, serve.WithHandler(pattern, h))
+	}
+	srv, err := serve.New(cfg, opts...)
 	return srv, err
 }
