@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
 	"runtime"
@@ -277,6 +278,7 @@ type runFlags struct {
 	periods     string
 	inputFormat string
 	metricsAddr string
+	replication int
 	httpAddr    string
 	logs        logFlags
 	connFlags   connFlags
@@ -316,6 +318,7 @@ stops one cleanly.`)
 	fs.IntVar(&c.MaxQueued, "max-queued-trades", c.MaxQueued, "trades read but not yet folded by the shards; reading pauses past it (memory bound)")
 	fs.IntVar(&c.MaxTransactionRecords, "max-transaction-records", c.MaxTransactionRecords, "exactly-once: a transaction ends once it holds this many records, whatever the flush interval")
 	fs.StringVar((*string)(&c.BadState), "bad-state", string(c.BadState), "an unreadable state record: stop (the member stops and names it) or rebuild (recompute the symbol from the retained trades)")
+	fs.IntVar(&rf.replication, "replication-factor", int(c.ReplicationFactor), "replication factor of the topics klagg creates (-1: the brokers' default.replication.factor); 3, with min.insync.replicas=2, keeps every acknowledged record through a broker loss")
 	fs.StringVar(&rf.metricsAddr, "metrics-addr", ":9464", "address of /metrics (Prometheus), /healthz and /readyz (empty: none)")
 	fs.StringVar(&rf.httpAddr, "http", "", "also serve the chart page and Binance's /api/v3/klines here, as klagg serve does (empty: none)")
 	rf.logs.register(fs)
@@ -340,6 +343,10 @@ func (rf *runFlags) finish(getenv func(string) string) error {
 	if rf.cfg.InputFormat, err = schema.ParseInputFormat(rf.inputFormat); err != nil {
 		errs = append(errs, fmt.Errorf("--input-format: %w", err))
 	}
+	if rf.replication > math.MaxInt16 {
+		errs = append(errs, fmt.Errorf("--replication-factor %d: want at most %d", rf.replication, math.MaxInt16))
+	}
+	rf.cfg.ReplicationFactor = int16(max(min(rf.replication, math.MaxInt16), math.MinInt16))
 	// Every problem at once: the configuration's own checks too.
 	return errors.Join(append(errs, rf.cfg.Validate())...)
 }

@@ -1,0 +1,95 @@
+package processor
+
+import (
+	"context"
+	"slices"
+	"strconv"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+)
+
+// durability is what an output topic's settings keep through the loss of
+// one broker, as checkDurability finds them.
+type durability struct {
+	Topic       string
+	Replication int // replicas of its first partition
+	MinInsync   int // min.insync.replicas, the topic's or the brokers' default
+	Brokers     int // brokers in the cluster
+}
+
+// Problem says what one broker loss would do to the topic, or "" when it
+// keeps every acknowledged record and can still be written. With acks=all
+// (klagg's producer), a record is acknowledged once min.insync.replicas
+// replicas have it: below 2, the acknowledging broker may be its only
+// copy; with replicas not above min.insync.replicas, one broker down
+// stops every write (transactions included) until it is back.
+func (d durability) Problem() string {
+	switch {
+	case d.Replication < 2:
+		return "replication factor " + strconv.Itoa(d.Replication) + ": a broker loss loses its acknowledged records"
+	case d.MinInsync < 2:
+		return "min.insync.replicas " + strconv.Itoa(d.MinInsync) + ": a record is acknowledged with one copy, which a broker loss can take"
+	case d.Replication <= d.MinInsync:
+		return "replication factor " + strconv.Itoa(d.Replication) + " with min.insync.replicas " + strconv.Itoa(d.MinInsync) +
+			": one broker down stops every write until it is back"
+	}
+	return ""
+}
+
+// checkDurability warns, once at start, about each output topic that one
+// broker loss could cost an acknowledged record or stop (see Problem). A
+// single-broker cluster (a test bed, a laptop) has nothing to replicate to,
+// and is only mentioned at debug level. A check that cannot be made is
+// logged and skipped: it never stops the member.
+func (c *core) checkDurability(ctx context.Context, adm *kadm.Client) {
+	topics := []string{c.cfg.KlinesTopic, c.cfg.StateTopic, c.cfg.DLQTopic}
+	ds, err := durabilities(ctx, adm, topics)
+	if err != nil {
+		c.log.Warn("could not check the output topics' replication", "err", err)
+		return
+	}
+	for _, d := range ds {
+		problem := d.Problem()
+		switch {
+		case problem == "":
+		case d.Brokers < 2:
+			c.log.Debug("single-broker cluster: output topic not replicated", "topic", d.Topic)
+		default:
+			c.log.Warn("output topic cannot ride out a broker loss: set replication factor 3 and min.insync.replicas 2",
+				"topic", d.Topic, "problem", problem, "brokers", d.Brokers)
+		}
+	}
+}
+
+// durabilities describes topics' replication, min.insync.replicas and the
+// cluster's broker count.
+func durabilities(ctx context.Context, adm *kadm.Client, topics []string) ([]durability, error) {
+	meta, err := adm.Metadata(ctx, topics...)
+	if err != nil {
+		return nil, err
+	}
+	configs, err := adm.DescribeTopicConfigs(ctx, topics...)
+	if err != nil {
+		return nil, err
+	}
+	minISR := map[string]int{}
+	for _, rc := range configs {
+		for _, cv := range rc.Configs {
+			if cv.Key == "min.insync.replicas" && cv.Value != nil {
+				minISR[rc.Name], _ = strconv.Atoi(*cv.Value)
+			}
+		}
+	}
+	var out []durability
+	for _, topic := range topics {
+		td, ok := meta.Topics[topic]
+		if !ok || td.Err != nil || len(td.Partitions) == 0 {
+			continue
+		}
+		ps := td.Partitions.Numbers()
+		slices.Sort(ps)
+		out = append(out, durability{Topic: topic, Replication: len(td.Partitions[ps[0]].Replicas),
+			MinInsync: minISR[topic], Brokers: len(meta.Brokers)})
+	}
+	return out, nil
+}
