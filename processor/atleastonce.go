@@ -189,7 +189,8 @@ func (a *atLeastOnce) flush(ctx context.Context, cl *kgo.Client, only []int32, a
 
 func (a *atLeastOnce) flushLocked(ctx context.Context, cl *kgo.Client, only []int32, all bool) {
 	flushStart := a.clock()
-	defer func() { a.stats.LastFlush.Store(a.clock().UnixMilli()) }()
+	dirty := 0
+	defer func() { a.obs.Flushed(a.clock().Sub(flushStart), dirty) }()
 	targets := a.allShards()
 	if only != nil {
 		targets = slices.DeleteFunc(targets, func(s *shard) bool { return !slices.Contains(only, s.partition) })
@@ -214,17 +215,10 @@ func (a *atLeastOnce) flushLocked(ctx context.Context, cl *kgo.Client, only []in
 		kind = drainAll
 	}
 	results := a.deliverPieces(ctx, cl, targets, kind)
-	if len(results) == 0 {
-		return
-	}
-	a.stats.Flushes.Add(1)
-
 	offsets := map[int32]kgo.EpochOffset{}
-	dirty := 0
 	for i := range results {
 		d := &results[i]
 		dirty += d.dirty
-		a.stats.DirtyFlushed.Add(int64(d.dirty))
 		a.obs.Lag(d.partition, d.lag)
 		if d.err != nil {
 			a.log.Error("delivery failed; restarting the shard from its last commit", "partition", d.partition, "err", d.err)
@@ -238,7 +232,6 @@ func (a *atLeastOnce) flushLocked(ctx context.Context, cl *kgo.Client, only []in
 			offsets[d.partition] = kgo.EpochOffset{Epoch: -1, Offset: d.position + 1}
 		}
 	}
-	a.obs.Flushed(a.clock().Sub(flushStart), dirty)
 	if len(offsets) == 0 {
 		return
 	}
@@ -275,8 +268,6 @@ func (a *atLeastOnce) commit(ctx context.Context, cl *kgo.Client, offsets map[in
 		a.log.Warn("commit failed", "err", commitErr)
 		return false
 	}
-	a.stats.Commits.Add(1)
-	a.stats.LastCommit.Store(a.clock().UnixMilli())
 	a.obs.Committed(a.clock().Sub(commitStart))
 	return true
 }

@@ -343,14 +343,10 @@ func (e *exactlyOnce) account(tx *txnState, results []drained, pick func(*draine
 // again once they are delivered, which makes room for it to fold more.
 func (e *exactlyOnce) commitTxn(ctx context.Context, timeout time.Duration, tx *txnState) {
 	start := e.clock()
-	defer func() { e.stats.LastFlush.Store(e.clock().UnixMilli()) }()
 	ectx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	dirty := 0
 	targets := e.allShards()
-	if len(targets) > 0 {
-		e.stats.Flushes.Add(1)
-	}
 	for len(targets) > 0 && !tx.failed {
 		results := drainShards(targets, drainTxn)
 		produceAll(ectx, e.cl, results, pickAll)
@@ -359,7 +355,6 @@ func (e *exactlyOnce) commitTxn(ctx context.Context, timeout time.Duration, tx *
 		for i := range results {
 			d := &results[i]
 			dirty += d.dirty
-			e.stats.DirtyFlushed.Add(int64(d.dirty))
 			if d.partial {
 				targets = append(targets, d.shard)
 			} else {
@@ -384,8 +379,6 @@ func (e *exactlyOnce) commitTxn(ctx context.Context, timeout time.Duration, tx *
 	committed := e.endTxn(ectx, how, tx)
 	if committed {
 		tx.delivered.count(e.stats)
-		e.stats.Commits.Add(1)
-		e.stats.LastCommit.Store(e.clock().UnixMilli())
 		e.obs.Committed(e.clock().Sub(commitStart))
 	} else if tx.folded && ctx.Err() == nil {
 		// The drains changed the shards (finals, versions, dirty sets) and

@@ -42,11 +42,15 @@ func Run(ctx context.Context, cfg Config, opts ...RunOption) error {
 }
 
 func run(ctx context.Context, cfg Config, opts ...RunOption) error {
-	o := runOptions{log: slog.New(slog.DiscardHandler), clock: time.Now, stats: &Stats{}, observer: nopObserver{}}
+	o := runOptions{log: slog.New(slog.DiscardHandler), clock: time.Now, stats: &Stats{}}
 	for _, fn := range opts {
 		fn(&o)
 	}
-	c := &core{cfg: cfg, log: o.log, clock: o.clock, stats: o.stats, obs: o.observer, srOpt: o.srOpts,
+	obs := Observer(o.stats)
+	if o.observer != nil {
+		obs = observers{o.stats, o.observer}
+	}
+	c := &core{cfg: cfg, log: o.log, clock: o.clock, stats: o.stats, obs: obs, srOpt: o.srOpts,
 		shards: map[int32]*shard{}}
 
 	base := append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...)}, o.kgoOpts...)

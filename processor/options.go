@@ -55,11 +55,15 @@ func WithRegistryOpts(opts ...sr.ClientOpt) RunOption {
 	return func(o *runOptions) { o.srOpts = append(o.srOpts, opts...) }
 }
 
-// Observer receives the runtime's timings and per-partition lag, for
-// metrics. Its methods are called where a flush or a transaction ends (the
-// at-least-once flusher, the exactly-once loop) and from the rebalance
-// callbacks, never per trade, and must not block.
+// Observer receives a member's events: the one way to observe it. Each is
+// reported once, where it happens (the at-least-once flusher, the
+// exactly-once loop, a restore, a shard's end), never per trade; methods
+// must not block. Stats is an Observer that counts them, always attached;
+// WithObserver adds another (metrics with timings, say).
 type Observer interface {
+	// Flushed ends a flush cycle, with the changed candles it drained
+	// (0 for a cycle that found nothing to drain: it still shows the
+	// member is alive).
 	Flushed(took time.Duration, dirty int)
 	Committed(took time.Duration)
 	Restored(took time.Duration, partitions int)
@@ -69,16 +73,69 @@ type Observer interface {
 	Forget(p int32)
 }
 
-// WithObserver sets the Observer; the default ignores everything.
+// WithObserver adds an Observer beside the Stats.
 func WithObserver(obs Observer) RunOption { return func(o *runOptions) { o.observer = obs } }
 
-type nopObserver struct{}
+// observers reports each event to every one of them, in order.
+type observers []Observer
 
-func (nopObserver) Flushed(time.Duration, int)  {}
-func (nopObserver) Committed(time.Duration)     {}
-func (nopObserver) Restored(time.Duration, int) {}
-func (nopObserver) Lag(int32, int64)            {}
-func (nopObserver) Forget(int32)                {}
+func (os observers) Flushed(took time.Duration, dirty int) {
+	for _, o := range os {
+		o.Flushed(took, dirty)
+	}
+}
+
+func (os observers) Committed(took time.Duration) {
+	for _, o := range os {
+		o.Committed(took)
+	}
+}
+
+func (os observers) Restored(took time.Duration, partitions int) {
+	for _, o := range os {
+		o.Restored(took, partitions)
+	}
+}
+
+func (os observers) Lag(p int32, records int64) {
+	for _, o := range os {
+		o.Lag(p, records)
+	}
+}
+
+func (os observers) Forget(p int32) {
+	for _, o := range os {
+		o.Forget(p)
+	}
+}
+
+// Flushed counts a flush cycle: LastFlush always (readiness), Flushes and
+// DirtyFlushed when it drained changed candles.
+func (s *Stats) Flushed(_ time.Duration, dirty int) {
+	s.LastFlush.Store(time.Now().UnixMilli())
+	if dirty > 0 {
+		s.Flushes.Add(1)
+		s.DirtyFlushed.Add(int64(dirty))
+	}
+}
+
+// Committed counts a commit (a committed transaction, under exactly-once).
+func (s *Stats) Committed(time.Duration) {
+	s.Commits.Add(1)
+	s.LastCommit.Store(time.Now().UnixMilli())
+}
+
+// Restored counts the partitions restored and keeps the restore's time.
+func (s *Stats) Restored(took time.Duration, partitions int) {
+	s.Restores.Add(int64(partitions))
+	s.RestoreNanos.Store(int64(took))
+}
+
+// Lag is not counted: metrics keep it per partition.
+func (s *Stats) Lag(int32, int64) {}
+
+// Forget has nothing to forget.
+func (s *Stats) Forget(int32) {}
 
 // WithStats makes Run count into s, which the caller may read at any time.
 func WithStats(s *Stats) RunOption { return func(o *runOptions) { o.stats = s } }
@@ -90,7 +147,7 @@ type Stats struct {
 	Klines       atomic.Int64
 	StateRecords atomic.Int64
 	DeadLetters  atomic.Int64
-	Flushes      atomic.Int64
+	Flushes      atomic.Int64 // flush cycles that drained changed candles
 	DirtyFlushed atomic.Int64 // dirty candles drained, summed over flushes
 	Commits      atomic.Int64
 	Rebalances   atomic.Int64
@@ -107,8 +164,8 @@ type Stats struct {
 	FlushesSkipped atomic.Int64
 	StaleStates    atomic.Int64 // state records passed over at restore: an older source offset than one already read
 	RebuiltStates  atomic.Int64 // unreadable state records whose symbol was rebuilt from the trades
-	LastCommit     atomic.Int64 // Unix ms of the last successful commit
-	LastFlush      atomic.Int64 // Unix ms when the last flush cycle ended, whatever it found
+	LastCommit     atomic.Int64 // Unix ms (wall clock) of the last successful commit
+	LastFlush      atomic.Int64 // Unix ms (wall clock) when the last flush cycle ended, whatever it found
 	Assigned       atomic.Int64 // partitions currently owned
 }
 

@@ -128,8 +128,6 @@ func (c *core) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*shar
 		out = append(out, newShard(p, agg, c.shardEnv()))
 		c.log.Debug("shard restored", "partition", p, "symbols", len(states), "position", agg.Position())
 	}
-	c.stats.Restores.Add(int64(len(ps)))
-	c.stats.RestoreNanos.Store(int64(c.clock().Sub(start)))
 	c.obs.Restored(c.clock().Sub(start), len(ps))
 	c.log.Info("restored", "partitions", ps, "symbols", symbols, "took", c.clock().Sub(start).Round(time.Millisecond))
 	if legacy > 0 {

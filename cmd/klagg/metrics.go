@@ -57,7 +57,7 @@ func newMetrics(stats *processor.Stats) *metrics {
 	counter("klagg_klines_emitted_total", "Kline records delivered.", nil, stats.Klines.Load)
 	counter("klagg_state_records_total", "State records delivered.", nil, stats.StateRecords.Load)
 	counter("klagg_dead_letters_total", "Dead-letter records delivered.", nil, stats.DeadLetters.Load)
-	counter("klagg_flushes_total", "Flushes that found something to deliver.", nil, stats.Flushes.Load)
+	counter("klagg_flushes_total", "Flushes that drained changed candles.", nil, stats.Flushes.Load)
 	counter("klagg_commits_total", "Successful offset commits.", nil, stats.Commits.Load)
 	counter("klagg_rebalances_total", "Partition assignments, revocations and losses seen.", nil, stats.Rebalances.Load)
 	counter("klagg_restores_total", "Shards restored from the state topic.", nil, stats.Restores.Load)
@@ -92,6 +92,9 @@ func newMetrics(stats *processor.Stats) *metrics {
 func (m *metrics) memberOpts() []kgo.Opt { return []kgo.Opt{kgo.WithHooks(m.kprom)} }
 
 func (m *metrics) Flushed(took time.Duration, dirty int) {
+	if dirty == 0 {
+		return // a cycle that found nothing: not a flush to time
+	}
 	m.flush.Observe(took.Seconds())
 	m.dirty.Observe(float64(dirty))
 }
