@@ -51,6 +51,7 @@ func TestMain(m *testing.M) {
 	}
 	fmt.Printf("integration: against %s at %s\n", os.Getenv("KLAGG_TEST_BROKER_NAME"), addr)
 	code := m.Run()
+	stopCluster()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -69,10 +70,12 @@ type bed struct {
 	cl         *kgo.Client
 	adm        *kadm.Client
 	name       string
+	brokers    []string
 	partitions int32
 	members    map[string]*member
 	produced   []oracle.Record
 	extra      []string // more flags for every member
+	prefix     []string // a command the member runs under (ip netns exec NS)
 	progress   int64    // the sum of committed trades offsets at the last waitProgress
 }
 
@@ -85,6 +88,12 @@ type member struct {
 
 func newBed(t *testing.T, partitions int32) *bed {
 	needBroker(t)
+	return newBedOn(t, partitions, brokers, 1)
+}
+
+// newBedOn is a bed on the given brokers, its trades topic replicated
+// replication times (-1: the brokers' default).
+func newBedOn(t *testing.T, partitions int32, brokers []string, replication int16) *bed {
 	ctx, cancel := context.WithTimeout(t.Context(), 8*time.Minute)
 	t.Cleanup(cancel)
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
@@ -93,8 +102,8 @@ func newBed(t *testing.T, partitions int32) *bed {
 	}
 	t.Cleanup(cl.Close)
 	b := &bed{t: t, ctx: ctx, cl: cl, adm: kadm.NewClient(cl), partitions: partitions, members: map[string]*member{},
-		name: fmt.Sprintf("%s-%d", strings.ReplaceAll(strings.ToLower(t.Name()), "/", "-"), rand.IntN(1_000_000))}
-	if _, err := b.adm.CreateTopic(ctx, partitions, 1, nil, b.topic("trades")); err != nil {
+		brokers: brokers, name: fmt.Sprintf("%s-%d", strings.ReplaceAll(strings.ToLower(t.Name()), "/", "-"), rand.IntN(1_000_000))}
+	if _, err := b.adm.CreateTopic(ctx, partitions, replication, nil, b.topic("trades")); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -108,7 +117,7 @@ func newBed(t *testing.T, partitions int32) *bed {
 func (b *bed) topic(kind string) string { return b.name + "-" + kind }
 
 func (b *bed) args() []string {
-	return append([]string{"run", "--brokers", strings.Join(brokers, ","), "--group", b.name,
+	return append([]string{"run", "--brokers", strings.Join(b.brokers, ","), "--group", b.name,
 		"--trades-topic", b.topic("trades"), "--klines-topic", b.topic("klines"),
 		"--state-topic", b.topic("state"), "--dlq-topic", b.topic("dlq"),
 		"--flush-interval", "100ms", "--session-timeout", "6s", "--metrics-addr", "", "--log-format", "text"}, b.extra...)
@@ -116,7 +125,8 @@ func (b *bed) args() []string {
 
 func (b *bed) start(name string) {
 	b.t.Helper()
-	m := &member{cmd: exec.Command(binary, b.args()...), log: &testkit.Buffer{}, done: make(chan struct{})}
+	argv := append(slices.Clone(b.prefix), binary)
+	m := &member{cmd: exec.Command(argv[0], append(argv[1:], b.args()...)...), log: &testkit.Buffer{}, done: make(chan struct{})}
 	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
 	if err := m.cmd.Start(); err != nil {
 		b.t.Fatal(err)
@@ -275,7 +285,7 @@ func (b *bed) expected() map[oracle.Key]schema.Kline {
 func (b *bed) check() *oracle.Emitted {
 	b.t.Helper()
 	want := b.expected()
-	got, problem := oracle.Check(b.ctx, brokers, b.topic("klines"), want)
+	got, problem := oracle.Check(b.ctx, b.brokers, b.topic("klines"), want)
 	if problem != "" {
 		b.t.Fatal(problem)
 	}
@@ -584,7 +594,7 @@ func freezeScenario(t *testing.T, guarantee string) *oracle.Emitted {
 	b.stop("a")
 	b.stop("b")
 	want := b.expected()
-	got, err := oracle.ReadKlines(b.ctx, brokers, b.topic("klines"))
+	got, err := oracle.ReadKlines(b.ctx, b.brokers, b.topic("klines"))
 	if err != nil {
 		t.Fatal(err)
 	}

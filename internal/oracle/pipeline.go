@@ -157,6 +157,9 @@ func shards(recs []Record, periods []period.Period, grace time.Duration, noFlat 
 type Emitted struct {
 	Final   map[Key]schema.Kline // candles whose newest version is final
 	Records int
+	// FinalRecords counts the final records read: under exactly-once each
+	// final candle has one, so it equals len(Final).
+	FinalRecords int
 	// Problems: a version not above one read before it for the same
 	// candle (Regressions counts those), two finals that disagree, a
 	// candle whose newest version is not final after a final one.
@@ -238,6 +241,7 @@ func ReadKlines(ctx context.Context, brokers []string, topic string, opts ...kgo
 		if !k.IsFinal {
 			return
 		}
+		e.FinalRecords++
 		if f, ok := finals[key]; ok && !Equal(f, k) {
 			e.Problems = append(e.Problems, fmt.Sprintf("%v: final twice, differently:\n%+v\n%+v", key, f, k))
 		}
