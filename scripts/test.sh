@@ -29,10 +29,12 @@ export KLAGG_TEST_PYTHON=$venv/bin/python KLAGG_TEST_FREQTRADE=$venv/bin/freqtra
 "$KLAGG_TEST_PYTHON" -c 'import ccxt; print("ccxt", ccxt.__version__)'
 "$KLAGG_TEST_FREQTRADE" --version | tail -1
 
-echo "== chromium and prometheus (Debian's packages) for the chart page and dashboard tests"
+echo "== chromium, prometheus and iproute2 (Debian's packages) for the chart page, dashboard and network-fault tests"
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
+# ip(8) makes the network namespace of the member cut off from the cluster.
+command -v ip >/dev/null || missing+=(iproute2)
 if [ ${#missing[@]} -gt 0 ]; then
 	sudo=""
 	[ "$(id -u)" = 0 ] || sudo=sudo
