@@ -240,6 +240,7 @@ func (c *core) shardEnv() shardEnv {
 		stateTopic:  c.cfg.StateTopic,
 		dlqTopic:    c.cfg.DLQTopic,
 		maxPending:  c.cfg.Engine.MaxPending,
+		liveWindow:  c.cfg.Engine.LiveWindow.Milliseconds(),
 		notify:      c.notify,
 	}
 }

@@ -36,6 +36,8 @@ type shard struct {
 	hw   int64
 	last int64
 
+	clock brokerClock // the member's clock bounded by the brokers'
+
 	foldedSinceDrain int64     // records handled since the last drain
 	fullDrainAt      time.Time // the last drain that delivered everything
 
@@ -98,7 +100,8 @@ type shardEnv struct {
 	// writer names the member in the state records.
 	writer                            string
 	klinesTopic, stateTopic, dlqTopic string
-	maxPending                        int // a full drain's pieces, as the engine's own bound
+	maxPending                        int   // a full drain's pieces, as the engine's own bound
+	liveWindow                        int64 // ms: how far the brokers' clock may be from the wall clock and count
 	// notify, when set, is called by the shard's goroutine when its engine
 	// becomes backlogged (true) or it folded held records (false).
 	notify func(backlogged bool)
@@ -128,7 +131,7 @@ func (st shardState) String() string { return shardStateNames[st] }
 
 func newShard(p int32, agg *engine.Aggregator, env shardEnv) *shard {
 	return &shard{
-		partition: p, agg: agg, env: env, dec: env.decoder,
+		partition: p, agg: agg, env: env, dec: env.decoder, clock: brokerClock{window: env.liveWindow},
 		in: make(chan shardMsg, 8), quit: make(chan struct{}), done: make(chan struct{}),
 	}
 }
@@ -234,7 +237,12 @@ func (s *shard) work() {
 // fold folds recs in order until the engine is backlogged, and returns how
 // many it took.
 func (s *shard) fold(recs []*kgo.Record) int {
-	now := s.env.clock().UnixMilli()
+	wall := s.env.clock().UnixMilli()
+	if len(recs) > 0 {
+		s.clock.see(recs[len(recs)-1].Timestamp.UnixMilli(), wall)
+	}
+	// See brokerClock: liveness by the earlier clock, skew by the later.
+	now, skewNow := s.clock.bounds(wall)
 	// Counted here and added once per batch: shards share the Stats, and
 	// an atomic add per trade would bounce its cache line between cores.
 	var outcomes [numOutcomes]int64
@@ -245,7 +253,7 @@ func (s *shard) fold(recs []*kgo.Record) int {
 		}
 		n++
 		s.last = rec.Offset
-		if err := s.dec.Decode(rec.Key, rec.Value, now, &s.trade); err != nil {
+		if err := s.dec.Decode(rec.Key, rec.Value, skewNow, &s.trade); err != nil {
 			reason := schema.ReasonOf(err)
 			s.env.stats.Invalid[reason].Add(1)
 			s.agg.MarkOffset(rec.Offset)
@@ -327,7 +335,8 @@ func (s *shard) drain(kind drainKind) drained {
 		return drained{partition: s.partition, position: -1, lag: lag}
 	}
 	if !s.draining { // nothing may move between the pieces of one snapshot
-		s.agg.AdvanceClock(nowMs, lag == 0)
+		early, _ := s.clock.bounds(nowMs) // see brokerClock
+		s.agg.AdvanceClock(early, lag == 0)
 	}
 	finalsOnly := s.finalsOnly(kind, lag, now)
 	dirty := s.agg.DirtyLen()

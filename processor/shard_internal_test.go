@@ -31,7 +31,8 @@ func testShard(t *testing.T, cfg Config, clock func() time.Time) *shard {
 	}
 	s := newShard(0, agg, shardEnv{clock: clock, log: slog.New(slog.DiscardHandler), stats: &Stats{},
 		klineEnc: enc, stateCodec: codec, decoder: schema.TradeDecoder{Format: cfg.InputFormat},
-		klinesTopic: cfg.KlinesTopic, stateTopic: cfg.StateTopic, dlqTopic: cfg.DLQTopic, maxPending: cfg.Engine.MaxPending})
+		klinesTopic: cfg.KlinesTopic, stateTopic: cfg.StateTopic, dlqTopic: cfg.DLQTopic, maxPending: cfg.Engine.MaxPending,
+		liveWindow: cfg.Engine.LiveWindow.Milliseconds()})
 	s.begin()
 	return s
 }
@@ -290,5 +291,87 @@ func TestShardDrainInPieces(t *testing.T) {
 	}
 	if opens != 50 || states != 50 || d.position != 49 {
 		t.Fatalf("the snapshot: %d open candles, %d states, position %d; want 50, 50, 49", opens, states, d.position)
+	}
+}
+
+// TestShardClockSkew: a member whose wall clock is 30 s ahead of the
+// brokers' (their record timestamps), and one 30 s behind, in a live shard
+// that goes quiet near a minute's end. Ahead, the open candle is not closed
+// before its last trade could arrive, and that trade is folded, not
+// refused as late; behind, a current trade is not refused as from the
+// future, and the candle closes late, never early. Both close it once the
+// brokers' clock has passed its end by the grace.
+func TestShardClockSkew(t *testing.T) {
+	for _, skew := range []time.Duration{30 * time.Second, -30 * time.Second} {
+		t.Run(skew.String(), func(t *testing.T) {
+			truth := time.Date(2026, 12, 2, 12, 0, 50, 0, time.UTC) // the brokers' clock
+			clock := func() time.Time { return truth.Add(skew) }
+			s := testShard(t, DefaultConfig(), clock)
+			offset := int64(0)
+			trade := func() {
+				tr := schema.Trade{Symbol: []byte("BTCUSDT"), AggID: offset + 1, Price: 100, Quantity: 1,
+					FirstID: offset, LastID: offset, Time: truth.UnixMilli()}
+				give(s, []*kgo.Record{{Key: tr.Symbol, Value: schema.AppendBinanceJSON(nil, &tr), Offset: offset, Timestamp: truth}}, offset+1, -1)
+				offset++
+			}
+			final := func() bool {
+				d := s.drain(drainTick)
+				for _, rec := range d.first {
+					var k schema.Kline
+					if rec.Topic != s.env.klinesTopic {
+						continue // a dead letter
+					}
+					if err := schema.DecodeKline(rec.Value, &k); err != nil {
+						t.Fatal(err)
+					}
+					if k.Period == "1m" && k.OpenTime == time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC).UnixMilli() && k.IsFinal {
+						return true
+					}
+				}
+				return false
+			}
+			trade() // 12:00:50, live
+			truth = truth.Add(3 * time.Second)
+			if final() {
+				t.Fatal("the 12:00 candle closed at 12:00:53 by the brokers' clock")
+			}
+			trade() // 12:00:53: valid, within its candle
+			if n := s.env.stats.Trades[engine.Folded].Load(); n != 2 {
+				t.Fatalf("%d trades folded, want 2 (late %d, future %d)", n, s.env.stats.Trades[engine.Late].Load(),
+					s.env.stats.Invalid[schema.ReasonFutureTime].Load())
+			}
+			truth = truth.Add(5 * time.Second) // 12:00:58
+			if final() {
+				t.Fatal("the 12:00 candle closed at 12:00:58 by the brokers' clock")
+			}
+			// Past its end by the grace (1 s), by the brokers' clock, and by
+			// the member's own when it runs behind.
+			truth = time.Date(2026, 12, 2, 12, 1, 2, 0, time.UTC)
+			if skew < 0 {
+				truth = truth.Add(-skew)
+			}
+			if !final() {
+				t.Fatalf("the 12:00 candle still open at %s by the brokers' clock", truth.Format(time.TimeOnly))
+			}
+		})
+	}
+}
+
+func TestBrokerClockBounds(t *testing.T) {
+	for _, tc := range []struct {
+		name            string
+		ts, seenAt, now int64
+		early, late     int64
+	}{
+		{"no record yet", 0, 0, 100_000, 100_000, 100_000},
+		{"wall ahead by 30 s", 1_000_000, 1_030_000, 1_035_000, 1_005_000, 1_035_000},
+		{"wall behind by 30 s", 1_000_000, 970_000, 975_000, 975_000, 1_005_000},
+		{"record timestamps an hour old: not counted", 1_000_000, 4_600_000, 4_605_000, 4_605_000, 4_605_000},
+	} {
+		c := brokerClock{window: 60_000}
+		c.see(tc.ts, tc.seenAt)
+		if early, late := c.bounds(tc.now); early != tc.early || late != tc.late {
+			t.Errorf("%s: bounds %d, %d; want %d, %d", tc.name, early, late, tc.early, tc.late)
+		}
 	}
 }
