@@ -7,6 +7,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/sr"
 
+	"github.com/klagg/klagg/hint"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -27,7 +28,8 @@ func (c *core) setupEncoders(ctx context.Context) error {
 	ss, err := rcl.CreateSchema(ctx, subject, sr.Schema{Schema: schema.KlineSchemaText, Type: sr.TypeAvro})
 	var re *sr.ResponseError
 	if errors.As(err, &re) && re.ErrorCode == sr.ErrIncompatibleSchema.Code {
-		return &IncompatibleSchemaError{Subject: subject, Registry: c.cfg.SchemaRegistry, Err: err}
+		return &hint.Error{Err: &IncompatibleSchemaError{Subject: subject, Registry: c.cfg.SchemaRegistry, Err: err},
+			Setting: "KlinesTopic", Fix: "or publish to a new topic (%s) whose readers expect decimals"}
 	}
 	if err != nil {
 		return fmt.Errorf("processor: register the kline schema under %q at %s: %w", subject, c.cfg.SchemaRegistry, err)
@@ -69,7 +71,8 @@ func (c *core) findTradeV1IDs(ctx context.Context, rcl *sr.Client) error {
 // kline schema under the subject's compatibility setting: the subject holds
 // kline schema 1 (doubles, klagg before decimal candles), and Avro has no
 // promotion from double to decimal, so BACKWARD or FORWARD refuses schema
-// 2. Error says how to proceed.
+// 2. Error says how to proceed; Run returns it inside a *hint.Error naming
+// KlinesTopic (the other way on: a new topic).
 type IncompatibleSchemaError struct {
 	Subject, Registry string
 	Err               error
@@ -79,7 +82,7 @@ func (e *IncompatibleSchemaError) Error() string {
 	return fmt.Sprintf("processor: the registry at %s refuses kline schema 2 (decimal prices and volumes) under %q: "+
 		"its compatibility setting does not allow a double to become a decimal (%v). Either let the subject take it once: "+
 		"curl -X PUT -H 'Content-Type: application/json' -d '{\"compatibility\":\"NONE\"}' %s/config/%s, "+
-		"start klagg, then set the level back; or publish to a new topic (--klines-topic) whose readers expect decimals",
+		"start klagg, then set the level back",
 		e.Registry, e.Subject, e.Err, e.Registry, e.Subject)
 }
 

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/klagg/klagg/hint"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -72,7 +73,8 @@ func (e *exactlyOnce) run(ctx context.Context, memberOpts []kgo.Opt) error {
 		now := e.clock()
 		recent = append(slices.DeleteFunc(recent, func(t time.Time) bool { return now.Sub(t) > 10*time.Minute }), now)
 		if e.cfg.InstanceID != "" && len(recent) >= 3 {
-			return fmt.Errorf("%w (fenced %d times in 10 minutes: is another process running with --instance-id %q?)", loopErr, len(recent), e.cfg.InstanceID)
+			return &hint.Error{Err: fmt.Errorf("%w (fenced %d times in 10 minutes with instance id %q)", loopErr, len(recent), e.cfg.InstanceID),
+				Setting: "InstanceID", Fix: "is another process running with the same %s?"}
 		}
 		e.log.Warn("transactional producer fenced; rejoining with a fresh session", "err", pe.err)
 	}
@@ -397,7 +399,8 @@ func (e *exactlyOnce) endTxn(ctx context.Context, how kgo.TransactionEndTry, tx 
 	tx.open = false
 	switch {
 	case errors.Is(err, kerr.FencedInstanceID), errors.Is(err, kerr.TransactionalIDAuthorizationFailed):
-		e.fail(fmt.Errorf("processor: transactional id %q: %w (is another process running with the same --instance-id?)", e.txnID, err))
+		e.fail(&hint.Error{Err: fmt.Errorf("processor: transactional id %q: %w", e.txnID, err),
+			Setting: "InstanceID", Fix: "is another process running with the same %s?"})
 		return false
 	case err != nil:
 		// A fenced or timed-out producer shows at the next Begin.

@@ -19,6 +19,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/pkg/sr"
 
+	"github.com/klagg/klagg/hint"
 	"github.com/klagg/klagg/schema"
 )
 
@@ -364,8 +365,8 @@ func (c *core) fetchErrors(fetches kgo.Fetches) error {
 		case errors.Is(err, kerr.GroupAuthorizationFailed):
 			fatal = fmt.Errorf("processor: consumer group %q: %w", c.cfg.Group, err)
 		case errors.Is(err, kerr.FencedInstanceID):
-			fatal = fmt.Errorf("processor: another member of group %q runs with instance id %q: %w (give each process its own --instance-id)",
-				c.cfg.Group, c.cfg.InstanceID, err)
+			fatal = &hint.Error{Err: fmt.Errorf("processor: another member of group %q runs with instance id %q: %w",
+				c.cfg.Group, c.cfg.InstanceID, err), Setting: "InstanceID", Fix: "give each process its own %s"}
 		}
 	})
 	return fatal

@@ -9,13 +9,15 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/klagg/klagg/hint"
 	"github.com/klagg/klagg/partition"
 	"github.com/klagg/klagg/processor/engine"
 	"github.com/klagg/klagg/schema"
 )
 
-// BadStateError is returned by Run (under BadStateStop) when a state record
-// cannot be read: it names the record and says what the operator can do.
+// BadStateError is returned by Run (under BadStateStop), inside a
+// *hint.Error naming BadState, when a state record cannot be read: it
+// names the record.
 type BadStateError struct {
 	Topic     string
 	Partition int32
@@ -25,8 +27,7 @@ type BadStateError struct {
 }
 
 func (e *BadStateError) Error() string {
-	return fmt.Sprintf("processor: state record %s/%d@%d (symbol %q) cannot be read: %v; "+
-		"to rebuild that symbol from the trades the trades topic still holds, run with --bad-state rebuild",
+	return fmt.Sprintf("processor: state record %s/%d@%d (symbol %q) cannot be read: %v",
 		e.Topic, e.Partition, e.Offset, e.Symbol, e.Err)
 }
 
@@ -152,7 +153,8 @@ func (c *core) rebuildSymbols(ctx context.Context, cl *kgo.Client, p int32, bad 
 				first = b
 			}
 		}
-		return nil, first
+		return nil, &hint.Error{Err: first, Setting: "BadState",
+			Fix: "to rebuild that symbol from the trades the trades topic still holds, set %s to rebuild"}
 	}
 	adm := kadm.NewClient(cl)
 	commits, err := adm.FetchOffsets(ctx, c.cfg.Group)

@@ -22,6 +22,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sr/srfake"
 
 	"github.com/klagg/klagg/decimal"
+	"github.com/klagg/klagg/hint"
 	"github.com/klagg/klagg/internal/oracle"
 	"github.com/klagg/klagg/internal/testkit"
 	"github.com/klagg/klagg/partition"
@@ -226,8 +227,9 @@ func TestRegistryRefusesKlineSchema2(t *testing.T) {
 	cfg.SchemaRegistry = reg.URL()
 	err = processor.Run(t.Context(), cfg)
 	var ise *processor.IncompatibleSchemaError
+	var h *hint.Error
 	if !errors.As(err, &ise) || ise.Subject != "klines-value" || !strings.Contains(err.Error(), `{"compatibility":"NONE"}`) ||
-		!strings.Contains(err.Error(), "--klines-topic") {
+		!errors.As(err, &h) || h.Setting != "KlinesTopic" {
 		t.Fatalf("got %v", err)
 	}
 	if topics, _ := kadm.NewClient(mustClient(t, cluster)).ListTopics(t.Context()); topics.Has("klines") {
@@ -364,7 +366,7 @@ func TestRunStopsOnCorruptState(t *testing.T) {
 	err = processor.Run(ctx, cfg)
 	var bad *processor.BadStateError
 	if !errors.As(err, &bad) || bad.Offset != 0 || bad.Symbol != "BTCUSDT" || !strings.Contains(err.Error(), "klines-state/0@0") ||
-		!strings.Contains(err.Error(), "--bad-state rebuild") || !errors.Is(err, schema.ErrUnknownFraming) {
+		!strings.Contains(err.Error(), "set BadState to rebuild") || !errors.Is(err, schema.ErrUnknownFraming) {
 		t.Fatalf("got %v", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 
+	"github.com/klagg/klagg/hint"
 	"github.com/klagg/klagg/partition"
 )
 
@@ -88,7 +89,8 @@ func (c *core) awaitTradesTopic(ctx context.Context, adm *kadm.Client) (kadm.Top
 		case err != nil:
 			err = fmt.Errorf("processor: list topics on %v: %w (are the brokers reachable?)", cfg.Brokers, err)
 		case !ok || errors.Is(trades.Err, kerr.UnknownTopicOrPartition):
-			err = fmt.Errorf("processor: %w: %q (create it, keyed by symbol, or point --trades-topic at yours)", ErrTopicMissing, cfg.TradesTopic)
+			err = &hint.Error{Err: fmt.Errorf("processor: %w: %q", ErrTopicMissing, cfg.TradesTopic),
+				Setting: "TradesTopic", Fix: "create it, keyed by symbol, or point %s at yours"}
 		case trades.Err != nil:
 			return nil, fmt.Errorf("processor: describe %q: %w", cfg.TradesTopic, trades.Err)
 		default:

@@ -13,6 +13,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
 
+	"github.com/klagg/klagg/hint"
 	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/schema"
 )
@@ -86,8 +87,8 @@ func (s *diskStore) bindTopic(dir, topic string, id [16]byte) error {
 	defer closer.Close()
 	if string(v) != string(want) {
 		name, _, _ := strings.Cut(string(v), "\x00")
-		return fmt.Errorf("%w: %s was filled from topic %q (id %x), not %q (id %x); give each topic its own --data directory, "+
-			"or move this one away to rebuild it from the topic", ErrStoreTopic, dir, name, v[min(len(v), len(name)+1):], topic, id)
+		return &hint.Error{Err: fmt.Errorf("%w: %s was filled from topic %q (id %x), not %q (id %x)", ErrStoreTopic, dir, name, v[min(len(v), len(name)+1):], topic, id),
+			Setting: "Data", Fix: "give each topic its own %s directory, or move this one away to rebuild it from the topic"}
 	}
 	return nil
 }

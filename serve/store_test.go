@@ -119,7 +119,7 @@ func TestStoreResumes(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
-	if err := other.Run(ctx); !errors.Is(err, serve.ErrStoreTopic) || !contains(err.Error(), `filled from topic "klines"`, "own --data") {
+	if err := other.Run(ctx); !errors.Is(err, serve.ErrStoreTopic) || !contains(err.Error(), `filled from topic "klines"`, "own Data directory") {
 		t.Fatalf("another topic's store: %v", err)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/lmittmann/tint"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/klagg/klagg/hint"
 	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/processor"
 	"github.com/klagg/klagg/schema"
@@ -260,14 +261,18 @@ func expectedForm(f *flag.Flag) string {
 	return ""
 }
 
-// userMessage is an error as a user reads it: the names of klagg's Go
-// packages are not theirs to know.
-func userMessage(err error) string {
-	msg := err.Error()
-	for _, pkg := range []string{"processor: ", "engine: ", "serve: ", "schema: ", "partition: "} {
-		msg = strings.ReplaceAll(msg, pkg, "")
+// userMessage is an error as a user reads it: a setting a library's hint
+// names (hint.Error) is named by its flag.
+func userMessage(err error) string { return hint.Render(err, flagOf) }
+
+// flagOf is the flag of a setting that processor's or serve's errors name
+// by its Config field.
+func flagOf(setting string) string {
+	if f, ok := map[string]string{"BadState": "--bad-state", "KlinesTopic": "--klines-topic", "InstanceID": "--instance-id",
+		"TradesTopic": "--trades-topic", "Data": "--data"}[setting]; ok {
+		return f
 	}
-	return msg
+	return setting
 }
 
 // runFlags binds processor.Config to flags; defaults come from
@@ -412,7 +417,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err := processor.Run(ctx, rf.cfg, processor.WithRunLogger(log), processor.WithStats(stats),
 		processor.WithObserver(m), processor.WithMemberKgoOpts(m.memberOpts()...),
 		processor.WithKgoOpts(rf.conn.kgo...), processor.WithRegistryOpts(rf.conn.sr...)); err != nil {
-		log.Error("klagg stopped", "err", err)
+		log.Error("klagg stopped", "err", userMessage(err))
 		return 1
 	}
 	return 0

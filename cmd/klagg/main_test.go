@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -22,6 +23,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/klagg/klagg/decimal"
+	"github.com/klagg/klagg/hint"
 	"github.com/klagg/klagg/internal/testkit"
 	"github.com/klagg/klagg/period"
 	"github.com/klagg/klagg/processor"
@@ -784,5 +786,40 @@ func TestSplitList(t *testing.T) {
 		if got := fmt.Sprint(splitList(in)); got != want {
 			t.Errorf("splitList(%q) = %s, want %s", in, got, want)
 		}
+	}
+}
+
+// TestHintsNameFlags: every setting that processor's and serve's errors
+// name (hint.Error) is rendered as a flag that run or serve has.
+func TestHintsNameFlags(t *testing.T) {
+	runFS, _ := newRunFlags("run", io.Discard)
+	settingRe := regexp.MustCompile(`Setting: +"(\w+)"`)
+	found := 0
+	for _, dir := range []string{"../../processor", "../../serve"} {
+		files, err := filepath.Glob(filepath.Join(dir, "*.go"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range files {
+			src, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range settingRe.FindAllStringSubmatch(string(src), -1) {
+				found++
+				flag := flagOf(m[1])
+				name := strings.TrimPrefix(flag, "--")
+				if flag == m[1] || (runFS.Lookup(name) == nil && name != "data") {
+					t.Errorf("%s: setting %s renders as %q, not a flag of klagg run or serve", f, m[1], flag)
+				}
+			}
+		}
+	}
+	if found < 5 {
+		t.Fatalf("only %d hints found: the pattern no longer matches the sources", found)
+	}
+	fenced := &hint.Error{Err: errors.New("processor: fenced"), Setting: "InstanceID", Fix: "give each process its own %s"}
+	if got := userMessage(fenced); got != "processor: fenced (give each process its own --instance-id)" {
+		t.Errorf("userMessage: %q", got)
 	}
 }

@@ -132,7 +132,7 @@ page on /, and /metrics, /healthz, /readyz.`)
 	}
 	fmt.Fprintf(stdout, "klagg serve: chart on http://%s/, klines API on http://%s/api/v3/klines\n", srv.Addr(), srv.Addr())
 	if err := srv.Run(ctx); err != nil {
-		log.Error("klagg serve stopped", "err", err)
+		log.Error("klagg serve stopped", "err", userMessage(err))
 		return 1
 	}
 	return 0
