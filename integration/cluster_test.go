@@ -5,6 +5,7 @@ import (
 	"maps"
 	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -371,5 +372,27 @@ func TestClusterMemberCutOff(t *testing.T) {
 				t.Fatalf("%d final records for %d final candles: some final candle was published twice", got.FinalRecords, len(got.Final))
 			}
 		})
+	}
+}
+
+// 17. On the cluster, output topics created with replication factor 1
+// are warned about at start-up, each by name; the cluster's defaults
+// (replication 3, min.insync.replicas 2) are not.
+func TestClusterDurabilityWarning(t *testing.T) {
+	for _, tc := range []struct {
+		flags []string
+		warn  bool
+	}{{[]string{"--replication-factor", "1"}, true}, {nil, false}} {
+		b := newBedOn(t, 2, needCluster(t), -1)
+		b.startWith("a", tc.flags...)
+		b.waitMembers(1)
+		logs := b.members["a"].log.String()
+		b.stop("a")
+		for _, kind := range []string{"klines", "state", "dlq"} {
+			warned := regexp.MustCompile(`cannot ride out a broker loss.*topic=` + regexp.QuoteMeta(b.topic(kind)) + ` `).MatchString(logs)
+			if warned != tc.warn {
+				t.Errorf("flags %v: topic %s warned %v, want %v; log:\n%s", tc.flags, b.topic(kind), warned, tc.warn, tail(logs))
+			}
+		}
 	}
 }

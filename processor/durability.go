@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 )
@@ -43,9 +44,18 @@ func (d durability) Problem() string {
 // logged and skipped: it never stops the member.
 func (c *core) checkDurability(ctx context.Context, adm *kadm.Client) {
 	topics := []string{c.cfg.KlinesTopic, c.cfg.StateTopic, c.cfg.DLQTopic}
-	ds, err := durabilities(ctx, adm, topics)
-	if err != nil {
-		c.log.Warn("could not check the output topics' replication", "err", err)
+	var ds []durability
+	var err error
+	// A broker other than the one that created them may not list topics
+	// created a moment ago: look again, briefly.
+	for try := 0; try < 20 && (err != nil || len(ds) < len(topics)) && ctx.Err() == nil; try++ {
+		if try > 0 {
+			time.Sleep(250 * time.Millisecond)
+		}
+		ds, err = durabilities(ctx, adm, topics)
+	}
+	if err != nil || len(ds) < len(topics) {
+		c.log.Warn("could not check the output topics' replication", "err", err, "described", len(ds))
 		return
 	}
 	for _, d := range ds {
