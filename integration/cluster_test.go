@@ -16,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/klagg/klagg/internal/testkit"
 	"github.com/klagg/klagg/processor"
 )
 
@@ -385,8 +386,11 @@ func TestClusterDurabilityWarning(t *testing.T) {
 	}{{[]string{"--replication-factor", "1"}, true}, {nil, false}} {
 		b := newBedOn(t, 2, needCluster(t), -1)
 		b.startWith("a", tc.flags...)
-		b.waitMembers(1)
-		logs := b.members["a"].log.String()
+		m := b.members["a"]
+		testkit.WaitFor(t, time.Minute, "the replication check", func() bool {
+			return strings.Contains(m.log.String(), "replication checked")
+		})
+		logs := m.log.String()
 		b.stop("a")
 		for _, kind := range []string{"klines", "state", "dlq"} {
 			warned := regexp.MustCompile(`cannot ride out a broker loss.*topic=` + regexp.QuoteMeta(b.topic(kind)) + ` `).MatchString(logs)

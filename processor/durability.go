@@ -38,26 +38,35 @@ func (d durability) Problem() string {
 }
 
 // checkDurability warns, once at start, about each output topic that one
-// broker loss could cost an acknowledged record or stop (see Problem). A
-// single-broker cluster (a test bed, a laptop) has nothing to replicate to,
-// and is only mentioned at debug level. A check that cannot be made is
-// logged and skipped: it never stops the member.
+// broker loss could cost an acknowledged record or stop (see Problem), and
+// says when it has looked. A single-broker cluster (a test bed, a laptop)
+// has nothing to replicate to, and is only mentioned at debug level. It
+// runs beside the start-up, which it never holds up or stops: a check that
+// cannot be made is logged and skipped.
 func (c *core) checkDurability(ctx context.Context, adm *kadm.Client) {
 	topics := []string{c.cfg.KlinesTopic, c.cfg.StateTopic, c.cfg.DLQTopic}
 	var ds []durability
 	var err error
 	// A broker other than the one that created them may not list topics
 	// created a moment ago: look again, briefly.
-	for try := 0; try < 20 && (err != nil || len(ds) < len(topics)) && ctx.Err() == nil; try++ {
+	for try := 0; try < 20 && (err != nil || len(ds) < len(topics)); try++ {
 		if try > 0 {
-			time.Sleep(250 * time.Millisecond)
+			select {
+			case <-ctx.Done():
+				return // stopping: nothing to warn about
+			case <-time.After(250 * time.Millisecond):
+			}
 		}
 		ds, err = durabilities(ctx, adm, topics)
+	}
+	if ctx.Err() != nil {
+		return
 	}
 	if err != nil || len(ds) < len(topics) {
 		c.log.Warn("could not check the output topics' replication", "err", err, "described", len(ds))
 		return
 	}
+	warned := 0
 	for _, d := range ds {
 		problem := d.Problem()
 		switch {
@@ -65,10 +74,12 @@ func (c *core) checkDurability(ctx context.Context, adm *kadm.Client) {
 		case d.Brokers < 2:
 			c.log.Debug("single-broker cluster: output topic not replicated", "topic", d.Topic)
 		default:
+			warned++
 			c.log.Warn("output topic cannot ride out a broker loss: set replication factor 3 and min.insync.replicas 2",
 				"topic", d.Topic, "problem", problem, "brokers", d.Brokers)
 		}
 	}
+	c.log.Info("output topics' replication checked", "topics", len(ds), "warnings", warned)
 }
 
 // durabilities describes topics' replication, min.insync.replicas and the

@@ -71,7 +71,7 @@ func (c *core) ensureTopics(ctx context.Context, adm *kadm.Client) (int32, error
 	if err := partition.CheckPartitionCounts(cfg.TradesTopic, n, counts); err != nil {
 		return 0, fmt.Errorf("processor: %w", err)
 	}
-	c.checkDurability(ctx, adm)
+	go c.checkDurability(ctx, adm)
 	return n, nil
 }
 
