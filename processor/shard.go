@@ -113,7 +113,8 @@ type shardEnv struct {
 type shardState uint32
 
 const (
-	// shardRestoring: built, its engine being restored; no goroutine yet.
+	// shardRestoring: built on its restored engine (restore makes it once
+	// the state topic is read); no goroutine yet.
 	shardRestoring shardState = iota
 	// shardRunning: its goroutine folds what it is given and answers drains.
 	shardRunning
