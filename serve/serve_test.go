@@ -502,12 +502,15 @@ func TestCcxtPro(t *testing.T) {
 		t.Fatal(err)
 	}
 	testkit.WaitFor(t, time.Minute, "ccxt.pro to subscribe", func() bool { return srv.Streams() == 1 })
-	// The market moves on while it watches, a little at a time.
+	// The market moves on while it watches, a little at a time: a minute
+	// of trade time (some 600 trades) every 1.5 s, so that each candle is
+	// updated over several flushes even on a loaded machine (at a minute
+	// every 0.36 s, CI once saw each candle only once).
 	for i := 300; i < len(recs); i += 100 {
 		if err := oracle.Produce(ctx, prod, "trades", recs[i:min(i+100, len(recs))]); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(60 * time.Millisecond)
+		time.Sleep(250 * time.Millisecond)
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("ccxt.pro: %v\n%s", err, errOut.String())
