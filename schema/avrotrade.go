@@ -3,6 +3,7 @@ package schema
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/hamba/avro/v2"
 
@@ -13,32 +14,49 @@ import (
 type InputFormat uint8
 
 const (
-	// InputBinanceJSON is Binance's aggTrade event JSON (the default).
+	// InputBinanceJSON is Binance's aggTrade or raw trade event JSON
+	// (spot or futures, plain or in a combined-stream wrapper): the
+	// default.
 	InputBinanceJSON InputFormat = iota
 	// InputAvro is the trade schema (trade.avsc), Confluent-framed or
 	// single-object encoded.
 	InputAvro
+	// InputCoinbase is Coinbase Advanced Trade's market_trades message.
+	InputCoinbase
+	// InputKraken is Kraken's websocket v2 trade message.
+	InputKraken
+	// InputOKX is OKX's v5 trades (or trades-all) message.
+	InputOKX
+	// InputBybit is Bybit's v5 publicTrade message.
+	InputBybit
+	// InputJSON is a platform's own JSON, read with a JSONMapping.
+	InputJSON
+	numInputFormats
 )
 
+var inputFormatNames = [numInputFormats]string{"binance-json", "avro", "coinbase", "kraken", "okx", "bybit", "json"}
+
 func (f InputFormat) String() string {
-	switch f {
-	case InputBinanceJSON:
-		return "binance-json"
-	case InputAvro:
-		return "avro"
+	if f < numInputFormats {
+		return inputFormatNames[f]
 	}
 	return fmt.Sprintf("InputFormat(%d)", uint8(f))
 }
 
-// ParseInputFormat parses "binance-json" or "avro".
+// InputFormats lists the format names ParseInputFormat takes.
+func InputFormats() []string { return inputFormatNames[:] }
+
+// ParseInputFormat parses a format name ("binance" is binance-json).
 func ParseInputFormat(s string) (InputFormat, error) {
-	switch s {
-	case "binance-json":
+	if s == "binance" {
 		return InputBinanceJSON, nil
-	case "avro":
-		return InputAvro, nil
 	}
-	return 0, fmt.Errorf("schema: input format %q: want binance-json or avro", s)
+	for f, name := range inputFormatNames {
+		if s == name {
+			return InputFormat(f), nil
+		}
+	}
+	return 0, fmt.Errorf("schema: input format %q: want one of %s", s, strings.Join(inputFormatNames[:], ", "))
 }
 
 // DecodeAvroTrade decodes a framed Avro trade (Confluent or single-object,
@@ -148,28 +166,32 @@ func IsTradeSchemaV1(text string) bool {
 	return fingerprint(s) == tradeV1Fingerprint
 }
 
-// TradeDecoder turns a trades record into a validated Trade.
+// TradeDecoder turns a trades record into validated trades.
 type TradeDecoder struct {
 	Format   InputFormat
 	Validate ValidateConfig
 	// V1IDs are the registry ids of trade schema 1 (doubles), for
 	// Confluent-framed records; single-object ones name their schema.
 	V1IDs map[int]bool
+	// Mapping reads InputJSON.
+	Mapping *Mapping
+	// SymbolPrefix is put before every symbol ("coinbase:"), so that
+	// several venues can share one klines topic.
+	SymbolPrefix []byte
 }
 
-// Decode decodes and validates one record; nowMs is the wall clock in Unix
-// milliseconds. It returns nil or an *InvalidTradeError. t.Symbol aliases
-// key or value.
+// Decode decodes and validates a record of one trade; nowMs is the wall
+// clock in Unix milliseconds. It returns nil or an *InvalidTradeError
+// (malformed for a record of several trades: use DecodeBatch). t.Symbol
+// aliases key or value, or b when there is a prefix.
 func (d *TradeDecoder) Decode(key, value []byte, nowMs int64, t *Trade) error {
-	var err error
-	switch d.Format {
-	case InputAvro:
-		err = decodeAvroTrade(value, t, d.V1IDs)
-	default:
-		err = DecodeBinanceJSON(value, key, t)
-	}
-	if err != nil {
+	var b Batch
+	if err := d.DecodeBatch(key, value, nowMs, &b); err != nil {
 		return err
 	}
-	return d.Validate.Validate(t, nowMs)
+	if len(b.Trades) != 1 {
+		return invalid(ReasonMalformed, "", fmt.Errorf("%d trades in one record", len(b.Trades)))
+	}
+	*t = b.Trades[0]
+	return b.Errs[0]
 }

@@ -23,6 +23,9 @@ type Trade struct {
 	Time       int64         // trade time ("T"), Unix milliseconds
 	BuyerMaker bool          // "m": true when the buyer was the maker, so the seller was the taker
 	EventTime  int64         // "E", Unix milliseconds; 0 when absent
+	// Unordered says the format carries no ordered id: AggID means
+	// nothing and the trade is never a duplicate.
+	Unordered bool
 }
 
 // Reason says why a trade was refused. Its String is the value of the
@@ -46,13 +49,14 @@ const (
 	ReasonLate                   // the trade's candle is already final for some period
 	ReasonExcessPrecision        // price or quantity has more than eight fractional digits
 	ReasonOutOfRange             // price or quantity above 92,233,720,368.54775807, or a candle's sums would pass 2^125
+	ReasonInvalidSide            // a mapped side value that is neither a taker buy nor a taker sell
 	numReasons
 )
 
 var reasonNames = [numReasons]string{
 	"none", "malformed", "missing_field", "wrong_event", "invalid_symbol", "symbol_too_long",
 	"invalid_price", "invalid_quantity", "invalid_trade_ids", "future_time", "ancient_time",
-	"duplicate", "late", "excess_precision", "out_of_range",
+	"duplicate", "late", "excess_precision", "out_of_range", "invalid_side",
 }
 
 func (r Reason) String() string {

@@ -264,8 +264,8 @@ func TestReasonsAreDistinct(t *testing.T) {
 		}
 		seen[s] = true
 	}
-	if len(seen) != 14 {
-		t.Fatalf("%d reasons, want 14", len(seen))
+	if len(seen) != 15 {
+		t.Fatalf("%d reasons, want 15", len(seen))
 	}
 }
 

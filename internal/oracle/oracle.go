@@ -25,6 +25,7 @@ type Trade struct {
 	Time               int64
 	Price, Qty         decimal.Fixed
 	BuyerMaker         bool
+	Unordered          bool // no ordered id: never a duplicate
 }
 
 type symbolState struct {
@@ -56,7 +57,7 @@ func (r *Reference) Trade(t Trade, now int64) engine.Outcome {
 	s := r.symbols[t.Symbol]
 	bound := r.W
 	if s != nil {
-		if t.AggID <= s.lastAgg {
+		if !t.Unordered && t.AggID <= s.lastAgg {
 			return engine.Duplicate
 		}
 		bound = max(bound, s.maxT)
@@ -70,7 +71,9 @@ func (r *Reference) Trade(t Trade, now int64) engine.Outcome {
 		s = &symbolState{maxT: math.MinInt64}
 		r.symbols[t.Symbol] = s
 	}
-	s.lastAgg = t.AggID
+	if !t.Unordered {
+		s.lastAgg = t.AggID
+	}
 	s.maxT = max(s.maxT, t.Time)
 	s.trades = append(s.trades, t)
 	r.W = max(r.W, t.Time-r.grace)

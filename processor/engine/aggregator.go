@@ -449,7 +449,9 @@ func (a *Aggregator) Fold(t *schema.Trade, offset, nowMs int64) Outcome {
 	if a.full[sym] && !a.room(sym, cs) {
 		return OutOfRange
 	}
-	a.lastAggID[sym] = t.AggID
+	if !t.Unordered {
+		a.lastAggID[sym] = t.AggID
+	}
 	closes := t.Time >= a.lastTradeTime[sym]
 	if closes {
 		a.lastTradeTime[sym] = t.Time
@@ -508,7 +510,7 @@ func (a *Aggregator) refusal(t *schema.Trade, sym int32, known bool, offset int6
 	if offset <= a.restoredOffset[sym] {
 		return Replayed
 	}
-	if t.AggID <= a.lastAggID[sym] {
+	if !t.Unordered && t.AggID <= a.lastAggID[sym] {
 		return Duplicate
 	}
 	// A lazy period's candle opens no later than the finest one's, so the

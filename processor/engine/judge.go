@@ -55,7 +55,7 @@ func (j *Judge) Trade(t *schema.Trade) (Outcome, string) {
 		}
 		return Folded, ""
 	}
-	if t.AggID <= st.LastAggID {
+	if !t.Unordered && t.AggID <= st.LastAggID {
 		return Duplicate, fmt.Sprintf("duplicate, trade id %d is not above its last, %d", t.AggID, st.LastAggID)
 	}
 	var open int64 = math.MinInt64
