@@ -25,6 +25,12 @@ type Config struct {
 	Engine engine.Config
 
 	InputFormat schema.InputFormat
+	// InputMapping reads schema.InputJSON: where a platform's JSON keeps
+	// each field of a trade.
+	InputMapping *schema.JSONMapping
+	// SymbolPrefix is put before every symbol read ("coinbase:"), so
+	// that several venues can share one klines topic.
+	SymbolPrefix string
 	// MaxSkew bounds how far past the wall clock a trade time may lie.
 	MaxSkew time.Duration
 	// SchemaRegistry, when set, is the URL of a Confluent-compatible
@@ -153,6 +159,19 @@ func (c Config) Validate() error {
 	}
 	if err := c.Engine.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	switch {
+	case c.InputFormat == schema.InputJSON && c.InputMapping == nil:
+		errs = append(errs, errors.New("processor: input format json needs a mapping"))
+	case c.InputMapping != nil && c.InputFormat != schema.InputJSON:
+		errs = append(errs, fmt.Errorf("processor: a mapping is for input format json, not %s", c.InputFormat))
+	case c.InputMapping != nil:
+		if err := c.InputMapping.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("processor: %w", err))
+		}
+	}
+	if c.SymbolPrefix != "" && (schema.ValidSymbol([]byte(c.SymbolPrefix)) != schema.ReasonNone || len(c.SymbolPrefix) > schema.MaxSymbolLen/2) {
+		errs = append(errs, fmt.Errorf("processor: symbol prefix %q: want up to %d of [A-Za-z0-9._/:-]", c.SymbolPrefix, schema.MaxSymbolLen/2))
 	}
 	if c.MaxSkew <= 0 {
 		errs = append(errs, fmt.Errorf("processor: max skew %s must be positive", c.MaxSkew))

@@ -16,6 +16,11 @@ func (c *core) setupEncoders(ctx context.Context) error {
 	if c.stateCodec, err = schema.NewStateCodec(); err != nil {
 		return err
 	}
+	if c.cfg.InputMapping != nil {
+		if c.mapping, err = c.cfg.InputMapping.Compile(); err != nil {
+			return fmt.Errorf("processor: %w", err)
+		}
+	}
 	if c.cfg.SchemaRegistry == "" {
 		c.klineEnc, err = schema.NewKlineEncoder(schema.FramingSingleObject, 0)
 		return err

@@ -212,6 +212,7 @@ type core struct {
 	klineEnc   *schema.KlineEncoder
 	stateCodec *schema.StateCodec
 	tradeV1IDs map[int]bool // registry ids of trade schema 1, for Confluent-framed Avro trades
+	mapping    *schema.Mapping
 
 	// notify is what a shard calls when its engine becomes backlogged
 	// (backlogged true) or it folded held records: the member's own
@@ -234,8 +235,8 @@ func (c *core) shardEnv() shardEnv {
 		stats:      c.stats,
 		klineEnc:   c.klineEnc,
 		stateCodec: c.stateCodec,
-		decoder: schema.TradeDecoder{Format: c.cfg.InputFormat, V1IDs: c.tradeV1IDs,
-			Validate: schema.ValidateConfig{MaxSkew: c.cfg.MaxSkew}},
+		decoder: schema.TradeDecoder{Format: c.cfg.InputFormat, V1IDs: c.tradeV1IDs, Mapping: c.mapping,
+			SymbolPrefix: []byte(c.cfg.SymbolPrefix), Validate: schema.ValidateConfig{MaxSkew: c.cfg.MaxSkew}},
 		writer:      c.writer,
 		klinesTopic: c.cfg.KlinesTopic,
 		stateTopic:  c.cfg.StateTopic,

@@ -16,6 +16,7 @@ const (
 	HeaderReason = "klagg.reason" // schema.Reason.String()
 	HeaderError  = "klagg.error"  // the decoder's message, when there is one
 	HeaderSource = "klagg.source" // topic/partition/offset of the refused record
+	HeaderTrade  = "klagg.trade"  // which trade (from 0) of a record of several was refused
 )
 
 // RunOption injects a dependency into Run.

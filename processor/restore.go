@@ -220,7 +220,7 @@ func (c *core) refold(ctx context.Context, p int32, from, until int64, aggs map[
 	}
 	defer rc.Close()
 	dec := c.shardEnv().decoder
-	var t schema.Trade
+	var b schema.Batch
 	for done := false; !done; {
 		fetches := rc.PollFetches(ctx)
 		if ctx.Err() != nil {
@@ -239,11 +239,13 @@ func (c *core) refold(ctx context.Context, p int32, from, until int64, aggs map[
 			if rec.Offset+1 >= until {
 				done = true
 			}
-			if rec.Attrs.IsControl() || dec.Decode(rec.Key, rec.Value, nowMs, &t) != nil {
+			if rec.Attrs.IsControl() || dec.DecodeBatch(rec.Key, rec.Value, nowMs, &b) != nil {
 				return
 			}
-			if agg := aggs[string(t.Symbol)]; agg != nil {
-				agg.Fold(&t, rec.Offset, nowMs)
+			for i := range b.Trades {
+				if agg := aggs[string(b.Trades[i].Symbol)]; agg != nil && b.Errs[i] == nil {
+					agg.Fold(&b.Trades[i], rec.Offset, nowMs)
+				}
 			}
 		})
 	}

@@ -25,9 +25,9 @@ type shard struct {
 	quit      chan struct{}
 	done      chan struct{}
 
-	dec   schema.TradeDecoder
-	trade schema.Trade
-	batch engine.Batch
+	dec    schema.TradeDecoder
+	trades schema.Batch // the trades of the record being folded
+	batch  engine.Batch
 	// Reused by drain for the klines it hands the flusher; see drain.
 	slab []kgo.Record
 	ptrs []*kgo.Record
@@ -254,17 +254,25 @@ func (s *shard) fold(recs []*kgo.Record) int {
 		}
 		n++
 		s.last = rec.Offset
-		if err := s.dec.Decode(rec.Key, rec.Value, skewNow, &s.trade); err != nil {
-			reason := schema.ReasonOf(err)
-			s.env.stats.Invalid[reason].Add(1)
-			s.agg.MarkOffset(rec.Offset)
-			s.deadLetter(rec, reason, err)
+		if err := s.dec.DecodeBatch(rec.Key, rec.Value, skewNow, &s.trades); err != nil {
+			s.refuse(rec, -1, err)
 			continue
 		}
-		out := s.agg.Fold(&s.trade, rec.Offset, now)
-		outcomes[out]++
-		if reason := out.Reason(); reason != schema.ReasonNone {
-			s.deadLetter(rec, reason, nil)
+		if len(s.trades.Trades) == 0 {
+			s.agg.MarkOffset(rec.Offset) // a message without trades (an empty snapshot)
+		}
+		// A record's trades are folded together: a drain comes between
+		// records only, so a state's offset covers all of a record.
+		for i := range s.trades.Trades {
+			if err := s.trades.Errs[i]; err != nil {
+				s.refuse(rec, s.index(i), err)
+				continue
+			}
+			out := s.agg.Fold(&s.trades.Trades[i], rec.Offset, now)
+			outcomes[out]++
+			if reason := out.Reason(); reason != schema.ReasonNone {
+				s.deadLetter(rec, s.index(i), reason, nil)
+			}
 		}
 	}
 	for i, c := range outcomes {
@@ -276,10 +284,32 @@ func (s *shard) fold(recs []*kgo.Record) int {
 	return n
 }
 
-func (s *shard) deadLetter(rec *kgo.Record, reason schema.Reason, err error) {
+// index is the dead-letter index of the i-th trade of the record being
+// folded: -1 (none) when the record holds one trade.
+func (s *shard) index(i int) int {
+	if len(s.trades.Trades) == 1 {
+		return -1
+	}
+	return i
+}
+
+// refuse counts and dead-letters a record (trade -1) or one of its trades.
+func (s *shard) refuse(rec *kgo.Record, trade int, err error) {
+	reason := schema.ReasonOf(err)
+	s.env.stats.Invalid[reason].Add(1)
+	s.agg.MarkOffset(rec.Offset)
+	s.deadLetter(rec, trade, reason, err)
+}
+
+// deadLetter queues rec for the dead-letter topic; trade >= 0 names which
+// trade of a record of several was refused (header klagg.trade).
+func (s *shard) deadLetter(rec *kgo.Record, trade int, reason schema.Reason, err error) {
 	headers := []kgo.RecordHeader{
 		{Key: HeaderReason, Value: []byte(reason.String())},
 		{Key: HeaderSource, Value: []byte(rec.Topic + "/" + strconv.Itoa(int(rec.Partition)) + "/" + strconv.FormatInt(rec.Offset, 10))},
+	}
+	if trade >= 0 {
+		headers = append(headers, kgo.RecordHeader{Key: HeaderTrade, Value: strconv.AppendInt(nil, int64(trade), 10)})
 	}
 	if err != nil {
 		headers = append(headers, kgo.RecordHeader{Key: HeaderError, Value: []byte(err.Error())})

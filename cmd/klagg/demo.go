@@ -72,7 +72,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer prod.Close()
-	go synthetic(&producer{ctx: ctx, cl: prod, enc: schema.AppendBinanceJSON}, f.symbols, f.rate, 100*365*24*time.Hour, uint64(time.Now().UnixNano()), true) // until ctx ends
+	go synthetic(&producer{ctx: ctx, cl: prod, enc: venueEncoder(f.format)}, f.symbols, f.rate, 100*365*24*time.Hour, uint64(time.Now().UnixNano()), true) // until ctx ends
 
 	chartNote := ""
 	if f.httpAddr != "" {
@@ -113,6 +113,7 @@ type demoFlags struct {
 	duration                           time.Duration
 	symbols, rate, members, partitions int
 	httpAddr, listen                   string
+	format                             schema.InputFormat
 	listenHost                         string
 	listenPort                         int
 	logs                               logFlags
@@ -136,12 +137,17 @@ interrupted or --duration ends.`)
 	fs.IntVar(&f.partitions, "partitions", 6, "partitions of the trades topic")
 	fs.StringVar(&f.httpAddr, "http", "127.0.0.1:8080", "address of the live chart page and the klines API (klagg serve on the demo's topic; empty: none)")
 	fs.StringVar(&f.listen, "listen", "", "serve the embedded broker on this HOST:PORT and the schema registry on PORT+1, for klagg tail and other tools (default: random loopback ports)")
+	format := fs.String("format", "binance-json", "the trades' format: binance-json, or a venue's trade messages (coinbase, kraken, okx, bybit)")
 	f.logs.register(fs)
 	perr := parse(fs, args, os.Getenv)
 	if errors.Is(perr, flag.ErrHelp) {
 		return nil, 0
 	}
 	errs := []error{perr} // with the checks below: every problem at once
+	var err error
+	if f.format, err = schema.ParseInputFormat(*format); err != nil || venueEncoder(f.format) == nil {
+		errs = append(errs, fmt.Errorf("--format %q: want binance-json, coinbase, kraken, okx or bybit", *format))
+	}
 	for _, c := range []struct {
 		name      string
 		v, lo, hi int
@@ -224,6 +230,7 @@ func startDemoCluster(ctx context.Context, f *demoFlags) (*demoCluster, error) {
 	d.closers = append(d.closers, d.adm.Close)
 
 	d.cfg = processor.DefaultConfig()
+	d.cfg.InputFormat = f.format
 	d.cfg.Brokers, d.cfg.SchemaRegistry = d.brokers, regURL
 	for _, t := range []struct {
 		topic     string
@@ -331,7 +338,7 @@ func (sc *demoScreen) render(ctx context.Context) string {
 	if sc.term {
 		b.WriteString("\x1b[H\x1b[2J")
 	}
-	fmt.Fprintf(&b, "klagg demo: %d members, %d symbols%s\n", sc.f.members, sc.f.symbols, sc.chartNote)
+	fmt.Fprintf(&b, "klagg demo: %d members, %d symbols in %s%s\n", sc.f.members, sc.f.symbols, sc.f.format, sc.chartNote)
 	fmt.Fprintf(&b, "%d trades/s  %d candles/s  %.0f dirty candles/flush  lag %s trades  %d rebalances\n",
 		trades-sc.prevTrades, klines-sc.prevKlines, float64(dirty)/math.Max(1, float64(flushes)), lag, rebalances)
 	refused := refusals(sc.stats)

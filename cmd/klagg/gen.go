@@ -98,7 +98,7 @@ parse are skipped and counted). Binance JSON, or Avro with --format avro.`)
 	f := &genFlags{}
 	fs.StringVar(&f.brokers, "brokers", strings.Join(def.Brokers, ","), "Kafka bootstrap brokers, comma-separated")
 	fs.StringVar(&f.topic, "trades-topic", def.TradesTopic, "topic to produce to")
-	format := fs.String("format", "binance-json", "value encoding: binance-json or avro")
+	format := fs.String("format", "binance-json", "value encoding: binance-json, avro, or a venue's trade messages (coinbase, kraken, okx, bybit)")
 	fs.StringVar(&f.registry, "schema-registry", "", "with avro: register trade.avsc and Confluent-frame the values (default: single-object encoding)")
 	fs.IntVar(&f.symbols, "symbols", 100, "synthetic: number of symbols")
 	fs.IntVar(&f.rate, "rate", 1000, "synthetic: trades per second")
@@ -193,9 +193,24 @@ func (f *genFlags) firstTrades() map[string]schema.Trade {
 
 type tradeEncoder func(dst []byte, t *schema.Trade) []byte
 
+// venueEncoder writes one trade per message in a JSON format gen can
+// write, or is nil.
+func venueEncoder(f schema.InputFormat) tradeEncoder {
+	switch f {
+	case schema.InputBinanceJSON:
+		return schema.AppendBinanceJSON
+	case schema.InputCoinbase, schema.InputKraken, schema.InputOKX, schema.InputBybit:
+		return func(dst []byte, t *schema.Trade) []byte { return schema.AppendVenueJSON(dst, f, []schema.Trade{*t}) }
+	}
+	return nil
+}
+
 func newTradeEncoder(ctx context.Context, f schema.InputFormat, registry, topic string, srOpts []sr.ClientOpt) (tradeEncoder, error) {
-	if f == schema.InputBinanceJSON {
-		return schema.AppendBinanceJSON, nil
+	if enc := venueEncoder(f); enc != nil {
+		return enc, nil
+	}
+	if f != schema.InputAvro {
+		return nil, fmt.Errorf("gen writes binance-json, avro, coinbase, kraken, okx or bybit, not %s", f)
 	}
 	framing, id := schema.FramingSingleObject, 0
 	if registry != "" {

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -282,6 +283,7 @@ type runFlags struct {
 	brokers     string
 	periods     string
 	inputFormat string
+	mapping     string // --input-mapping: a file
 	metricsAddr string
 	replication int
 	httpAddr    string
@@ -307,7 +309,9 @@ stops one cleanly.`)
 	fs.StringVar(&c.StateTopic, "state-topic", c.StateTopic, "compacted topic of shard state (created if missing)")
 	fs.StringVar(&c.DLQTopic, "dlq-topic", c.DLQTopic, "dead-letter topic for refused trades (created if missing)")
 	fs.StringVar(&rf.periods, "periods", period.DefaultList, "candle periods, comma-separated, from 1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M")
-	fs.StringVar(&rf.inputFormat, "input-format", c.InputFormat.String(), "trade encoding: binance-json (aggTrade or raw trade events) or avro")
+	fs.StringVar(&rf.inputFormat, "input-format", c.InputFormat.String(), "trade encoding: binance-json (aggTrade or raw trade events, spot or futures), avro (trade.avsc), a venue's trade messages (coinbase, kraken, okx, bybit), or json (a platform's own, read with --input-mapping)")
+	fs.StringVar(&rf.mapping, "input-mapping", "", "with --input-format json: a JSON file saying where each field of a trade is (README \"Any trades topic\")")
+	fs.StringVar(&c.SymbolPrefix, "symbol-prefix", "", "put before every symbol read, e.g. coinbase: so that several venues can share one klines topic")
 	fs.StringVar(&c.SchemaRegistry, "schema-registry", "", "schema registry URL; klines are then Confluent-framed (default: Avro single-object encoding)")
 	fs.DurationVar(&c.FlushInterval, "flush-interval", c.FlushInterval, "how often changed candles are published and offsets committed")
 	fs.DurationVar(&c.Engine.Grace, "grace", c.Engine.Grace, "how far the watermark trails the newest trade time")
@@ -347,6 +351,11 @@ func (rf *runFlags) finish(getenv func(string) string) error {
 	}
 	if rf.cfg.InputFormat, err = schema.ParseInputFormat(rf.inputFormat); err != nil {
 		errs = append(errs, fmt.Errorf("--input-format: %w", err))
+	}
+	if rf.mapping != "" {
+		if rf.cfg.InputMapping, err = readMapping(rf.mapping); err != nil {
+			errs = append(errs, fmt.Errorf("--input-mapping: %w", err))
+		}
 	}
 	if rf.replication > math.MaxInt16 {
 		errs = append(errs, fmt.Errorf("--replication-factor %d: want at most %d", rf.replication, math.MaxInt16))
@@ -433,4 +442,21 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// readMapping reads a JSONMapping file; a field it does not know is an
+// error, so that a misspelt path is not silently left out.
+func readMapping(path string) (*schema.JSONMapping, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	dec := json.NewDecoder(f)
+	dec.DisallowUnknownFields()
+	var m schema.JSONMapping
+	if err := dec.Decode(&m); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &m, nil
 }
