@@ -252,6 +252,20 @@ func (r *avroReader) bytes() []byte {
 	return v
 }
 
+// take returns the next n bytes (a fixed or a float), aliasing the buffer.
+func (r *avroReader) take(n int) []byte {
+	if r.err != nil {
+		return nil
+	}
+	if len(r.b)-r.i < n {
+		r.err = errAvroShort
+		return nil
+	}
+	v := r.b[r.i : r.i+n]
+	r.i += n
+	return v
+}
+
 func (r *avroReader) boolean() bool {
 	if r.err != nil {
 		return false

@@ -175,6 +175,9 @@ type TradeDecoder struct {
 	V1IDs map[int]bool
 	// Mapping reads InputJSON.
 	Mapping *Mapping
+	// Avro, when set, reads InputAvro records of a platform's own
+	// schemas instead of trade.avsc.
+	Avro *AvroMapping
 	// SymbolPrefix is put before every symbol ("coinbase:"), so that
 	// several venues can share one klines topic.
 	SymbolPrefix []byte

@@ -106,9 +106,12 @@ func (d *TradeDecoder) DecodeBatch(key, value []byte, nowMs int64, b *Batch) err
 	case InputBinanceJSON, InputAvro:
 		b.one(nil)
 		var err error
-		if d.Format == InputAvro {
+		switch {
+		case d.Format == InputAvro && d.Avro != nil:
+			err = d.Avro.decode(value, &b.Trades[0])
+		case d.Format == InputAvro:
 			err = decodeAvroTrade(value, &b.Trades[0], d.V1IDs)
-		} else {
+		default:
 			err = DecodeBinanceJSON(value, key, &b.Trades[0])
 		}
 		if err != nil {
@@ -273,6 +276,9 @@ func daysFromCivil(y, m, d int64) int64 {
 		y--
 	}
 	era := y / 400
+	if y < 0 {
+		era = (y - 399) / 400
+	}
 	yoe := y - era*400
 	mp := (m + 9) % 12
 	doy := (153*mp+2)/5 + d - 1
