@@ -25,8 +25,9 @@ type Config struct {
 	Engine engine.Config
 
 	InputFormat schema.InputFormat
-	// InputMapping reads schema.InputJSON: where a platform's JSON keeps
-	// each field of a trade.
+	// InputMapping reads a platform's own records: JSON (InputJSON), or
+	// Avro of any record schema (InputAvro, with SchemaRegistry): where
+	// each field of a trade is.
 	InputMapping *schema.JSONMapping
 	// SymbolPrefix is put before every symbol read ("coinbase:"), so
 	// that several venues can share one klines topic.
@@ -163,8 +164,15 @@ func (c Config) Validate() error {
 	switch {
 	case c.InputFormat == schema.InputJSON && c.InputMapping == nil:
 		errs = append(errs, errors.New("processor: input format json needs a mapping"))
-	case c.InputMapping != nil && c.InputFormat != schema.InputJSON:
-		errs = append(errs, fmt.Errorf("processor: a mapping is for input format json, not %s", c.InputFormat))
+	case c.InputMapping != nil && c.InputFormat != schema.InputJSON && c.InputFormat != schema.InputAvro:
+		errs = append(errs, fmt.Errorf("processor: a mapping is for input format json or avro, not %s", c.InputFormat))
+	case c.InputMapping != nil && c.InputFormat == schema.InputAvro:
+		if c.SchemaRegistry == "" {
+			errs = append(errs, errors.New("processor: avro with a mapping needs a schema registry, where the writer schemas are"))
+		}
+		if _, err := schema.NewAvroMapping(*c.InputMapping, nil); err != nil {
+			errs = append(errs, fmt.Errorf("processor: %w", err))
+		}
 	case c.InputMapping != nil:
 		if err := c.InputMapping.Validate(); err != nil {
 			errs = append(errs, fmt.Errorf("processor: %w", err))

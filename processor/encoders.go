@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/sr"
 
@@ -16,7 +18,7 @@ func (c *core) setupEncoders(ctx context.Context) error {
 	if c.stateCodec, err = schema.NewStateCodec(); err != nil {
 		return err
 	}
-	if c.cfg.InputMapping != nil {
+	if c.cfg.InputMapping != nil && c.cfg.InputFormat == schema.InputJSON {
 		if c.mapping, err = c.cfg.InputMapping.Compile(); err != nil {
 			return fmt.Errorf("processor: %w", err)
 		}
@@ -44,7 +46,49 @@ func (c *core) setupEncoders(ctx context.Context) error {
 	if err != nil || c.cfg.InputFormat != schema.InputAvro {
 		return err
 	}
+	if c.cfg.InputMapping != nil {
+		return c.setupAvroMapping(ctx, rcl)
+	}
 	return c.findTradeV1IDs(ctx, rcl)
+}
+
+// setupAvroMapping compiles the mapping against every writer schema under
+// <trades>-value; the newest must fit, so that a wrong mapping stops
+// start-up naming the field instead of refusing every record. Schemas
+// registered later are fetched by id when a record names one.
+func (c *core) setupAvroMapping(ctx context.Context, rcl *sr.Client) error {
+	am, err := schema.NewAvroMapping(*c.cfg.InputMapping, func(id int) (string, error) {
+		lctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s, err := rcl.SchemaByID(lctx, id)
+		return s.Schema, err
+	})
+	if err != nil {
+		return fmt.Errorf("processor: %w", err)
+	}
+	subject := c.cfg.TradesTopic + "-value"
+	all, err := rcl.Schemas(ctx, subject)
+	var re *sr.ResponseError
+	switch {
+	case errors.As(err, &re) && re.StatusCode == 404:
+		c.log.Warn("no trade schema registered yet: each is read from the registry when a record names it", "subject", subject)
+	case err != nil:
+		return fmt.Errorf("processor: read the trade schemas under %q at %s: %w", subject, c.cfg.SchemaRegistry, err)
+	}
+	slices.SortFunc(all, func(a, b sr.SubjectSchema) int { return a.Version - b.Version })
+	for i, s := range all {
+		err := am.AddSchema(s.ID, s.Schema.Schema)
+		switch {
+		case err != nil && i == len(all)-1:
+			return &hint.Error{Err: fmt.Errorf("processor: the newest trade schema under %q (version %d): %w", subject, s.Version, err),
+				Setting: "InputMapping", Fix: "so that each path names a field of that schema, of a type that can give its value"}
+		case err != nil:
+			c.log.Warn("an older trade schema does not fit the mapping: its records go to the dead-letter topic", "subject", subject,
+				"version", s.Version, "err", err)
+		}
+	}
+	c.avroMapping = am
+	return nil
 }
 
 // findTradeV1IDs looks up which registry ids of the trades subject are

@@ -209,10 +209,11 @@ type core struct {
 	// operator can tell whose record won.
 	writer string
 
-	klineEnc   *schema.KlineEncoder
-	stateCodec *schema.StateCodec
-	tradeV1IDs map[int]bool // registry ids of trade schema 1, for Confluent-framed Avro trades
-	mapping    *schema.Mapping
+	klineEnc    *schema.KlineEncoder
+	stateCodec  *schema.StateCodec
+	tradeV1IDs  map[int]bool        // registry ids of trade schema 1, for Confluent-framed Avro trades
+	mapping     *schema.Mapping     // InputJSON's
+	avroMapping *schema.AvroMapping // InputAvro's, with a mapping
 
 	// notify is what a shard calls when its engine becomes backlogged
 	// (backlogged true) or it folded held records: the member's own
@@ -235,7 +236,7 @@ func (c *core) shardEnv() shardEnv {
 		stats:      c.stats,
 		klineEnc:   c.klineEnc,
 		stateCodec: c.stateCodec,
-		decoder: schema.TradeDecoder{Format: c.cfg.InputFormat, V1IDs: c.tradeV1IDs, Mapping: c.mapping,
+		decoder: schema.TradeDecoder{Format: c.cfg.InputFormat, V1IDs: c.tradeV1IDs, Mapping: c.mapping, Avro: c.avroMapping,
 			SymbolPrefix: []byte(c.cfg.SymbolPrefix), Validate: schema.ValidateConfig{MaxSkew: c.cfg.MaxSkew}},
 		writer:      c.writer,
 		klinesTopic: c.cfg.KlinesTopic,

@@ -270,7 +270,7 @@ func userMessage(err error) string { return hint.Render(err, flagOf) }
 // by its Config field.
 func flagOf(setting string) string {
 	if f, ok := map[string]string{"BadState": "--bad-state", "KlinesTopic": "--klines-topic", "InstanceID": "--instance-id",
-		"TradesTopic": "--trades-topic", "Data": "--data"}[setting]; ok {
+		"TradesTopic": "--trades-topic", "Data": "--data", "InputMapping": "--input-mapping"}[setting]; ok {
 		return f
 	}
 	return setting
@@ -310,7 +310,7 @@ stops one cleanly.`)
 	fs.StringVar(&c.DLQTopic, "dlq-topic", c.DLQTopic, "dead-letter topic for refused trades (created if missing)")
 	fs.StringVar(&rf.periods, "periods", period.DefaultList, "candle periods, comma-separated, from 1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M")
 	fs.StringVar(&rf.inputFormat, "input-format", c.InputFormat.String(), "trade encoding: binance-json (aggTrade or raw trade events, spot or futures), avro (trade.avsc), a venue's trade messages (coinbase, kraken, okx, bybit), or json (a platform's own, read with --input-mapping)")
-	fs.StringVar(&rf.mapping, "input-mapping", "", "with --input-format json: a JSON file saying where each field of a trade is (README \"Any trades topic\")")
+	fs.StringVar(&rf.mapping, "input-mapping", "", "with --input-format json or avro: a JSON file saying where each field of a trade is (README \"Any trades topic\")")
 	fs.StringVar(&c.SymbolPrefix, "symbol-prefix", "", "put before every symbol read, e.g. coinbase: so that several venues can share one klines topic")
 	fs.StringVar(&c.SchemaRegistry, "schema-registry", "", "schema registry URL; klines are then Confluent-framed (default: Avro single-object encoding)")
 	fs.DurationVar(&c.FlushInterval, "flush-interval", c.FlushInterval, "how often changed candles are published and offsets committed")
