@@ -205,6 +205,43 @@ func TestDemoRuns(t *testing.T) {
 	}
 }
 
+// TestDemoVenueFormat: the demo fed with one venue's trade messages
+// (--format) shows candles and refuses none of its messages.
+func TestDemoVenueFormat(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the demo until it shows candles")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	var stdout testkit.Buffer
+	var stderr bytes.Buffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"demo", "--format", "okx", "--symbols", "20", "--rate", "500", "--members", "1", "--http", ""}, &stdout, &stderr)
+	}()
+	shown := regexp.MustCompile(`S000USDT +\d\d:\d\d .* [1-9]\d* +(open|final)`)
+	for !shown.MatchString(stdout.String()) && ctx.Err() == nil {
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second) // a few more screens, to see refusals if there are any
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	out := stdout.String()
+	if !shown.MatchString(out) || !strings.Contains(out, "symbols in okx") {
+		t.Fatalf("the demo in okx shows no candle with trades:\n%s", out)
+	}
+	// Decoding refusals only: late or duplicate trades are the market's.
+	if regexp.MustCompile(`(malformed|missing_field|wrong_event|invalid_\w+|excess_precision) [1-9]`).MatchString(out) {
+		t.Fatalf("the demo refused okx messages:\n%s", out)
+	}
+	var code int
+	if code = run(t.Context(), []string{"demo", "--format", "json"}, io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), "--format") {
+		t.Fatalf("--format json: exit %d, %s", code, stderr.String())
+	}
+}
+
 func TestTail(t *testing.T) {
 	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "klines"))
 	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...))
