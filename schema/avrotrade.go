@@ -185,8 +185,9 @@ type TradeDecoder struct {
 
 // Decode decodes and validates a record of one trade; nowMs is the wall
 // clock in Unix milliseconds. It returns nil or an *InvalidTradeError
-// (malformed for a record of several trades: use DecodeBatch). t.Symbol
-// aliases key or value, or b when there is a prefix.
+// (malformed for a record of several trades). It allocates a Batch per
+// call: hot paths use DecodeBatch with one they keep. t.Symbol aliases key
+// or value, or that Batch when there is a prefix.
 func (d *TradeDecoder) Decode(key, value []byte, nowMs int64, t *Trade) error {
 	var b Batch
 	if err := d.DecodeBatch(key, value, nowMs, &b); err != nil {

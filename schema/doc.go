@@ -11,9 +11,16 @@
 // schemas 1 and 2), are still read: each double becomes its shortest
 // decimal, the one inexact step.
 //
-// Trades arrive as Binance aggTrade JSON (plain or in a combined-stream
-// wrapper) or as Avro. Decoding is allocation-free: a decoded Trade's Symbol
-// aliases the input. Every record that cannot be used is refused with an
+// Trades arrive as Binance aggTrade or raw trade JSON (plain or in a
+// combined-stream wrapper), as Avro (trade.avsc), as a venue's trade
+// messages (Coinbase, Kraken, OKX, Bybit), or as a platform's own JSON or
+// Avro read through a JSONMapping. A record may carry several trades:
+// TradeDecoder.DecodeBatch fills a reused Batch, each trade valid or
+// refused on its own. The venue formats are mappings too (VenueMapping):
+// one scanner walks a message once along a compiled tree of the members a
+// mapping reads; AvroMapping compiles a mapping per writer schema into a
+// plan of read and skip steps. Decoding is allocation-free: a decoded
+// Trade's Symbol aliases the input (or the Batch, with a symbol prefix). Every record that cannot be used is refused with an
 // *InvalidTradeError whose Reason names its class (malformed,
 // missing_field, invalid_price, future_time, …); the reason is what the
 // dead-letter header and the metrics carry, so the set is closed and small.

@@ -295,3 +295,23 @@ func TestDecodeBatchAllocs(t *testing.T) {
 		}
 	}
 }
+
+// TestBinanceFutures: USDⓈ-M futures' aggTrade (no "M", an "nq") and raw
+// trade (an "X" order type) events read as spot's do.
+func TestBinanceFutures(t *testing.T) {
+	d := schema.TradeDecoder{Format: schema.InputBinanceJSON, Validate: schema.ValidateConfig{MaxSkew: time.Hour}}
+	for _, tt := range []struct {
+		msg  string
+		want want
+	}{
+		{`{"e":"aggTrade","E":1709547302130,"a":26129,"s":"BTCUSDT","p":"62001.10","q":"0.250","nq":"0.250","f":100,"l":105,"T":1709547302125,"m":true}`,
+			want{"BTCUSDT", 26129, 100, 105, fx("62001.1").String(), fx("0.25").String(), 1709547302125, true}},
+		{`{"e":"trade","E":1709547302130,"T":1709547302125,"s":"ETHUSDT","t":5522,"p":"3401.2","q":"1.5","X":"MARKET","m":false}`,
+			want{"ETHUSDT", 5522, 5522, 5522, fx("3401.2").String(), fx("1.5").String(), 1709547302125, false}},
+	} {
+		var tr schema.Trade
+		if err := d.Decode(nil, []byte(tt.msg), 1709547302200, &tr); err != nil || got(&tr) != tt.want {
+			t.Errorf("%s: %+v (%v), want %+v", tt.msg, got(&tr), err, tt.want)
+		}
+	}
+}

@@ -522,7 +522,7 @@ func TestTailDeadLetters(t *testing.T) {
 		&kgo.Record{Topic: "trades-dlq", Key: []byte("BTCUSDT"), Value: []byte(`{"s":"BTCUSDT","p":"NaN"}`), Headers: []kgo.RecordHeader{
 			h(processor.HeaderReason, "invalid_price"), h(processor.HeaderSource, "trades/3/1200"), h(processor.HeaderError, "price NaN: not a positive finite number")}},
 		&kgo.Record{Topic: "trades-dlq", Key: []byte("ETHUSDT"), Value: []byte(`{"s":"ETHUSDT","a":7}`), Headers: []kgo.RecordHeader{
-			h(processor.HeaderReason, "late"), h(processor.HeaderSource, "trades/1/88")}},
+			h(processor.HeaderReason, "late"), h(processor.HeaderSource, "trades/1/88"), h(processor.HeaderTrade, "2")}},
 	).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
@@ -534,7 +534,8 @@ func TestTailDeadLetters(t *testing.T) {
 	}
 	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
 	if len(lines) != 2 || !strings.Contains(lines[0], `"reason":"invalid_price"`) || !strings.Contains(lines[0], `"source":"trades/3/1200"`) ||
-		!strings.Contains(lines[0], `"error":"price NaN`) || !strings.Contains(lines[1], `"reason":"late"`) || !strings.Contains(lines[1], `"key":"ETHUSDT"`) {
+		!strings.Contains(lines[0], `"error":"price NaN`) || !strings.Contains(lines[1], `"reason":"late"`) || !strings.Contains(lines[1], `"key":"ETHUSDT"`) || !strings.Contains(lines[1], `"trade":2`) ||
+		strings.Contains(lines[0], `"trade"`) {
 		t.Fatalf("json: %q", stdout.String())
 	}
 	stdout.Reset()
@@ -542,7 +543,7 @@ func TestTailDeadLetters(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
 	lines = strings.Split(strings.TrimSpace(stdout.String()), "\n")
-	if len(lines) != 3 || !strings.HasPrefix(lines[1], "invalid_price") || !strings.Contains(lines[2], "trades/1/88") {
+	if len(lines) != 3 || !strings.HasPrefix(lines[1], "invalid_price") || !strings.Contains(lines[2], "trades/1/88#2") {
 		t.Fatalf("table: %q", stdout.String())
 	}
 	for _, l := range lines {

@@ -252,6 +252,8 @@ type deadLetter struct {
 	Key    string `json:"key"`
 	Value  string `json:"value"`
 	Error  string `json:"error,omitempty"`
+	// Trade is the refused trade's place in a record of several.
+	Trade *int `json:"trade,omitempty"`
 }
 
 func printDeadLetters(ctx context.Context, cl *kgo.Client, asJSON bool, maxRecords int, stdout, stderr io.Writer) int {
@@ -281,6 +283,10 @@ func printDeadLetters(ctx context.Context, cl *kgo.Client, asJSON bool, maxRecor
 					d.Source = string(h.Value)
 				case processor.HeaderError:
 					d.Error = string(h.Value)
+				case processor.HeaderTrade:
+					if i, err := strconv.Atoi(string(h.Value)); err == nil {
+						d.Trade = &i
+					}
 				}
 			}
 			if asJSON {
@@ -290,7 +296,11 @@ func printDeadLetters(ctx context.Context, cl *kgo.Client, asJSON bool, maxRecor
 				if detail == "" {
 					detail = d.Value
 				}
-				line := fmt.Sprintf("%-16s %-28s %-12.12s %s", d.Reason, d.Source, d.Key, strings.ReplaceAll(detail, "\n", " "))
+				source := d.Source
+				if d.Trade != nil {
+					source += "#" + strconv.Itoa(*d.Trade) // the trade's place in its record
+				}
+				line := fmt.Sprintf("%-16s %-28s %-12.12s %s", d.Reason, source, d.Key, strings.ReplaceAll(detail, "\n", " "))
 				if len(line) > 100 {
 					line = line[:99] + "…"
 				}
