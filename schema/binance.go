@@ -264,9 +264,13 @@ func (s *jsonScanner) str() ([]byte, bool, error) {
 	start := s.i
 	escaped := false
 	for s.i < len(s.b) {
-		for s.i < len(s.b) && plain[s.b[s.i]] {
-			s.i++
+		// In locals: the scanner's fields would be written back at
+		// every byte.
+		b, i := s.b, s.i
+		for i < len(b) && plain[b[i]] {
+			i++
 		}
+		s.i = i
 		if s.i >= len(s.b) {
 			break
 		}

@@ -95,7 +95,17 @@ type jnode struct {
 
 type jmember struct {
 	name string
+	word uint64 // the name's first eight bytes, for a quick compare
 	node *jnode
+}
+
+// word packs the first eight bytes of b.
+func word(b []byte) uint64 {
+	var w uint64
+	for i := range min(len(b), 8) {
+		w |= uint64(b[i]) << (8 * i)
+	}
+	return w
 }
 
 type matchRule struct {
@@ -115,6 +125,7 @@ type compiledMapping struct {
 	hasCount  bool
 	match     []matchRule
 	paths     [numLeaves]string // for missing_field
+	required  int               // the leaves a trade must have (a bit each)
 }
 
 // ErrMapping is wrapped by every error of JSONMapping.Validate.
@@ -171,6 +182,9 @@ func (m *JSONMapping) compile() (*compiledMapping, error) {
 			bad("%s %q: the path is already used", leafNames[leaf], path)
 		default:
 			n.leaf, n.env = leaf, base == c.root && trade != c.root
+			if leaf <= leafTime || leaf == leafSide || leaf == leafID {
+				c.required |= 1 << leaf
+			}
 		}
 	}
 	c.hasID, c.hasSide, c.hasCount = m.ID != "", m.Side != "", m.Count != ""
@@ -239,7 +253,7 @@ func (c *compiledMapping) insert(n *jnode, path string) (*jnode, error) {
 		}
 		if next == nil {
 			next = &jnode{path: n.path + "." + name}
-			n.members = append(n.members, jmember{name, next})
+			n.members = append(n.members, jmember{name, word([]byte(name)), next})
 		}
 		n = next
 		if each {
@@ -400,9 +414,10 @@ func (s *mappedScan) object(n *jnode, depth int) error {
 		s.i++
 		s.ws()
 		var child *jnode
-		if !escaped {
+		if !escaped && len(n.members) > 0 {
+			w := word(key)
 			for _, m := range n.members {
-				if m.name == string(key) {
+				if m.word == w && len(m.name) == len(key) && (len(key) <= 8 || m.name == string(key)) {
 					child = m.node
 					break
 				}
@@ -589,12 +604,12 @@ func (s *mappedScan) finish() {
 		if s.out.Errs[i] == nil && s.envErr != nil && s.envSeen&^s.seen[i] != 0 {
 			s.out.Errs[i] = s.envErr
 		}
-		for leaf := leafSymbol; leaf < numLeaves; leaf++ {
-			if m.paths[leaf] != "" && seen&(1<<leaf) == 0 && (leaf <= leafTime || leaf == leafSide || leaf == leafID) {
-				if s.out.Errs[i] == nil {
+		if seen&m.required != m.required && s.out.Errs[i] == nil {
+			for leaf := leafSymbol; leaf < numLeaves; leaf++ {
+				if m.required&^seen&(1<<leaf) != 0 {
 					s.out.Errs[i] = invalid(ReasonMissingField, m.paths[leaf], nil)
+					break
 				}
-				break
 			}
 		}
 		if !m.hasSide {
