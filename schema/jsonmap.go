@@ -622,11 +622,13 @@ func (s *mappedScan) finish() {
 			t.Unordered = true
 			t.AggID = 0
 		case m.shared:
-			// Ordered by place among the trades of the message with
-			// the same id and symbol.
+			// Ordered by place among the trades just before it with the
+			// same id and symbol: the trades of one match come together
+			// (a message is in matching order), so the walk back is
+			// short and a batch of 1,024 stays linear.
 			rank = 0
-			for j := range i {
-				if s.ids[j] == id && string(s.out.Trades[j].Symbol) == string(t.Symbol) {
+			for j := i - 1; j >= 0 && s.ids[j] == id; j-- {
+				if string(s.out.Trades[j].Symbol) == string(t.Symbol) {
 					rank++
 				}
 			}
