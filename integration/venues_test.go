@@ -93,8 +93,34 @@ func newVenueFeed(t *testing.T, recs []oracle.Record, partitions int32, dec sche
 	return f
 }
 
+// prepend puts the venue's documented sample message (testdata of package
+// schema: its edge cases, checked field by field there) first on
+// partition p, its trades first in the oracle's.
+func (f *venueFeed) prepend(t *testing.T, p int32, dec schema.TradeDecoder, file string) {
+	t.Helper()
+	value, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b schema.Batch
+	if err := dec.DecodeBatch(nil, value, time.Now().UnixMilli(), &b); err != nil || len(b.Trades) < 2 {
+		t.Fatalf("%s: %v, %d trades", file, err, len(b.Trades))
+	}
+	var first []oracle.Record
+	for i, tr := range b.Trades {
+		if b.Errs[i] != nil {
+			t.Fatalf("%s: trade %d: %v", file, i, b.Errs[i])
+		}
+		first = append(first, oracle.Record{Partition: p, Trade: oracle.Trade{Symbol: string(tr.Symbol), AggID: tr.AggID,
+			First: tr.FirstID, Last: tr.LastID, Time: tr.Time, Price: tr.Price, Qty: tr.Quantity, BuyerMaker: tr.BuyerMaker}})
+	}
+	f.records = append([]*kgo.Record{{Partition: p, Value: value}}, f.records...)
+	f.expected = append(first, f.expected...)
+}
+
 // TestVenueFormats replays each venue's trade messages through the built
-// binary: candles equal the oracle's over the trades the messages carry;
+// binary, its documented sample first: candles equal the oracle's over the
+// trades the messages carry;
 // another channel's messages, broken messages and a trade with an unknown
 // side are dead letters with their reasons, and resent trades duplicates.
 func TestVenueFormats(t *testing.T) {
@@ -124,6 +150,7 @@ func TestVenueFormats(t *testing.T) {
 				return []byte(replaceOnce(string(msg), s[0], s[1]))
 			}
 			feed := newVenueFeed(t, recs, 2, dec, enc, []byte(others[venue]), []byte(others[venue])[:15], badTrade)
+			feed.prepend(t, 0, dec, "../schema/testdata/venues/"+venue+".json")
 			b.startWith("a", "--input-format", venue, "--symbol-prefix", venue+":")
 			if err := b.cl.ProduceSync(b.ctx, withTopic(feed.records, b.topic("trades"))...).FirstErr(); err != nil {
 				t.Fatal(err)
