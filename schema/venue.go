@@ -266,8 +266,13 @@ func parseRFC3339(v []byte) (int64, error) {
 }
 
 func daysIn(y, m int) int {
-	return time.Date(y, time.Month(m)+1, 0, 0, 0, 0, 0, time.UTC).Day()
+	if m == 2 && (y%4 == 0 && y%100 != 0 || y%400 == 0) {
+		return 29
+	}
+	return monthDays[m]
 }
+
+var monthDays = [13]int{0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31}
 
 // daysFromCivil is the days since 1970-01-01 of a proleptic Gregorian
 // date (Howard Hinnant's algorithm).
