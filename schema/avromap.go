@@ -326,12 +326,28 @@ func (op *avroOp) describe() string {
 	return [...]string{"null", "boolean", "long", "float", "double", "bytes", "fixed", "enum", "record", "array", "map", "union"}[op.kind]
 }
 
-// plansFor returns the plan of a record's writer schema.
-func (a *AvroMapping) planFor(value []byte) (*avroPlan, []byte, error) {
+// avroCache remembers, for one decoding goroutine (in its Batch), the
+// plan of the last registry id it met, so that a record of the same
+// writer schema skips the map.
+type avroCache struct {
+	set  *planSet
+	id   int
+	plan *avroPlan
+}
+
+// planFor returns the plan of a record's writer schema.
+func (a *AvroMapping) planFor(value []byte, c *avroCache) (*avroPlan, []byte, error) {
 	switch {
 	case len(value) >= 5 && value[0] == 0x00:
 		id := int(uint32(value[1])<<24 | uint32(value[2])<<16 | uint32(value[3])<<8 | uint32(value[4]))
-		p := a.plans.Load().byID[id]
+		set := a.plans.Load()
+		if c.set == set && c.id == id { // the usual case: the writer schema of the record before
+			return c.plan, value[5:], nil
+		}
+		p := set.byID[id]
+		if p != nil {
+			*c = avroCache{set: set, id: id, plan: p}
+		}
 		if p == nil {
 			if a.lookup == nil {
 				return nil, nil, fmt.Errorf("writer schema id %d is unknown", id)
@@ -357,8 +373,8 @@ func (a *AvroMapping) planFor(value []byte) (*avroPlan, []byte, error) {
 }
 
 // decode reads one framed record into t, which is zero.
-func (a *AvroMapping) decode(value []byte, t *Trade) error {
-	p, body, err := a.planFor(value)
+func (a *AvroMapping) decode(value []byte, t *Trade, c *avroCache) error {
+	p, body, err := a.planFor(value, c)
 	if err != nil {
 		return invalid(ReasonMalformed, "", err)
 	}

@@ -70,6 +70,7 @@ type Batch struct {
 	Trades []Trade
 	Errs   []error
 	scan   mappedScan
+	avro   avroCache
 	arena  []byte // prefixed symbols
 }
 
@@ -108,7 +109,7 @@ func (d *TradeDecoder) DecodeBatch(key, value []byte, nowMs int64, b *Batch) err
 		var err error
 		switch {
 		case d.Format == InputAvro && d.Avro != nil:
-			err = d.Avro.decode(value, &b.Trades[0])
+			err = d.Avro.decode(value, &b.Trades[0], &b.avro)
 		case d.Format == InputAvro:
 			err = decodeAvroTrade(value, &b.Trades[0], d.V1IDs)
 		default:
