@@ -264,13 +264,9 @@ func (s *jsonScanner) str() ([]byte, bool, error) {
 	start := s.i
 	escaped := false
 	for s.i < len(s.b) {
-		// In locals: the scanner's fields would be written back at
-		// every byte.
-		b, i := s.b, s.i
-		for i < len(b) && plain[b[i]] {
-			i++
+		for s.i < len(s.b) && plain[s.b[s.i]] {
+			s.i++
 		}
-		s.i = i
 		if s.i >= len(s.b) {
 			break
 		}
