@@ -120,6 +120,8 @@ parse are skipped and counted). Binance JSON, or Avro with --format avro.`)
 	var err error
 	if f.format, err = schema.ParseInputFormat(*format); err != nil {
 		errs = append(errs, fmt.Errorf("--format: %w", err))
+	} else if f.format == schema.InputJSON {
+		errs = append(errs, errors.New("--format json: gen writes binance-json, avro, coinbase, kraken, okx or bybit (a platform's own JSON is the platform's)"))
 	}
 	if f.csvFiles == "" && (f.symbols < 1 || f.rate < 1 || f.duration <= 0) {
 		errs = append(errs, fmt.Errorf("--symbols, --rate and --duration must be positive"))
