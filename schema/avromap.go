@@ -26,10 +26,10 @@ import (
 // malformed, naming the field: start-up checks the newest schema first
 // (AddSchema), so that a wrong mapping is one clear error there.
 type AvroMapping struct {
-	m     JSONMapping
 	leafs map[string]int // path -> leaf
 	paths [numLeaves]string
 	unit  int
+	rules idRules
 	buy   []string
 	sell  []string
 	// lookup fetches a writer schema the mapping has not seen, by
@@ -122,7 +122,7 @@ func NewAvroMapping(m JSONMapping, lookup func(id int) (string, error)) (*AvroMa
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	a := &AvroMapping{m: m, leafs: map[string]int{}, unit: c.unit, buy: m.TakerBuy, sell: m.TakerSell, lookup: lookup}
+	a := &AvroMapping{leafs: map[string]int{}, unit: c.unit, rules: c.ids, buy: m.TakerBuy, sell: m.TakerSell, lookup: lookup}
 	a.plans.Store(&planSet{byID: map[int]*avroPlan{}, byFP: map[[8]byte]*avroPlan{}})
 	for leaf, p := range c.paths {
 		if p != "" {
@@ -245,31 +245,7 @@ func (a *AvroMapping) compileType(s avro.Schema, path string, set *int) (avroOp,
 			op.scale = d.Scale()
 		}
 	case *avro.PrimitiveSchema:
-		switch s.Type() {
-		case avro.Null:
-			op.kind = aNull
-			op.leaf = 0 // a null branch: the field is absent
-		case avro.Boolean:
-			op.kind = aBool
-		case avro.Int, avro.Long:
-			op.kind = aLong
-		case avro.Float:
-			op.kind = aFloat
-		case avro.Double:
-			op.kind = aDouble
-		case avro.String, avro.Bytes:
-			op.kind, op.str = aBytes, s.Type() == avro.String
-		}
-		if l := s.Logical(); l != nil {
-			switch l.Type() {
-			case avro.Decimal:
-				op.scale = l.(*avro.DecimalLogicalSchema).Scale()
-			case avro.TimestampMillis, avro.LocalTimestampMillis:
-				op.unit = unitMs
-			case avro.TimestampMicros, avro.LocalTimestampMicros:
-				op.unit = unitUs
-			}
-		}
+		primitive(&op, s)
 	default:
 		return op, &MappingMismatchError{Path: path, Err: fmt.Errorf("type %s is not read", s.Type())}
 	}
@@ -280,18 +256,52 @@ func (a *AvroMapping) compileType(s avro.Schema, path string, set *int) (avroOp,
 		*set |= 1 << op.leaf
 	}
 	if op.leaf == leafSide && op.kind == aEnum {
-		for _, sym := range op.syms {
-			var side int8
-			switch {
-			case slices.Contains(a.buy, sym):
-				side = 1
-			case slices.Contains(a.sell, sym):
-				side = 2
-			}
-			op.sides = append(op.sides, side)
-		}
+		op.sides = a.sideTable(op.syms)
 	}
 	return op, nil
+}
+
+// sideTable says, per enum symbol, 1 taker buy, 2 taker sell, 0 neither.
+func (a *AvroMapping) sideTable(syms []string) []int8 {
+	sides := make([]int8, len(syms))
+	for i, sym := range syms {
+		switch {
+		case slices.Contains(a.buy, sym):
+			sides[i] = 1
+		case slices.Contains(a.sell, sym):
+			sides[i] = 2
+		}
+	}
+	return sides
+}
+
+// primitive fills op from a primitive type and its logical type.
+func primitive(op *avroOp, s *avro.PrimitiveSchema) {
+	switch s.Type() {
+	case avro.Null:
+		op.kind = aNull
+		op.leaf = 0 // a null branch: the field is absent
+	case avro.Boolean:
+		op.kind = aBool
+	case avro.Int, avro.Long:
+		op.kind = aLong
+	case avro.Float:
+		op.kind = aFloat
+	case avro.Double:
+		op.kind = aDouble
+	case avro.String, avro.Bytes:
+		op.kind, op.str = aBytes, s.Type() == avro.String
+	}
+	if l := s.Logical(); l != nil {
+		switch l.Type() {
+		case avro.Decimal:
+			op.scale = l.(*avro.DecimalLogicalSchema).Scale()
+		case avro.TimestampMillis, avro.LocalTimestampMillis:
+			op.unit = unitMs
+		case avro.TimestampMicros, avro.LocalTimestampMicros:
+			op.unit = unitUs
+		}
+	}
 }
 
 // leafFits says whether a value of op's type can give its field.
@@ -399,25 +409,8 @@ func (a *AvroMapping) decode(value []byte, t *Trade, c *avroCache) error {
 	if d.err != nil {
 		return d.err
 	}
-	a.ids(t, d.count)
+	a.rules.apply(t, d.count)
 	return nil
-}
-
-// ids sets what the mapping's ids say, as the JSON mappings do.
-func (a *AvroMapping) ids(t *Trade, count int64) {
-	if a.m.Side == "" {
-		t.BuyerMaker = true
-	}
-	id := t.AggID
-	if a.m.ID == "" {
-		t.Unordered, t.AggID = true, 0
-	}
-	if a.m.FirstID == "" {
-		t.FirstID, t.LastID = id, id
-		if count > 1 {
-			t.FirstID = id - count + 1
-		}
-	}
 }
 
 type avroMapRead struct {
@@ -559,43 +552,7 @@ func (d *avroMapRead) leaf(op *avroOp) error {
 			return invalid(ReasonMalformed, field, err)
 		}
 	case leafSide:
-		var v string
-		switch op.kind {
-		case aBool:
-			v = "false"
-			if d.r.boolean() {
-				v = "true"
-			}
-		case aEnum:
-			i := d.enum(op)
-			switch {
-			case i < 0:
-				return nil
-			case op.sides[i] == 1:
-				return nil
-			case op.sides[i] == 2:
-				t.BuyerMaker = true
-				return nil
-			}
-			v = op.syms[i]
-		default:
-			b := d.r.bytes()
-			switch {
-			case sliceHas(d.a.buy, b):
-				return nil
-			case sliceHas(d.a.sell, b):
-				t.BuyerMaker = true
-				return nil
-			}
-			return invalid(ReasonInvalidSide, field, fmt.Errorf("%.20q is not a taker buy or sell", b))
-		}
-		switch {
-		case slices.Contains(d.a.buy, v):
-		case slices.Contains(d.a.sell, v):
-			t.BuyerMaker = true
-		default:
-			return invalid(ReasonInvalidSide, field, fmt.Errorf("%q is not a taker buy or sell", v))
-		}
+		return d.side(op, t)
 	default:
 		var n int64
 		if op.kind == aLong {
@@ -619,6 +576,42 @@ func (d *avroMapRead) leaf(op *avroOp) error {
 	}
 	return nil
 }
+
+// side reads the taker's side from a boolean (compared as "true" or
+// "false"), an enum (its symbol's side found at compile time) or a string.
+func (d *avroMapRead) side(op *avroOp, t *Trade) error {
+	var b []byte
+	switch op.kind {
+	case aEnum:
+		i := d.enum(op)
+		switch {
+		case i < 0:
+			return nil // bad input: the reader's error says so
+		case op.sides[i] == 2:
+			t.BuyerMaker = true
+		case op.sides[i] == 0:
+			b = op.symb[i]
+		}
+	case aBool:
+		b = boolText[0]
+		if d.r.boolean() {
+			b = boolText[1]
+		}
+	default:
+		b = d.r.bytes()
+	}
+	switch {
+	case b == nil:
+	case sliceHas(d.a.buy, b):
+	case sliceHas(d.a.sell, b):
+		t.BuyerMaker = true
+	case d.r.err == nil:
+		return invalid(ReasonInvalidSide, op.path, fmt.Errorf("%.20q is not a taker buy or sell", b))
+	}
+	return nil
+}
+
+var boolText = [2][]byte{[]byte("false"), []byte("true")}
 
 func sliceHas(vs []string, b []byte) bool {
 	for _, v := range vs {

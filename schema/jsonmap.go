@@ -3,6 +3,7 @@ package schema
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 )
@@ -119,10 +120,7 @@ type compiledMapping struct {
 	unit      int
 	buy, sell []string
 	shared    bool
-	hasID     bool
-	hasSide   bool
-	hasFirst  bool
-	hasCount  bool
+	ids       idRules
 	match     []matchRule
 	paths     [numLeaves]string // for missing_field
 	required  int               // the leaves a trade must have (a bit each)
@@ -187,18 +185,17 @@ func (m *JSONMapping) compile() (*compiledMapping, error) {
 			}
 		}
 	}
-	c.hasID, c.hasSide, c.hasCount = m.ID != "", m.Side != "", m.Count != ""
-	c.hasFirst = m.FirstID != "" || m.LastID != ""
+	c.ids = idRules{hasSide: m.Side != "", hasID: m.ID != "", hasFirst: m.FirstID != "" || m.LastID != ""}
 	if (m.FirstID == "") != (m.LastID == "") {
 		bad("first_id and last_id: give both or neither")
 	}
-	if c.hasFirst && c.hasCount {
+	if c.ids.hasFirst && m.Count != "" {
 		bad("count: give count or first_id and last_id, not both")
 	}
-	if m.SharedIDs && !c.hasID {
+	if m.SharedIDs && !c.ids.hasID {
 		bad("shared_ids: needs an id")
 	}
-	if c.hasSide && len(m.TakerBuy)+len(m.TakerSell) == 0 {
+	if c.ids.hasSide && len(m.TakerBuy)+len(m.TakerSell) == 0 {
 		bad("side: give taker_buy or taker_sell values")
 	}
 	for _, v := range slices.Concat(m.TakerBuy, m.TakerSell) {
@@ -206,29 +203,29 @@ func (m *JSONMapping) compile() (*compiledMapping, error) {
 			bad("side value %q is both a taker buy and a taker sell", v)
 		}
 	}
-	paths := make([]string, 0, len(m.Match))
-	for p := range m.Match {
-		paths = append(paths, p)
+	c.addMatches(m.Match, bad)
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
-	slices.Sort(paths) // a stable order for errors and for the rules
-	for _, p := range paths {
+	return c, nil
+}
+
+// addMatches adds the match rules, in path order (stable errors and rules).
+func (c *compiledMapping) addMatches(match map[string][]string, bad func(string, ...any)) {
+	for _, p := range slices.Sorted(maps.Keys(match)) {
 		n, err := c.insert(c.root, strings.TrimPrefix(p, "$."))
 		switch {
 		case err != nil:
 			bad("match %q: %v", p, err)
 		case n.leaf != 0 || n.match != 0 || n.trade || n.elem != nil || len(n.members) > 0:
 			bad("match %q: the path is already used", p)
-		case len(m.Match[p]) == 0:
+		case len(match[p]) == 0:
 			bad("match %q: no values", p)
 		default:
-			c.match = append(c.match, matchRule{path: p, values: m.Match[p]})
+			c.match = append(c.match, matchRule{path: p, values: match[p]})
 			n.match = len(c.match)
 		}
 	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-	return c, nil
 }
 
 // insert returns the node of path below n, creating what is missing. An
@@ -533,43 +530,47 @@ func (s *mappedScan) leaf(n *jnode) error {
 		if t.Time, e = parseTime(v, esc, s.m.unit); e != nil {
 			err = invalid(ReasonMalformed, field, e)
 		}
-	case leafSide:
+	default:
 		v, esc, e := s.token()
 		if e != nil {
 			return invalidField(e, field)
 		}
+		err = s.textLeaf(n.leaf, field, v, esc, t, count)
+	}
+	if err != nil && *terr == nil {
+		*terr = err
+	}
+	return nil
+}
+
+// textLeaf reads a side or an id from its token's text.
+func (s *mappedScan) textLeaf(leaf int, field string, v []byte, esc bool, t *Trade, count *int64) error {
+	if leaf == leafSide {
 		switch {
 		case !esc && slices.Contains(s.m.buy, string(v)):
 			t.BuyerMaker = false
 		case !esc && slices.Contains(s.m.sell, string(v)):
 			t.BuyerMaker = true
 		default:
-			err = invalid(ReasonInvalidSide, field, fmt.Errorf("%.20q is not a taker buy or sell", v))
+			return invalid(ReasonInvalidSide, field, fmt.Errorf("%.20q is not a taker buy or sell", v))
 		}
-	default:
-		v, esc, e := s.token()
-		if e != nil {
-			return invalidField(e, field)
-		}
-		id, ok := digits(v)
-		if esc || !ok {
-			err = invalid(ReasonInvalidTradeIDs, field, errNumber)
-		}
-		switch n.leaf {
-		case leafID:
-			t.AggID = id
-		case leafFirst:
-			t.FirstID = id
-		case leafLast:
-			t.LastID = id
-		case leafCount:
-			if count != nil {
-				*count = id
-			}
+		return nil
+	}
+	id, ok := digits(v)
+	switch leaf {
+	case leafID:
+		t.AggID = id
+	case leafFirst:
+		t.FirstID = id
+	case leafLast:
+		t.LastID = id
+	case leafCount:
+		if count != nil {
+			*count = id
 		}
 	}
-	if err != nil && *terr == nil {
-		*terr = err
+	if esc || !ok {
+		return invalid(ReasonInvalidTradeIDs, field, errNumber)
 	}
 	return nil
 }
@@ -612,16 +613,10 @@ func (s *mappedScan) finish() {
 				}
 			}
 		}
-		if !m.hasSide {
-			t.BuyerMaker = true
-		}
 		id := t.AggID
 		s.ids[i] = id
-		switch {
-		case !m.hasID:
-			t.Unordered = true
-			t.AggID = 0
-		case m.shared:
+		m.ids.apply(t, s.counts[i])
+		if m.shared {
 			// Ordered by place among the trades just before it with the
 			// same id and symbol: the trades of one match come together
 			// (a message is in matching order), so the walk back is
@@ -632,18 +627,32 @@ func (s *mappedScan) finish() {
 					rank++
 				}
 			}
-			if id > (1<<63-1)>>sharedIDBits || rank >= 1<<sharedIDBits {
-				if s.out.Errs[i] == nil {
-					s.out.Errs[i] = invalid(ReasonInvalidTradeIDs, m.paths[leafID], errors.New("id too large to share"))
-				}
+			if (id > (1<<63-1)>>sharedIDBits || rank >= 1<<sharedIDBits) && s.out.Errs[i] == nil {
+				s.out.Errs[i] = invalid(ReasonInvalidTradeIDs, m.paths[leafID], errors.New("id too large to share"))
 			}
 			t.AggID = id<<sharedIDBits | rank
 		}
-		if !m.hasFirst {
-			t.FirstID, t.LastID = id, id
-			if m.hasCount && s.counts[i] > 1 {
-				t.FirstID = id - s.counts[i] + 1
-			}
+	}
+}
+
+// idRules are what a mapping's optional fields mean for a trade, the
+// same for JSON and Avro: no side, every trade a taker sell; no id, no
+// trade a duplicate; no first and last ids, one raw trade (or count)
+// ending at the id.
+type idRules struct{ hasSide, hasID, hasFirst bool }
+
+func (r idRules) apply(t *Trade, count int64) {
+	if !r.hasSide {
+		t.BuyerMaker = true
+	}
+	id := t.AggID
+	if !r.hasID {
+		t.Unordered, t.AggID = true, 0
+	}
+	if !r.hasFirst {
+		t.FirstID, t.LastID = id, id
+		if count > 1 {
+			t.FirstID = id - count + 1
 		}
 	}
 }

@@ -205,6 +205,29 @@ func TestDemoRuns(t *testing.T) {
 	}
 }
 
+// TestInputMappingFile: a mapping file with a key klagg does not know (a
+// misspelt path) and a mapping without its required paths stop run at
+// once, every problem named.
+func TestInputMappingFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "mapping.json")
+	if err := os.WriteFile(file, []byte(`{"symbol":"s","price":"p","time":"t","time_unit":"ms","sides":"x"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	code := run(t.Context(), []string{"run", "--input-format", "json", "--input-mapping", file, "--brokers", "127.0.0.1:1"}, io.Discard, &stderr)
+	if code != 2 || !strings.Contains(stderr.String(), `unknown field "sides"`) {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	if err := os.WriteFile(file, []byte(`{"symbol":"s","price":"p","time":"t","time_unit":"hours"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stderr.Reset()
+	code = run(t.Context(), []string{"run", "--input-format", "json", "--input-mapping", file, "--brokers", "127.0.0.1:1"}, io.Discard, &stderr)
+	if code != 2 || !strings.Contains(stderr.String(), "quantity: a path is required") || !strings.Contains(stderr.String(), `time_unit "hours"`) {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+}
+
 // TestDemoVenueFormat: the demo fed with one venue's trade messages
 // (--format) shows candles and refuses none of its messages.
 func TestDemoVenueFormat(t *testing.T) {
