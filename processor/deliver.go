@@ -3,6 +3,7 @@ package processor
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -58,11 +59,35 @@ func drainShards(targets []*shard, kind drainKind) []drained {
 // produceAll produces pick(d) of every result that has not failed yet and
 // waits for every acknowledgement; a failure is kept in the result's err.
 func produceAll(ctx context.Context, cl *kgo.Client, results []drained, pick func(*drained) [][]*kgo.Record) {
-	var wg sync.WaitGroup
+	<-produce(ctx, cl, results, pick).done
+}
+
+// delivery is a produce in progress. Until done is closed, its results'
+// err may still be written, and the shards that drained them must not
+// drain again: a drain reuses the memory of its previous records.
+type delivery struct {
+	results []drained
+	done    chan struct{}
+}
+
+// produce hands pick(d) of every result that has not failed yet to the
+// client and returns at once; done closes when every record is
+// acknowledged or failed, and each failure is kept in its result's err.
+func produce(ctx context.Context, cl *kgo.Client, results []drained, pick func(*drained) [][]*kgo.Record) *delivery {
+	dl := &delivery{results: results, done: make(chan struct{})}
 	var mu sync.Mutex
+	var pending atomic.Int64
 	skip := make([]bool, len(results)) // decided before any promise can write err
 	for i := range results {
-		skip[i] = results[i].err != nil
+		if skip[i] = results[i].err != nil; !skip[i] {
+			for _, recs := range pick(&results[i]) {
+				pending.Add(int64(len(recs)))
+			}
+		}
+	}
+	if pending.Load() == 0 {
+		close(dl.done)
+		return dl
 	}
 	for i := range results {
 		if skip[i] {
@@ -71,7 +96,6 @@ func produceAll(ctx context.Context, cl *kgo.Client, results []drained, pick fun
 		d := &results[i]
 		// One promise per shard, not a closure per record.
 		promise := func(_ *kgo.Record, err error) {
-			defer wg.Done()
 			if err != nil {
 				mu.Lock()
 				if d.err == nil {
@@ -79,15 +103,17 @@ func produceAll(ctx context.Context, cl *kgo.Client, results []drained, pick fun
 				}
 				mu.Unlock()
 			}
+			if pending.Add(-1) == 0 {
+				close(dl.done)
+			}
 		}
 		for _, recs := range pick(d) {
 			for _, rec := range recs {
-				wg.Add(1)
 				cl.Produce(ctx, rec, promise)
 			}
 		}
 	}
-	wg.Wait()
+	return dl
 }
 
 func pickFirst(d *drained) [][]*kgo.Record  { return [][]*kgo.Record{d.first} }

@@ -32,10 +32,15 @@ type exactlyOnce struct {
 	// owned is what the group gave this member, for a rebuild after an
 	// abort; the poll goroutine's alone.
 	owned map[int32]bool
+	// progress is signalled by a shard that folded held records or became
+	// backlogged: a poll loop waiting for room looks again.
+	progress chan struct{}
 }
 
 func newExactlyOnce(c *core, txnID string) *exactlyOnce {
-	return &exactlyOnce{core: c, txnID: txnID}
+	e := &exactlyOnce{core: c, txnID: txnID, progress: make(chan struct{}, 1)}
+	c.notify = func(bool) { signal(e.progress) }
+	return e
 }
 
 // run runs exactly-once sessions until ctx ends or one fails for good. A
@@ -134,6 +139,10 @@ type txnState struct {
 	// delivered counts the transaction's records by topic, for the stats
 	// once it commits.
 	delivered tally
+	// finals are final candles produced into the transaction whose
+	// acknowledgements are not all in: the shards fold on meanwhile, and
+	// the next drain or End waits for them first (settleFinals).
+	finals *delivery
 }
 
 func (e *exactlyOnce) transactLoop(ctx context.Context) error {
@@ -165,7 +174,7 @@ func (e *exactlyOnce) transactLoop(ctx context.Context) error {
 		if behind {
 			interval = max(interval, catchUpInterval)
 		}
-		roomy := e.makeRoom(&tx)
+		roomy := e.makeRoom(ctx, &tx, lastEnd.Add(interval))
 		due := e.clock().Sub(lastEnd) >= interval || tx.records >= e.cfg.MaxTransactionRecords || tx.failed
 		if wait := interval - e.clock().Sub(lastEnd); wait > 0 && !due && roomy {
 			pctx, cancel := context.WithTimeout(ctx, wait)
@@ -209,6 +218,7 @@ func (e *exactlyOnce) transactLoop(ctx context.Context) error {
 			// commit, and waiting for it would only delay the exit.
 			e.commitTxn(ctx, min(e.cfg.DeliveryTimeout, shutdownBound), &tx)
 		} else {
+			e.settleFinals(&tx)
 			ectx, cancel := context.WithTimeout(context.Background(), e.cfg.DeliveryTimeout)
 			_, _ = e.sess.End(ectx, kgo.TryAbort)
 			cancel()
@@ -299,26 +309,76 @@ const shutdownBound = 30 * time.Second
 
 // makeRoom is exactly-once's back-pressure, and reports whether the shards
 // have room to be given more. A backlogged shard folds nothing until its
-// final candles are taken: they go into the open transaction now, and
-// nothing more is read until the shards have room. The transaction grows
-// (up to MaxTransactionRecords), the member's memory does not.
-func (e *exactlyOnce) makeRoom(tx *txnState) bool {
-	if queued, backlogged := e.backlog(); backlogged || queued >= int64(e.cfg.MaxQueued) {
+// final candles are taken: they are drained into the open transaction and
+// produced, and while the broker acknowledges them the shards fold what
+// they hold and the loop polls on. Until those acknowledgements are in, a
+// shard backlogged again waits (a drain reuses the memory of the records
+// it drained before), and so does the loop, until until at the latest,
+// when it must end the transaction. The transaction grows (up to
+// MaxTransactionRecords), the member's memory does not.
+func (e *exactlyOnce) makeRoom(ctx context.Context, tx *txnState, until time.Time) bool {
+	queued, backlogged := e.backlog()
+	if backlogged && tx.finalsSettled() {
 		e.produceFinals(tx)
+		backlogged = false
+	}
+	if !backlogged && queued < int64(e.cfg.MaxQueued) {
+		return true
+	}
+	// A backlogged shard waits for the acknowledgements, nothing else; a
+	// full queue for the shards to fold.
+	wake := e.progress
+	if backlogged {
+		wake = tx.finals.done
+	}
+	if wait := until.Sub(e.clock()); wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+		case <-wake:
+		case <-t.C:
+		}
+	}
+	return false
+}
+
+// finalsSettled reports whether no final candles of the transaction wait
+// for acknowledgements.
+func (tx *txnState) finalsSettled() bool {
+	if tx.finals == nil {
+		return true
+	}
+	select {
+	case <-tx.finals.done:
+		return true
+	default:
 		return false
 	}
-	return true
 }
 
 // produceFinals drains the final candles of every shard into the open
-// transaction and waits for the broker to acknowledge them, which makes
-// room in backlogged engines.
+// transaction and hands them to the client without waiting, which makes
+// room in backlogged engines. The finals produced before are settled first.
 func (e *exactlyOnce) produceFinals(tx *txnState) {
+	e.settleFinals(tx)
 	results := drainShards(e.allShards(), drainFinals)
-	ectx, cancel := context.WithTimeout(context.Background(), e.cfg.DeliveryTimeout)
-	defer cancel()
-	produceAll(ectx, e.cl, results, pickFirst)
-	e.account(tx, results, pickFirst)
+	// Its own deadline, not the loop's context: a cancelled produce would
+	// fail records about to be acknowledged; End or an abort settles them.
+	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.DeliveryTimeout)
+	tx.finals = produce(ctx, e.cl, results, pickFirst)
+	go func(done <-chan struct{}) { <-done; cancel() }(tx.finals.done)
+}
+
+// settleFinals waits for the acknowledgements of the final candles in
+// flight, if any, and adds them to the transaction's.
+func (e *exactlyOnce) settleFinals(tx *txnState) {
+	if tx.finals == nil {
+		return
+	}
+	<-tx.finals.done
+	e.account(tx, tx.finals.results, pickFirst)
+	tx.finals = nil
 }
 
 // account adds a drain's delivered records to the open transaction's.
@@ -345,6 +405,7 @@ func (e *exactlyOnce) account(tx *txnState, results []drained, pick func(*draine
 // again once they are delivered, which makes room for it to fold more.
 func (e *exactlyOnce) commitTxn(ctx context.Context, timeout time.Duration, tx *txnState) {
 	start := e.clock()
+	e.settleFinals(tx)
 	ectx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	dirty := 0
@@ -380,14 +441,13 @@ func (e *exactlyOnce) commitTxn(ctx context.Context, timeout time.Duration, tx *
 	e.sess.AllowRebalance()
 	committed := e.endTxn(ectx, how, tx)
 	if committed {
-		tx.delivered.count(e.stats)
 		e.obs.Committed(e.clock().Sub(commitStart))
 	} else if tx.folded && ctx.Err() == nil {
 		// The drains changed the shards (finals, versions, dirty sets) and
 		// the transaction that carried those changes is gone.
 		e.rebuild(ctx)
 	}
-	tx.folded, tx.failed, tx.records, tx.delivered = false, false, 0, tally{}
+	tx.folded = false
 }
 
 // endTxn ends the open transaction and reports whether it committed. An
@@ -395,8 +455,12 @@ func (e *exactlyOnce) commitTxn(ctx context.Context, timeout time.Duration, tx *
 // transactional id) ends the member; any other leaves the transaction
 // aborted, the fetch positions rewound, and the member going on.
 func (e *exactlyOnce) endTxn(ctx context.Context, how kgo.TransactionEndTry, tx *txnState) bool {
+	e.settleFinals(tx)
 	committed, err := e.sess.End(ctx, how)
-	tx.open = false
+	if committed && err == nil {
+		tx.delivered.count(e.stats)
+	}
+	tx.open, tx.failed, tx.records, tx.delivered = false, false, 0, tally{}
 	switch {
 	case errors.Is(err, kerr.FencedInstanceID), errors.Is(err, kerr.TransactionalIDAuthorizationFailed):
 		e.fail(&hint.Error{Err: fmt.Errorf("processor: transactional id %q: %w", e.txnID, err),

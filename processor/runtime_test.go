@@ -346,6 +346,84 @@ func testDeliveryFailureRestartsShard(t *testing.T, g processor.Guarantee) {
 	t.Logf("%d produce requests refused, %d restarts; %d final candles exact", refused.Load(), stats.Restarts.Load(), len(want))
 }
 
+// TestPipelinedFinalsExactlyOnce: a backlog under exactly-once sends its
+// final candles out in pieces that are acknowledged while the shard folds
+// on. Some of those pieces fail: the transaction holding them aborts, the
+// shard is rebuilt from the committed state, and the candles stay exact.
+func TestPipelinedFinalsExactlyOnce(t *testing.T) {
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
+	var produces, refused atomic.Int64
+	var failing atomic.Bool
+	cluster.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		cluster.KeepControl()
+		pr := req.(*kmsg.ProduceRequest)
+		if !failing.Load() || produces.Add(1)%9 != 0 {
+			return nil, nil, false
+		}
+		refused.Add(1)
+		resp := pr.ResponseKind().(*kmsg.ProduceResponse)
+		for _, rt := range pr.Topics {
+			st := kmsg.NewProduceResponseTopic()
+			st.Topic, st.TopicID = rt.Topic, rt.TopicID
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewProduceResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = kerr.MessageTooLarge.Code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+	brokers := cluster.ListenAddrs()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	// Two hours of 40 symbols: thousands of final candles, in small pieces.
+	recs := oracle.Market(oracle.MarketSpec{Seed: 5, Symbols: 40, Trades: 20_000, Partitions: 1,
+		Start: time.Date(2024, 3, 31, 22, 30, 0, 0, time.UTC), StepMs: 360})
+	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	if err := oracle.Produce(ctx, prod, "trades", recs); err != nil {
+		t.Fatal(err)
+	}
+	failing.Store(true)
+
+	cfg := processor.DefaultConfig()
+	cfg.Brokers = brokers
+	cfg.Engine.MaxPending = 8
+	cfg.FlushInterval = 50 * time.Millisecond
+	stats := &processor.Stats{}
+	mctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- processor.Run(mctx, cfg, processor.WithStats(stats), processor.WithRunLogger(slog.New(slog.NewTextHandler(t.Output(), nil))))
+	}()
+	testkit.WaitFor(t, time.Minute, "three aborted transactions", func() bool { return stats.Aborts.Load() >= 3 })
+	failing.Store(false)
+	adm := kadm.NewClient(prod)
+	testkit.WaitFor(t, time.Minute, "offsets committed to the end", func() bool {
+		ok, err := oracle.Committed(ctx, adm, cfg.Group, cfg.TradesTopic)
+		return err == nil && ok
+	})
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if stats.Backlogs.Load() == 0 {
+		t.Fatal("no shard was ever backlogged: no final candles went out in pieces")
+	}
+	want, _ := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
+	_, problem := oracle.Check(ctx, brokers, cfg.KlinesTopic, want)
+	if problem != "" {
+		t.Fatal(problem)
+	}
+	t.Logf("%d backlogs, %d produce requests refused, %d aborts, %d rebuilds; %d final candles exact",
+		stats.Backlogs.Load(), refused.Load(), stats.Aborts.Load(), stats.Restarts.Load(), len(want))
+}
+
 // TestRunStopsOnCorruptState: a shard that cannot be restored must not fold
 // trades without its state (it would count them twice): Run stops with an
 // error that names the record.
