@@ -148,7 +148,7 @@ type txnState struct {
 func (e *exactlyOnce) transactLoop(ctx context.Context) error {
 	e.owned = map[int32]bool{}
 	var tx txnState
-	lastEnd := e.clock()
+	lastFlush := e.clock()
 	behind := false
 	var loopErr error
 	for {
@@ -174,9 +174,9 @@ func (e *exactlyOnce) transactLoop(ctx context.Context) error {
 		if behind {
 			interval = max(interval, catchUpInterval)
 		}
-		roomy := e.makeRoom(ctx, &tx, lastEnd.Add(interval))
-		due := e.clock().Sub(lastEnd) >= interval || tx.records >= e.cfg.MaxTransactionRecords || tx.failed
-		if wait := interval - e.clock().Sub(lastEnd); wait > 0 && !due && roomy {
+		roomy := e.makeRoom(ctx, &tx, lastFlush.Add(interval))
+		due := e.clock().Sub(lastFlush) >= interval || tx.records >= e.cfg.MaxTransactionRecords || tx.failed
+		if wait := interval - e.clock().Sub(lastFlush); wait > 0 && !due && roomy {
 			pctx, cancel := context.WithTimeout(ctx, wait)
 			fetches := e.sess.PollRecords(pctx, 10_000)
 			cancel()
@@ -202,12 +202,22 @@ func (e *exactlyOnce) transactLoop(ctx context.Context) error {
 					}
 				})
 				// Just caught up: deliver and commit now, not at the tick.
-				due = due || (wasBehind && !behind && fetches.NumRecords() > 0) || e.clock().Sub(lastEnd) >= interval
+				due = due || (wasBehind && !behind && fetches.NumRecords() > 0) || e.clock().Sub(lastFlush) >= interval
 			}
 		}
 		if due && tx.open {
+			start := e.clock()
 			e.commitTxn(ctx, e.cfg.DeliveryTimeout, &tx)
-			lastEnd = e.clock()
+			// Flushes start an interval apart, as at-least-once's ticker
+			// does (timed from the end of the last, a trade that arrived
+			// just after a drain would wait for that commit too), but
+			// leave at least half an interval to poll: a commit as long
+			// as the interval (one that waits for the group) must not
+			// starve the poll that lets the group move on.
+			lastFlush = start
+			if least := e.clock().Add(-interval / 2); least.After(start) {
+				lastFlush = least
+			}
 		}
 		e.sess.AllowRebalance()
 	}
