@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"sync"
@@ -68,7 +69,7 @@ func BenchmarkReplay(b *testing.B) {
 	topic := replayFixture(b)
 	b.Run("bare-consumer", func(b *testing.B) {
 		for b.Loop() {
-			start := time.Now()
+			start, cpu := time.Now(), cpuTime()
 			cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic),
 				kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 			if err != nil {
@@ -86,6 +87,7 @@ func BenchmarkReplay(b *testing.B) {
 			}
 			cl.Close()
 			b.ReportMetric(float64(replayTrades)/time.Since(start).Seconds(), "trades/s")
+			b.ReportMetric(float64(cpuTime()-cpu)/1e6, "cpu-ms")
 		}
 	})
 	var group string
@@ -180,6 +182,17 @@ func runUntilCommitted(b *testing.B, cfg processor.Config) (*processor.Stats, ti
 	}
 }
 
+// cpuTime is the CPU time this process has used (user and system), in ns:
+// on a machine whose broker shares the cores, what klagg costs beyond a
+// bare consumer shows here as much as in the time.
+func cpuTime() int64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
+}
+
 // replayKlagg is one klagg member replaying topic under guarantee g.
 func replayKlagg(b *testing.B, topic string, g processor.Guarantee, group *string) {
 	for b.Loop() {
@@ -190,30 +203,39 @@ func replayKlagg(b *testing.B, topic string, g processor.Guarantee, group *strin
 			cfg.Compression = c // compare codecs: none, lz4, ...
 		}
 		createOutputs(b, cfg) // a deployment's one-time step, not replay time
-		stats, took := runUntilCommitted(b, cfg)
+		cpu := cpuTime()
+		var stats *processor.Stats
+		var took time.Duration
+		// Labelled, so that a profile can be narrowed to the member
+		// (-cpuprofile, then pprof -tagfocus phase=replay): the fixture's
+		// 2,000,000 produced trades would drown it.
+		pprof.Do(context.Background(), pprof.Labels("phase", "replay"), func(context.Context) { stats, took = runUntilCommitted(b, cfg) })
+		b.ReportMetric(float64(cpuTime()-cpu)/1e6, "cpu-ms")
 		b.ReportMetric(float64(replayTrades)/took.Seconds(), "trades/s")
 		b.ReportMetric(took.Seconds()*1000, "replay-ms")
 		b.ReportMetric(float64(stats.Klines.Load())/float64(replayTrades), "klines/trade")
 	}
 }
 
-// BenchmarkLive produces 20,000 trades/s of 2,000 symbols, stamped with the
-// wall clock, to a member running as its own process, and measures for each
-// trade the time from its produce to the first kline record on the klines
-// topic that reflects it (seen by a consumer), and the member's peak
-// resident memory; under each guarantee, side by side.
+// BenchmarkLive produces 20,000 and 100,000 trades/s of 2,000 symbols,
+// stamped with the wall clock, to a member running as its own process, and
+// measures for each trade the time from its produce to the first kline
+// record on the klines topic that reflects it (seen by a read_committed
+// consumer), and the member's peak resident memory; under each guarantee,
+// side by side.
 func BenchmarkLive(b *testing.B) {
-	for _, g := range []processor.Guarantee{processor.ExactlyOnce, processor.AtLeastOnce} {
-		b.Run(string(g), func(b *testing.B) { live(b, g) })
+	for _, rate := range []int{20_000, 100_000} {
+		for _, g := range []processor.Guarantee{processor.ExactlyOnce, processor.AtLeastOnce} {
+			b.Run(fmt.Sprintf("%d/%s", rate, g), func(b *testing.B) { live(b, g, rate) })
+		}
 	}
 }
 
-func live(b *testing.B, g processor.Guarantee) {
+func live(b *testing.B, g processor.Guarantee, rate int) {
 	if brokers == nil {
 		b.Skip("KLAGG_TEST_BROKERS is unset")
 	}
 	const (
-		rate     = 20_000
 		symbols  = 2000
 		duration = 20 * time.Second
 		warmup   = 3 * time.Second
