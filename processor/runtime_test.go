@@ -271,28 +271,7 @@ func TestDeliveryFailureRestartsShard(t *testing.T) {
 func testDeliveryFailureRestartsShard(t *testing.T, g processor.Guarantee) {
 	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
 	var refuse atomic.Bool
-	var refused atomic.Int64
-	cluster.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
-		cluster.KeepControl()
-		pr := req.(*kmsg.ProduceRequest)
-		if !refuse.Load() {
-			return nil, nil, false
-		}
-		refused.Add(1)
-		resp := pr.ResponseKind().(*kmsg.ProduceResponse)
-		for _, rt := range pr.Topics {
-			st := kmsg.NewProduceResponseTopic()
-			st.Topic, st.TopicID = rt.Topic, rt.TopicID // v13+ names topics by id
-			for _, rp := range rt.Partitions {
-				sp := kmsg.NewProduceResponseTopicPartition()
-				sp.Partition = rp.Partition
-				sp.ErrorCode = kerr.MessageTooLarge.Code
-				st.Partitions = append(st.Partitions, sp)
-			}
-			resp.Topics = append(resp.Topics, st)
-		}
-		return resp, nil, true
-	})
+	refused := refuseProduces(cluster, refuse.Load)
 	brokers := cluster.ListenAddrs()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
@@ -346,25 +325,22 @@ func testDeliveryFailureRestartsShard(t *testing.T, g processor.Guarantee) {
 	t.Logf("%d produce requests refused, %d restarts; %d final candles exact", refused.Load(), stats.Restarts.Load(), len(want))
 }
 
-// TestPipelinedFinalsExactlyOnce: a backlog under exactly-once sends its
-// final candles out in pieces that are acknowledged while the shard folds
-// on. Some of those pieces fail: the transaction holding them aborts, the
-// shard is rebuilt from the committed state, and the candles stay exact.
-func TestPipelinedFinalsExactlyOnce(t *testing.T) {
-	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
-	var produces, refused atomic.Int64
-	var failing atomic.Bool
+// refuseProduces makes cluster fail every partition of a produce request
+// for good (MESSAGE_TOO_LARGE) whenever refuse, asked once per request,
+// says so; it counts the requests refused.
+func refuseProduces(cluster *kfake.Cluster, refuse func() bool) *atomic.Int64 {
+	var refused atomic.Int64
 	cluster.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
 		cluster.KeepControl()
-		pr := req.(*kmsg.ProduceRequest)
-		if !failing.Load() || produces.Add(1)%9 != 0 {
+		if !refuse() {
 			return nil, nil, false
 		}
 		refused.Add(1)
+		pr := req.(*kmsg.ProduceRequest)
 		resp := pr.ResponseKind().(*kmsg.ProduceResponse)
 		for _, rt := range pr.Topics {
 			st := kmsg.NewProduceResponseTopic()
-			st.Topic, st.TopicID = rt.Topic, rt.TopicID
+			st.Topic, st.TopicID = rt.Topic, rt.TopicID // v13+ names topics by id
 			for _, rp := range rt.Partitions {
 				sp := kmsg.NewProduceResponseTopicPartition()
 				sp.Partition = rp.Partition
@@ -375,6 +351,18 @@ func TestPipelinedFinalsExactlyOnce(t *testing.T) {
 		}
 		return resp, nil, true
 	})
+	return &refused
+}
+
+// TestPipelinedFinalsExactlyOnce: a backlog under exactly-once sends its
+// final candles out in pieces that are acknowledged while the shard folds
+// on. Some of those pieces fail: the transaction holding them aborts, the
+// shard is rebuilt from the committed state, and the candles stay exact.
+func TestPipelinedFinalsExactlyOnce(t *testing.T) {
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
+	var produces atomic.Int64
+	var failing atomic.Bool
+	refused := refuseProduces(cluster, func() bool { return failing.Load() && produces.Add(1)%9 == 0 })
 	brokers := cluster.ListenAddrs()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
