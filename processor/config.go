@@ -161,26 +161,7 @@ func (c Config) Validate() error {
 	if err := c.Engine.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	switch {
-	case c.InputFormat == schema.InputJSON && c.InputMapping == nil:
-		errs = append(errs, errors.New("processor: input format json needs a mapping"))
-	case c.InputMapping != nil && c.InputFormat != schema.InputJSON && c.InputFormat != schema.InputAvro:
-		errs = append(errs, fmt.Errorf("processor: a mapping is for input format json or avro, not %s", c.InputFormat))
-	case c.InputMapping != nil && c.InputFormat == schema.InputAvro:
-		if c.SchemaRegistry == "" {
-			errs = append(errs, errors.New("processor: avro with a mapping needs a schema registry, where the writer schemas are"))
-		}
-		if _, err := schema.NewAvroMapping(*c.InputMapping, nil); err != nil {
-			errs = append(errs, fmt.Errorf("processor: %w", err))
-		}
-	case c.InputMapping != nil:
-		if err := c.InputMapping.Validate(); err != nil {
-			errs = append(errs, fmt.Errorf("processor: %w", err))
-		}
-	}
-	if c.SymbolPrefix != "" && (schema.ValidSymbol([]byte(c.SymbolPrefix)) != schema.ReasonNone || len(c.SymbolPrefix) > schema.MaxSymbolLen/2) {
-		errs = append(errs, fmt.Errorf("processor: symbol prefix %q: want up to %d of [A-Za-z0-9._/:-]", c.SymbolPrefix, schema.MaxSymbolLen/2))
-	}
+	errs = append(errs, c.validateInput()...)
 	if c.MaxSkew <= 0 {
 		errs = append(errs, fmt.Errorf("processor: max skew %s must be positive", c.MaxSkew))
 	}
@@ -222,6 +203,33 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("processor: replication factor %d: want -1 (broker default) or at least 1", c.ReplicationFactor))
 	}
 	return errors.Join(errs...)
+}
+
+// validateInput reports what is wrong with how trades are read: the
+// format, its mapping, the symbol prefix.
+func (c Config) validateInput() []error {
+	var errs []error
+	switch {
+	case c.InputFormat == schema.InputJSON && c.InputMapping == nil:
+		errs = append(errs, errors.New("processor: input format json needs a mapping"))
+	case c.InputMapping != nil && c.InputFormat != schema.InputJSON && c.InputFormat != schema.InputAvro:
+		errs = append(errs, fmt.Errorf("processor: a mapping is for input format json or avro, not %s", c.InputFormat))
+	case c.InputMapping != nil && c.InputFormat == schema.InputAvro:
+		if c.SchemaRegistry == "" {
+			errs = append(errs, errors.New("processor: avro with a mapping needs a schema registry, where the writer schemas are"))
+		}
+		if _, err := schema.NewAvroMapping(*c.InputMapping, nil); err != nil {
+			errs = append(errs, fmt.Errorf("processor: %w", err))
+		}
+	case c.InputMapping != nil:
+		if err := c.InputMapping.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("processor: %w", err))
+		}
+	}
+	if c.SymbolPrefix != "" && (schema.ValidSymbol([]byte(c.SymbolPrefix)) != schema.ReasonNone || len(c.SymbolPrefix) > schema.MaxSymbolLen/2) {
+		errs = append(errs, fmt.Errorf("processor: symbol prefix %q: want up to %d of [A-Za-z0-9._/:-]", c.SymbolPrefix, schema.MaxSymbolLen/2))
+	}
+	return errs
 }
 
 func compressionCodec(name string) (kgo.CompressionCodec, error) {

@@ -177,64 +177,87 @@ func (e *exactlyOnce) transactLoop(ctx context.Context) error {
 		roomy := e.makeRoom(ctx, &tx, lastFlush.Add(interval))
 		due := e.clock().Sub(lastFlush) >= interval || tx.records >= e.cfg.MaxTransactionRecords || tx.failed
 		if wait := interval - e.clock().Sub(lastFlush); wait > 0 && !due && roomy {
-			pctx, cancel := context.WithTimeout(ctx, wait)
-			fetches := e.sess.PollRecords(pctx, 10_000)
-			cancel()
-			if fetches.IsClientClosed() {
-				break
-			}
-			if err := e.fetchErrors(fetches); err != nil {
+			caughtUp, stop, err := e.pollOnce(ctx, &tx, wait, &behind)
+			if stop {
 				loopErr = err
 				break
 			}
-			// Assignments the poll waited for come before their records;
-			// an abort here rewound the fetch positions, so these records
-			// will come again and must not be folded now.
-			if !e.applyEvents(ctx, &tx) {
-				wasBehind := behind
-				behind = false
-				fetches.EachPartition(func(ftp kgo.FetchTopicPartition) {
-					if len(ftp.Records) > 0 && e.shard(ftp.Partition) != nil {
-						tx.folded = true
-					}
-					if e.dispatch(ftp) {
-						behind = true
-					}
-				})
-				// Just caught up: deliver and commit now, not at the tick.
-				due = due || (wasBehind && !behind && fetches.NumRecords() > 0) || e.clock().Sub(lastFlush) >= interval
-			}
+			// Just caught up: deliver and commit now, not at the tick.
+			due = caughtUp || e.clock().Sub(lastFlush) >= interval
 		}
 		if due && tx.open {
 			start := e.clock()
 			e.commitTxn(ctx, e.cfg.DeliveryTimeout, &tx)
-			// Flushes start an interval apart, as at-least-once's ticker
-			// does (timed from the end of the last, a trade that arrived
-			// just after a drain would wait for that commit too), but
-			// leave at least half an interval to poll: a commit as long
-			// as the interval (one that waits for the group) must not
-			// starve the poll that lets the group move on.
-			lastFlush = start
-			if least := e.clock().Add(-interval / 2); least.After(start) {
-				lastFlush = least
-			}
+			lastFlush = e.flushedAt(start, interval)
 		}
 		e.sess.AllowRebalance()
 	}
-	if tx.open {
-		if loopErr == nil {
-			// SIGTERM: what was folded is delivered and committed, within
-			// a bound: a member the group no longer counts in cannot
-			// commit, and waiting for it would only delay the exit.
-			e.commitTxn(ctx, min(e.cfg.DeliveryTimeout, shutdownBound), &tx)
-		} else {
-			e.settleFinals(&tx)
-			ectx, cancel := context.WithTimeout(context.Background(), e.cfg.DeliveryTimeout)
-			_, _ = e.sess.End(ectx, kgo.TryAbort)
-			cancel()
-		}
-	}
+	e.finish(ctx, &tx, loopErr)
 	return loopErr
+}
+
+// pollOnce polls for at most wait, applies the rebalance events the poll
+// waited for, and hands the records to the shards. It reports whether the
+// member just caught up, and stop (with the error that ends the member, or
+// nil for a closed client) when the loop must end.
+func (e *exactlyOnce) pollOnce(ctx context.Context, tx *txnState, wait time.Duration, behind *bool) (caughtUp, stop bool, err error) {
+	pctx, cancel := context.WithTimeout(ctx, wait)
+	fetches := e.sess.PollRecords(pctx, 10_000)
+	cancel()
+	if fetches.IsClientClosed() {
+		return false, true, nil
+	}
+	if err := e.fetchErrors(fetches); err != nil {
+		return false, true, err
+	}
+	// Assignments the poll waited for come before their records; an abort
+	// here rewound the fetch positions, so these records will come again
+	// and must not be folded now.
+	if e.applyEvents(ctx, tx) {
+		return false, false, nil
+	}
+	wasBehind := *behind
+	*behind = false
+	fetches.EachPartition(func(ftp kgo.FetchTopicPartition) {
+		if len(ftp.Records) > 0 && e.shard(ftp.Partition) != nil {
+			tx.folded = true
+		}
+		if e.dispatch(ftp) {
+			*behind = true
+		}
+	})
+	return wasBehind && !*behind && fetches.NumRecords() > 0, false, nil
+}
+
+// flushedAt is when the flush that started at start counts as made, for
+// timing the next. Flushes start an interval apart, as at-least-once's
+// ticker does (timed from the end of the last, a trade that arrived just
+// after a drain would wait for that commit too), but leave at least half
+// an interval to poll: a commit as long as the interval (one that waits
+// for the group) must not starve the poll that lets the group move on.
+func (e *exactlyOnce) flushedAt(start time.Time, interval time.Duration) time.Time {
+	if least := e.clock().Add(-interval / 2); least.After(start) {
+		return least
+	}
+	return start
+}
+
+// finish ends the transaction still open when the loop ends: committed on
+// SIGTERM (what was folded is delivered, within a bound: a member the
+// group no longer counts in cannot commit, and waiting for it would only
+// delay the exit), aborted when the member failed.
+func (e *exactlyOnce) finish(ctx context.Context, tx *txnState, loopErr error) {
+	if !tx.open {
+		return
+	}
+	if loopErr == nil {
+		e.commitTxn(ctx, min(e.cfg.DeliveryTimeout, shutdownBound), tx)
+		return
+	}
+	e.settleFinals(tx)
+	ectx, cancel := context.WithTimeout(context.Background(), e.cfg.DeliveryTimeout)
+	_, _ = e.sess.End(ectx, kgo.TryAbort)
+	cancel()
 }
 
 // applyEvents applies the queued rebalance events and reports whether it
