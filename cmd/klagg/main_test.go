@@ -155,21 +155,24 @@ func TestDemoRuns(t *testing.T) {
 	// under the race detector), then stop it as Ctrl-C would.
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	var stdout testkit.Buffer
-	var stderr bytes.Buffer
+	var stdout, stderr testkit.Buffer
 	done := make(chan int, 1)
-	listen := testkit.FreeAddr(t)
+	listen := testkit.FreeAddrPair(t) // the broker, and the registry on the next port
 	go func() {
 		done <- run(ctx, []string{"demo", "--symbols", "20", "--rate", "500", "--listen", listen, "--http", "127.0.0.1:0"}, &stdout, &stderr)
 	}()
 	for !strings.Contains(stdout.String(), "S000USDT") && ctx.Err() == nil {
-		time.Sleep(100 * time.Millisecond)
+		select {
+		case code := <-done:
+			t.Fatalf("the demo stopped before showing candles: exit %d: %s", code, stderr.String())
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 	// --listen: other tools reach the embedded broker and registry.
-	var tailOut bytes.Buffer
-	if code := run(ctx, []string{"tail", "--brokers", listen, "--from-beginning", "--max", "1", "--format", "json"}, &tailOut, &stderr); code != 0 ||
+	var tailOut, tailErr bytes.Buffer
+	if code := run(ctx, []string{"tail", "--brokers", listen, "--from-beginning", "--max", "1", "--format", "json"}, &tailOut, &tailErr); code != 0 ||
 		!strings.Contains(tailOut.String(), `"symbol":"S0`) {
-		t.Errorf("tail against the demo's broker: exit %d %q", code, tailOut.String())
+		t.Errorf("tail against the demo's broker: exit %d %q %s", code, tailOut.String(), tailErr.String())
 	}
 	host, port, _ := net.SplitHostPort(listen)
 	n, _ := strconv.Atoi(port)

@@ -3,6 +3,7 @@ package testkit
 import (
 	"bytes"
 	"net"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -32,6 +33,29 @@ func FreeAddr(t testing.TB) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// FreeAddrPair returns a loopback address whose port and the port after it
+// were both free a moment ago, for a program that listens on both (the
+// demo's broker and its schema registry). Each is held while the other is
+// tried, so the pair is free together, not one after the other.
+func FreeAddrPair(t testing.TB) string {
+	t.Helper()
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().(*net.TCPAddr)
+		next, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(addr.Port+1)))
+		ln.Close()
+		if err == nil {
+			next.Close()
+			return addr.String()
+		}
+	}
+	t.Fatal("testkit: no two consecutive free ports in 100 tries")
+	return ""
 }
 
 // Buffer is a bytes.Buffer safe for one writer (a process's output, a

@@ -3,6 +3,7 @@ package testkit_test
 import (
 	"fmt"
 	"net"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -35,6 +36,22 @@ func TestFreeAddrListens(t *testing.T) {
 		t.Fatal(err)
 	}
 	ln.Close()
+}
+
+func TestFreeAddrPairListens(t *testing.T) {
+	addr := testkit.FreeAddrPair(t)
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := strconv.Atoi(port)
+	for _, a := range []string{addr, net.JoinHostPort(host, strconv.Itoa(n+1))} {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+	}
 }
 
 func TestWaitForAndCluster(t *testing.T) {
