@@ -563,16 +563,7 @@ func (d *avroMapRead) leaf(op *avroOp) error {
 				return invalid(ReasonInvalidTradeIDs, field, errNumber)
 			}
 		}
-		switch op.leaf {
-		case leafID:
-			t.AggID = n
-		case leafFirst:
-			t.FirstID = n
-		case leafLast:
-			t.LastID = n
-		case leafCount:
-			d.count = n
-		}
+		setIDLeaf(op.leaf, n, t, &d.count)
 	}
 	return nil
 }

@@ -81,6 +81,24 @@ const (
 	numLeaves
 )
 
+// setIDLeaf stores n, read for an id leaf (id, first_id, last_id, count),
+// where it goes: a trade's ids, or *count, the message's count of raw
+// trades (nil where there is none to fill).
+func setIDLeaf(leaf int, n int64, t *Trade, count *int64) {
+	switch leaf {
+	case leafID:
+		t.AggID = n
+	case leafFirst:
+		t.FirstID = n
+	case leafLast:
+		t.LastID = n
+	case leafCount:
+		if count != nil {
+			*count = n
+		}
+	}
+}
+
 var leafNames = [numLeaves]string{"", "symbol", "price", "quantity", "time", "side", "id", "first_id", "last_id", "count"}
 
 // jnode is one position in the message a compiled mapping reads.
@@ -557,18 +575,7 @@ func (s *mappedScan) textLeaf(leaf int, field string, v []byte, esc bool, t *Tra
 		return nil
 	}
 	id, ok := digits(v)
-	switch leaf {
-	case leafID:
-		t.AggID = id
-	case leafFirst:
-		t.FirstID = id
-	case leafLast:
-		t.LastID = id
-	case leafCount:
-		if count != nil {
-			*count = id
-		}
-	}
+	setIDLeaf(leaf, id, t, count)
 	if esc || !ok {
 		return invalid(ReasonInvalidTradeIDs, field, errNumber)
 	}
