@@ -98,11 +98,7 @@ func TestAvroMappedTrades(t *testing.T) {
 		tr.First, tr.Last = tr.AggID, tr.AggID
 		expected = append(expected, oracle.Record{Partition: r.Partition, Trade: tr})
 	}
-	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prod.Close()
+	prod := producer(t, brokers)
 	if err := prod.ProduceSync(ctx, out...).FirstErr(); err != nil {
 		t.Fatal(err)
 	}

@@ -45,6 +45,36 @@ func handled(s *processor.Stats) int64 {
 // TestRunKfake runs two members against franz-go's in-process broker over
 // three partitions of trades with duplicates and bad records mixed in; the
 // final candles on the klines topic must equal the oracle's.
+// producer is a client that writes records to the partitions they name,
+// closed when the test ends.
+func producer(t *testing.T, brokers []string) *kgo.Client {
+	t.Helper()
+	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(prod.Close)
+	return prod
+}
+
+// runMember runs a member with cfg, logging to the test's output, until
+// stop, which fails the test if Run returned an error.
+func runMember(t *testing.T, ctx context.Context, cfg processor.Config) (stats *processor.Stats, stop func()) {
+	stats = &processor.Stats{}
+	mctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- processor.Run(mctx, cfg, processor.WithStats(stats), processor.WithRunLogger(slog.New(slog.NewTextHandler(t.Output(), nil))))
+	}()
+	return stats, func() {
+		t.Helper()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func TestRunKfake(t *testing.T) {
 	for _, g := range []processor.Guarantee{processor.ExactlyOnce, processor.AtLeastOnce} {
 		t.Run(string(g), func(t *testing.T) { testRunKfake(t, g) })
@@ -59,11 +89,7 @@ func testRunKfake(t *testing.T, g processor.Guarantee) {
 
 	recs := oracle.Market(oracle.MarketSpec{Seed: 1, Symbols: 30, Trades: 12_000, Partitions: 3,
 		Start: time.Date(2024, 2, 29, 23, 50, 0, 0, time.UTC), StepMs: 40, DuplicateRate: 0.01, BadRate: 0.002})
-	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prod.Close()
+	prod := producer(t, brokers)
 	if err := oracle.Produce(ctx, prod, "trades", recs); err != nil {
 		t.Fatal(err)
 	}
@@ -277,11 +303,7 @@ func testDeliveryFailureRestartsShard(t *testing.T, g processor.Guarantee) {
 	defer cancel()
 	recs := oracle.Market(oracle.MarketSpec{Seed: 3, Symbols: 10, Trades: 5_000, Partitions: 1,
 		Start: time.Date(2024, 6, 30, 23, 55, 0, 0, time.UTC), StepMs: 60})
-	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prod.Close()
+	prod := producer(t, brokers)
 	if err := oracle.Produce(ctx, prod, "trades", recs[:len(recs)/2]); err != nil {
 		t.Fatal(err)
 	}
@@ -291,12 +313,7 @@ func testDeliveryFailureRestartsShard(t *testing.T, g processor.Guarantee) {
 	cfg.Brokers = brokers
 	cfg.Guarantee = g
 	cfg.FlushInterval = 50 * time.Millisecond
-	stats := &processor.Stats{}
-	mctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- processor.Run(mctx, cfg, processor.WithStats(stats), processor.WithRunLogger(slog.New(slog.NewTextHandler(t.Output(), nil))))
-	}()
+	stats, stop := runMember(t, ctx, cfg)
 
 	testkit.WaitFor(t, time.Minute, "two shard restarts", func() bool { return stats.Restarts.Load() >= 2 })
 	adm := kadm.NewClient(prod)
@@ -314,9 +331,6 @@ func testDeliveryFailureRestartsShard(t *testing.T, g processor.Guarantee) {
 		return err == nil && ok
 	})
 	stop()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
 	want, _ := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
 	_, problem := oracle.Check(ctx, brokers, cfg.KlinesTopic, want)
 	if problem != "" {
@@ -369,11 +383,7 @@ func TestPipelinedFinalsExactlyOnce(t *testing.T) {
 	// Two hours of 40 symbols: thousands of final candles, in small pieces.
 	recs := oracle.Market(oracle.MarketSpec{Seed: 5, Symbols: 40, Trades: 20_000, Partitions: 1,
 		Start: time.Date(2024, 3, 31, 22, 30, 0, 0, time.UTC), StepMs: 360})
-	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prod.Close()
+	prod := producer(t, brokers)
 	if err := oracle.Produce(ctx, prod, "trades", recs); err != nil {
 		t.Fatal(err)
 	}
@@ -383,12 +393,7 @@ func TestPipelinedFinalsExactlyOnce(t *testing.T) {
 	cfg.Brokers = brokers
 	cfg.Engine.MaxPending = 8
 	cfg.FlushInterval = 50 * time.Millisecond
-	stats := &processor.Stats{}
-	mctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- processor.Run(mctx, cfg, processor.WithStats(stats), processor.WithRunLogger(slog.New(slog.NewTextHandler(t.Output(), nil))))
-	}()
+	stats, stop := runMember(t, ctx, cfg)
 	testkit.WaitFor(t, time.Minute, "three aborted transactions", func() bool { return stats.Aborts.Load() >= 3 })
 	failing.Store(false)
 	adm := kadm.NewClient(prod)
@@ -397,9 +402,6 @@ func TestPipelinedFinalsExactlyOnce(t *testing.T) {
 		return err == nil && ok
 	})
 	stop()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
 	if stats.Backlogs.Load() == 0 {
 		t.Fatal("no shard was ever backlogged: no final candles went out in pieces")
 	}
@@ -448,11 +450,7 @@ func TestBadStateRebuild(t *testing.T) {
 	defer cancel()
 	recs := oracle.Market(oracle.MarketSpec{Seed: 9, Symbols: 8, Trades: 6_000, Partitions: 1,
 		Start: time.Date(2024, 12, 31, 23, 40, 0, 0, time.UTC), StepMs: 300})
-	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prod.Close()
+	prod := producer(t, brokers)
 	adm := kadm.NewClient(prod)
 	cfg := processor.DefaultConfig()
 	cfg.Brokers = brokers
