@@ -21,6 +21,7 @@ import (
 
 	"github.com/lmittmann/tint"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kslog"
 
 	"github.com/klagg/klagg/hint"
 	"github.com/klagg/klagg/period"
@@ -124,11 +125,13 @@ func describe(fs *flag.FlagSet, synopsis, text string) {
 type logFlags struct {
 	format string
 	level  string
+	kafka  string
 }
 
 func (l *logFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&l.format, "log-format", "auto", "log format: auto (colour on a terminal), text or json")
 	fs.StringVar(&l.level, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&l.kafka, "kafka-log-level", "warn", "log level of the Kafka client (franz-go): debug, info, warn, error or off;\ninfo shows joins, assignments and how each transaction ends")
 }
 
 func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
@@ -136,6 +139,27 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 	if err := level.UnmarshalText([]byte(l.level)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", l.level)
 	}
+	return l.build(w, level)
+}
+
+// kafkaLogger is the Kafka client's logger: the same format as the
+// process's, at its own level, each line marked component=kafka.
+func (l *logFlags) kafkaLogger(w io.Writer) ([]kgo.Opt, error) {
+	if l.kafka == "off" {
+		return nil, nil
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(l.kafka)); err != nil {
+		return nil, fmt.Errorf("--kafka-log-level %q: want debug, info, warn, error or off", l.kafka)
+	}
+	log, err := l.build(w, level)
+	if err != nil {
+		return nil, err
+	}
+	return []kgo.Opt{kgo.WithLogger(kslog.New(log.With("component", "kafka")))}, nil
+}
+
+func (l *logFlags) build(w io.Writer, level slog.Level) (*slog.Logger, error) {
 	switch l.format {
 	case "json":
 		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})), nil
@@ -382,6 +406,12 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "klagg run: %v\n", err)
 		return 2
 	}
+	klog, err := rf.logs.kafkaLogger(stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "klagg run: %v\n", err)
+		return 2
+	}
+	rf.conn.kgo = append(rf.conn.kgo, klog...)
 	log.Info("connecting to brokers", "brokers", strings.Join(rf.cfg.Brokers, ","))
 	if cl, err := kgo.NewClient(append(rf.conn.kgo, kgo.SeedBrokers(rf.cfg.Brokers...))...); err != nil {
 		fmt.Fprintf(stderr, "klagg run: %v\n", err)

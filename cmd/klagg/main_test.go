@@ -130,7 +130,7 @@ func TestRunStopsOnSignal(t *testing.T) {
 	done := make(chan int, 1)
 	var stderr bytes.Buffer
 	go func() {
-		done <- run(ctx, []string{"run", "--brokers", cluster.ListenAddrs()[0], "--metrics-addr", "", "--log-format", "json"}, io.Discard, &stderr)
+		done <- run(ctx, []string{"run", "--brokers", cluster.ListenAddrs()[0], "--metrics-addr", "", "--log-format", "json", "--kafka-log-level", "info"}, io.Discard, &stderr)
 	}()
 	time.Sleep(300 * time.Millisecond)
 	cancel()
@@ -144,6 +144,15 @@ func TestRunStopsOnSignal(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), `"msg":"member stopped"`) {
 		t.Fatalf("no JSON log of the stop: %s", stderr.String())
+	}
+	// --kafka-log-level info: the client's own lines, in the same format.
+	if !strings.Contains(stderr.String(), `"component":"kafka"`) {
+		t.Fatalf("no JSON log line of the Kafka client: %s", stderr.String())
+	}
+	stderr.Reset()
+	if code := run(t.Context(), []string{"run", "--kafka-log-level", "loud"}, io.Discard, &stderr); code != 2 ||
+		!strings.Contains(stderr.String(), `--kafka-log-level "loud": want debug, info, warn, error or off`) {
+		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
 }
 

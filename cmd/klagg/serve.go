@@ -110,7 +110,9 @@ page on /, and /metrics, /healthz, /readyz.`)
 	cfg.Data = strings.ReplaceAll(*data, "{klines-topic}", cfg.KlinesTopic)
 	conn, err := cf.resolve(os.Getenv)
 	log, lerr := logs.logger(stderr)
-	if err := errors.Join(perr, err, lerr, rerr, cfg.Validate()); err != nil {
+	klog, kerr := logs.kafkaLogger(stderr)
+	conn.kgo = append(conn.kgo, klog...)
+	if err := errors.Join(perr, err, lerr, kerr, rerr, cfg.Validate()); err != nil {
 		fmt.Fprintf(stderr, "klagg serve: %s\n", userMessage(err))
 		return 2
 	}
