@@ -328,6 +328,10 @@ func (c *core) dispatch(ftp kgo.FetchTopicPartition) (behind bool) {
 	if s == nil {
 		return behind // not ours any more; the new owner reads them
 	}
+	if c.skipped(s, ftp.Records[0].Offset) {
+		return behind
+	}
+	s.next = end + 1
 	recs := ftp.Records
 	if slices.ContainsFunc(recs, isControl) { // a copy: the fetch is the client's to read too
 		recs = slices.DeleteFunc(slices.Clone(recs), isControl)
@@ -341,6 +345,27 @@ func (c *core) dispatch(ftp kgo.FetchTopicPartition) (behind bool) {
 }
 
 func isControl(r *kgo.Record) bool { return r.Attrs.IsControl() }
+
+// skipped reports whether a fetch of s's partition starting at first
+// passed over records s expects (its restored state reflects the trades
+// before s.next, so a fetch that starts later would leave the ones in
+// between out of every candle for good). The fetch is then dropped and
+// the client's position set back to s.next. Control records are kept, so
+// offsets only jump where records were aborted or deleted: if the fetch
+// from s.next starts at first again, those are what lies between, and it
+// is taken.
+func (c *core) skipped(s *shard, first int64) bool {
+	if s.next < 0 || first <= s.next || first == s.gapAt {
+		s.gapAt = -1
+		return false
+	}
+	c.log.Warn("a fetch began past the next trades offset; setting the position back",
+		"partition", s.partition, "expected", s.next, "fetched_from", first)
+	c.stats.Rewinds.Add(1)
+	s.gapAt = first
+	c.cl.SetOffsets(map[string]map[int32]kgo.EpochOffset{c.cfg.TradesTopic: {s.partition: {Epoch: -1, Offset: s.next}}})
+	return true
+}
 
 // backlog reports the records handed to shards and not yet folded, and
 // whether any shard's engine waits for a drain.

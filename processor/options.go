@@ -168,6 +168,10 @@ type Stats struct {
 	LastCommit     atomic.Int64 // Unix ms (wall clock) of the last successful commit
 	LastFlush      atomic.Int64 // Unix ms (wall clock) when the last flush cycle ended, whatever it found
 	Assigned       atomic.Int64 // partitions currently owned
+	// Rewinds counts fetches that began past the next trades offset a
+	// shard expected (where it was restored, or after its last record):
+	// the member set the fetch position back rather than skip records.
+	Rewinds atomic.Int64
 }
 
 const numOutcomes = int(engine.OutOfRange) + 1

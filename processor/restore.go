@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/klagg/klagg/hint"
@@ -71,7 +72,13 @@ func (c *core) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*shar
 		bad[partition.Target(p)] = map[string]*BadStateError{}
 		targets = append(targets, partition.Target(p))
 	}
-	err := scanState(ctx, cl, c.base, c.cfg.StateTopic, targets, func(rec *kgo.Record) {
+	// First, so that the state read below reaches at least as far as
+	// whatever transaction committed these offsets.
+	resume, err := c.resumeOffsets(ctx, cl, ps)
+	if err != nil {
+		return nil, fmt.Errorf("processor: restore: %w", err)
+	}
+	err = scanState(ctx, cl, c.base, c.cfg.StateTopic, targets, func(rec *kgo.Record) {
 		m := latest[rec.Partition]
 		key := string(rec.Key)
 		if rec.Value == nil {
@@ -126,7 +133,9 @@ func (c *core) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*shar
 			return nil, fmt.Errorf("processor: restore partition %d: %w", p, err)
 		}
 		symbols += len(states)
-		out = append(out, newShard(p, agg, c.shardEnv()))
+		sh := newShard(p, agg, c.shardEnv())
+		sh.next = resume[p]
+		out = append(out, sh)
 		c.log.Debug("shard restored", "partition", p, "symbols", len(states), "position", agg.Position())
 	}
 	c.obs.Restored(c.clock().Sub(start), len(ps))
@@ -136,6 +145,56 @@ func (c *core) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*shar
 		// schemas"): say what it did.
 		c.log.Warn("restored state written with doubles by an older klagg: each value taken as its shortest decimal",
 			"records", legacy, "values_rounded_to_scale", rounded)
+	}
+	return out, nil
+}
+
+// resumeOffsets are the trades offsets the restored shards of ps take up
+// from, which their state reflects: the group's committed offsets, read
+// once stable (a transaction that commits offsets for them is waited
+// for), or the first retained offset where the group has none.
+func (c *core) resumeOffsets(ctx context.Context, cl *kgo.Client, ps []int32) (map[int32]int64, error) {
+	adm := kadm.NewClient(cl)
+	out := make(map[int32]int64, len(ps))
+	for {
+		commits, err := adm.FetchOffsets(kadm.RequireStable(ctx), c.cfg.Group)
+		unstable := errors.Is(err, kerr.UnstableOffsetCommit)
+		if err != nil && !unstable {
+			return nil, fmt.Errorf("committed offsets of group %q: %w", c.cfg.Group, err)
+		}
+		for _, p := range ps {
+			o, ok := commits.Lookup(c.cfg.TradesTopic, p)
+			switch {
+			case ok && errors.Is(o.Err, kerr.UnstableOffsetCommit):
+				unstable = true
+			case ok && o.Err == nil && o.At >= 0:
+				out[p] = o.At
+			}
+		}
+		if !unstable {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if len(out) == len(ps) {
+		return out, nil
+	}
+	starts, err := adm.ListStartOffsets(ctx, c.cfg.TradesTopic)
+	if err != nil {
+		return nil, fmt.Errorf("start offsets of %q: %w", c.cfg.TradesTopic, err)
+	}
+	for _, p := range ps {
+		if _, ok := out[p]; ok {
+			continue
+		}
+		out[p] = -1
+		if s, ok := starts.Lookup(c.cfg.TradesTopic, p); ok && s.Err == nil {
+			out[p] = s.Offset
+		}
 	}
 	return out, nil
 }

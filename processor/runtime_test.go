@@ -59,12 +59,13 @@ func producer(t *testing.T, brokers []string) *kgo.Client {
 
 // runMember runs a member with cfg, logging to the test's output, until
 // stop, which fails the test if Run returned an error.
-func runMember(t *testing.T, ctx context.Context, cfg processor.Config) (stats *processor.Stats, stop func()) {
+func runMember(t *testing.T, ctx context.Context, cfg processor.Config, opts ...processor.RunOption) (stats *processor.Stats, stop func()) {
 	stats = &processor.Stats{}
 	mctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
+	opts = append([]processor.RunOption{processor.WithStats(stats), processor.WithRunLogger(slog.New(slog.NewTextHandler(t.Output(), nil)))}, opts...)
 	go func() {
-		done <- processor.Run(mctx, cfg, processor.WithStats(stats), processor.WithRunLogger(slog.New(slog.NewTextHandler(t.Output(), nil))))
+		done <- processor.Run(mctx, cfg, opts...)
 	}()
 	return stats, func() {
 		t.Helper()
@@ -412,6 +413,58 @@ func TestPipelinedFinalsExactlyOnce(t *testing.T) {
 	}
 	t.Logf("%d backlogs, %d produce requests refused, %d aborts, %d rebuilds; %d final candles exact",
 		stats.Backlogs.Load(), refused.Load(), stats.Aborts.Load(), stats.Restarts.Load(), len(want))
+}
+
+// TestFetchPastResumeRewinds: a client whose fetch position for a
+// partition is past the offset the shard's state reflects (here the first
+// assignment starts partition 0 a thousand records in, as if the client
+// had lost its place) must not have the member fold from there: those
+// records would be in no candle. The member sets the position back, and
+// the candles come out exact.
+func TestFetchPastResumeRewinds(t *testing.T) {
+	for _, g := range []processor.Guarantee{processor.ExactlyOnce, processor.AtLeastOnce} {
+		t.Run(string(g), func(t *testing.T) { testFetchPastResumeRewinds(t, g) })
+	}
+}
+
+func testFetchPastResumeRewinds(t *testing.T, g processor.Guarantee) {
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "trades"))
+	brokers := cluster.ListenAddrs()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	recs := oracle.Market(oracle.MarketSpec{Seed: 9, Symbols: 8, Trades: 6_000, Partitions: 2,
+		Start: time.Date(2024, 6, 1, 23, 30, 0, 0, time.UTC), StepMs: 700})
+	prod := producer(t, brokers)
+	if err := oracle.Produce(ctx, prod, "trades", recs); err != nil {
+		t.Fatal(err)
+	}
+	cfg := processor.DefaultConfig()
+	cfg.Brokers = brokers
+	cfg.Guarantee = g
+	cfg.FlushInterval = 50 * time.Millisecond
+	var skipped atomic.Bool
+	skip := kgo.AdjustFetchOffsetsFn(func(_ context.Context, offs map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+		if ps, ok := offs[cfg.TradesTopic]; ok {
+			if _, ok := ps[0]; ok && !skipped.Swap(true) {
+				ps[0] = kgo.NewOffset().At(1_000)
+			}
+		}
+		return offs, nil
+	})
+	stats, stop := runMember(t, ctx, cfg, processor.WithMemberKgoOpts(skip))
+	adm := kadm.NewClient(prod)
+	testkit.WaitFor(t, time.Minute, "offsets committed to the end", func() bool {
+		ok, err := oracle.Committed(ctx, adm, cfg.Group, cfg.TradesTopic)
+		return err == nil && ok
+	})
+	stop()
+	want, _ := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
+	if _, problem := oracle.Check(ctx, brokers, cfg.KlinesTopic, want); problem != "" {
+		t.Fatal(problem)
+	}
+	if !skipped.Load() || stats.Rewinds.Load() == 0 {
+		t.Fatalf("skipped %v, %d rewinds: the scenario did not happen", skipped.Load(), stats.Rewinds.Load())
+	}
 }
 
 // TestRunStopsOnCorruptState: a shard that cannot be restored must not fold

@@ -36,6 +36,11 @@ type shard struct {
 	hw   int64
 	last int64
 
+	// next is the trades offset the poll goroutine expects to hand over
+	// next (-1: not known), and gapAt the first offset of a fetch it set
+	// the client's position back from; both are the poll goroutine's.
+	next, gapAt int64
+
 	clock brokerClock // the member's clock bounded by the brokers'
 
 	foldedSinceDrain int64     // records handled since the last drain
@@ -134,6 +139,7 @@ func newShard(p int32, agg *engine.Aggregator, env shardEnv) *shard {
 	return &shard{
 		partition: p, agg: agg, env: env, dec: env.decoder, clock: brokerClock{window: env.liveWindow},
 		in: make(chan shardMsg, 8), quit: make(chan struct{}), done: make(chan struct{}),
+		next: -1, gapAt: -1,
 	}
 }
 

@@ -66,6 +66,7 @@ func newMetrics(stats *processor.Stats) *metrics {
 	counter("klagg_transactions_aborted_total", "Flush transactions aborted (exactly-once): a rebalance, a lost membership or a failed delivery.", nil, stats.Aborts.Load)
 	counter("klagg_flushes_skipped_total", "At-least-once flushes not made: the member could not prove it was still in the group.", nil, stats.FlushesSkipped.Load)
 	counter("klagg_state_records_stale_total", "State records passed over at restore: they reflect fewer trades than one already read.", nil, stats.StaleStates.Load)
+	counter("klagg_fetch_rewinds_total", "Fetches that began past the offset a shard's state reflects; the member set the position back rather than skip trades.", nil, stats.Rewinds.Load)
 	counter("klagg_state_records_rebuilt_total", "Unreadable state records whose symbol was rebuilt from the retained trades.", nil, stats.RebuiltStates.Load)
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "klagg_partitions_assigned", Help: "Trades partitions this member owns."},
 		func() float64 { return float64(stats.Assigned.Load()) }))
