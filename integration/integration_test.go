@@ -74,9 +74,15 @@ type bed struct {
 	partitions int32
 	members    map[string]*member
 	produced   []oracle.Record
-	extra      []string // more flags for every member
-	prefix     []string // a command the member runs under (ip netns exec NS)
-	progress   int64    // the sum of committed trades offsets at the last waitProgress
+	extra      []string   // more flags for every member
+	prefix     []string   // a command the member runs under (ip netns exec NS)
+	progress   int64      // the sum of committed trades offsets at the last waitProgress
+	logs       []namedLog // every member's log, stopped ones too, for a failed check
+}
+
+type namedLog struct {
+	name string
+	log  *testkit.Buffer
 }
 
 type member struct {
@@ -136,6 +142,7 @@ func (b *bed) start(name string) {
 		close(m.done)
 	}()
 	b.members[name] = m
+	b.logs = append(b.logs, namedLog{name, m.log})
 }
 
 // stop sends SIGTERM and expects a clean exit 0.
@@ -255,7 +262,7 @@ func (b *bed) settle(d time.Duration) {
 		for name, m := range b.members {
 			select {
 			case <-m.done:
-				b.t.Fatalf("member %s exited (%v): %s", name, m.err, tail(m.log.String()))
+				b.t.Fatalf("member %s exited (%v): %s%s", name, m.err, tail(m.log.String()), b.saveLogs())
 			default:
 			}
 		}
@@ -268,7 +275,7 @@ func (b *bed) settle(d time.Duration) {
 			for name, m := range b.members {
 				fmt.Fprintf(&logs, "--- %s\n%s\n", name, tail(m.log.String()))
 			}
-			b.t.Fatalf("group %s still lags after %s (%v); logs:\n%s", b.name, d, err, logs.String())
+			b.t.Fatalf("group %s still lags after %s (%v); logs:\n%s%s", b.name, d, err, logs.String(), b.saveLogs())
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -287,13 +294,42 @@ func (b *bed) check() *oracle.Emitted {
 	want := b.expected()
 	got, problem := oracle.Check(b.ctx, b.brokers, b.topic("klines"), want)
 	if problem != "" {
-		b.t.Fatal(problem)
+		b.t.Fatal(problem + b.saveLogs())
+	}
+	if os.Getenv("KLAGG_TEST_KEEP_LOGS") != "" {
+		b.t.Log(b.saveLogs())
 	}
 	if len(want) == 0 {
 		b.t.Fatal("the scenario produced no final candle")
 	}
 	b.t.Logf("%d trades records: %d final candles equal to the oracle's, %d kline records", len(b.produced), len(want), got.Records)
 	return got
+}
+
+// saveLogs writes every member's log to a directory that outlives the test
+// and returns where, with the lines of each that tell how its
+// transactions and assignments went.
+func (b *bed) saveLogs() string {
+	dir, err := os.MkdirTemp("", b.name+"-logs-")
+	if err != nil {
+		return "\nmember logs not saved: " + err.Error()
+	}
+	var out strings.Builder
+	fmt.Fprintf(&out, "\nmember logs in %s", dir)
+	for i, l := range b.logs {
+		text := l.log.String()
+		_ = os.WriteFile(filepath.Join(dir, fmt.Sprintf("%d-%s.log", i, l.name)), []byte(text), 0o644)
+		var key []string
+		for line := range strings.Lines(text) {
+			if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") ||
+				strings.Contains(line, "rebuilt") || strings.Contains(line, "assigned") || strings.Contains(line, "revoked") ||
+				strings.Contains(line, "resetting") || strings.Contains(line, "aborted") {
+				key = append(key, line)
+			}
+		}
+		fmt.Fprintf(&out, "\n== member %s (%d of %d lines):\n%s", l.name, min(len(key), 60), strings.Count(text, "\n"), strings.Join(key[max(0, len(key)-60):], ""))
+	}
+	return out.String()
 }
 
 func market(seed uint64, trades int, partitions int32, start string, stepMs int, dup, bad float64) []oracle.Record {
@@ -386,6 +422,7 @@ func TestBrokerRestart(t *testing.T) {
 		t.Skip("KLAGG_TEST_KAFKA_SCRIPT and KLAGG_TEST_KAFKA_DIR are unset: cannot restart the broker")
 	}
 	b := newBed(t, 4)
+	b.extra = []string{"--kafka-log-level", "info"}
 	recs := market(4, 40_000, 4, "2025-06-29T22:00:00Z", 500, 0, 0)
 	half := len(recs) / 2
 	b.start("a")
@@ -465,7 +502,7 @@ func checkMetrics(t *testing.T, addr string, folded int) {
 		"klagg_klines_emitted_total", "klagg_dead_letters_total", "klagg_flush_duration_seconds_bucket",
 		"klagg_flush_dirty_candles_bucket", "klagg_commit_duration_seconds_bucket", `klagg_consumer_lag_records{partition="2"} 0`,
 		"klagg_restore_duration_seconds_count", "klagg_rebalances_total", "klagg_partitions_assigned 3",
-		"klagg_kafka_", "process_resident_memory_bytes",
+		"klagg_fetch_rewinds_total 0", "klagg_kafka_", "process_resident_memory_bytes",
 	} {
 		if !strings.Contains(body, name) {
 			t.Errorf("/metrics lacks %s", name)
