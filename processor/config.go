@@ -190,6 +190,10 @@ func (c Config) Validate() error {
 	}
 	if c.Guarantee != AtLeastOnce && (c.TransactionTimeout < time.Second || c.TransactionTimeout > 15*time.Minute) {
 		errs = append(errs, fmt.Errorf("processor: transaction timeout %s: want 1s to 15m (the broker's default maximum)", c.TransactionTimeout))
+	} else if c.Guarantee != AtLeastOnce && c.FlushInterval > c.TransactionTimeout/2 {
+		// A transaction stays open about a flush interval and must commit
+		// well inside the timeout (commitDeadline).
+		errs = append(errs, fmt.Errorf("processor: flush interval %s: exactly-once wants at most half the transaction timeout (%s)", c.FlushInterval, c.TransactionTimeout))
 	}
 	switch c.BadState {
 	case BadStateStop, BadStateRebuild:

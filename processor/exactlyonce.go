@@ -143,6 +143,29 @@ type txnState struct {
 	// acknowledgements are not all in: the shards fold on meanwhile, and
 	// the next drain or End waits for them first (settleFinals).
 	finals *delivery
+	// commitBy is when the transaction must have committed, if at all
+	// (see commitDeadline).
+	commitBy time.Time
+}
+
+// commitDeadline is how long after Begin a transaction may still try to
+// commit: well inside the transaction timeout, after which the
+// coordinator aborts it on its own. An offset commit the client retries
+// past that abort (the coordinator came back from a restart meanwhile)
+// lands after the abort marker and is left pending on the group, for good:
+// the next commit of this producer on the group commits it (offsets
+// without the klines and state they belong to: a later owner would skip
+// those trades), and until then every OffsetFetch of the partition waits
+// for it. A transaction past the deadline aborts instead.
+func commitDeadline(timeout time.Duration) time.Duration { return timeout * 4 / 5 }
+
+// deadline is timeout from now, or the transaction's commit deadline if
+// that comes first.
+func (tx *txnState) deadline(timeout time.Duration) time.Time {
+	if d := time.Now().Add(timeout); d.Before(tx.commitBy) {
+		return d
+	}
+	return tx.commitBy
 }
 
 func (e *exactlyOnce) transactLoop(ctx context.Context) error {
@@ -169,10 +192,11 @@ func (e *exactlyOnce) transactLoop(ctx context.Context) error {
 				break
 			}
 			tx.open = true
+			tx.commitBy = time.Now().Add(commitDeadline(e.cfg.TransactionTimeout))
 		}
 		interval := e.cfg.FlushInterval
 		if behind {
-			interval = max(interval, catchUpInterval)
+			interval = max(interval, min(catchUpInterval, e.cfg.TransactionTimeout/4))
 		}
 		roomy := e.makeRoom(ctx, &tx, lastFlush.Add(interval))
 		due := e.clock().Sub(lastFlush) >= interval || tx.records >= e.cfg.MaxTransactionRecords || tx.failed
@@ -398,7 +422,8 @@ func (e *exactlyOnce) produceFinals(tx *txnState) {
 	results := drainShards(e.allShards(), drainFinals)
 	// Its own deadline, not the loop's context: a cancelled produce would
 	// fail records about to be acknowledged; End or an abort settles them.
-	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.DeliveryTimeout)
+	// Past the transaction's commit deadline they are of no use.
+	ctx, cancel := context.WithDeadline(context.Background(), tx.deadline(e.cfg.DeliveryTimeout))
 	tx.finals = produce(ctx, e.cl, results, pickFirst)
 	go func(done <-chan struct{}) { <-done; cancel() }(tx.finals.done)
 }
@@ -439,7 +464,7 @@ func (e *exactlyOnce) account(tx *txnState, results []drained, pick func(*draine
 func (e *exactlyOnce) commitTxn(ctx context.Context, timeout time.Duration, tx *txnState) {
 	start := e.clock()
 	e.settleFinals(tx)
-	ectx, cancel := context.WithTimeout(context.Background(), timeout)
+	ectx, cancel := context.WithDeadline(context.Background(), tx.deadline(timeout))
 	defer cancel()
 	dirty := 0
 	targets := e.allShards()
@@ -459,8 +484,12 @@ func (e *exactlyOnce) commitTxn(ctx context.Context, timeout time.Duration, tx *
 		}
 	}
 	how := kgo.TryCommit
-	if tx.failed {
+	if tx.failed || ectx.Err() != nil {
+		// Aborting sends no offsets: it may take the whole timeout.
 		how = kgo.TryAbort
+		cancel()
+		ectx, cancel = context.WithTimeout(context.Background(), timeout)
+		defer cancel()
 	}
 	e.obs.Flushed(e.clock().Sub(start), dirty)
 	commitStart := e.clock()

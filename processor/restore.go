@@ -64,44 +64,13 @@ func (c *core) restoreRetrying(ctx context.Context, cl *kgo.Client, ps []int32) 
 // that died with one open holds it up to the transaction timeout.
 func (c *core) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*shard, error) {
 	start := c.clock()
-	latest := map[int32]map[string]schema.SymbolState{}
-	bad := map[int32]map[string]*BadStateError{}
-	targets := make([]int32, 0, len(ps))
-	for _, p := range ps {
-		latest[partition.Target(p)] = map[string]schema.SymbolState{}
-		bad[partition.Target(p)] = map[string]*BadStateError{}
-		targets = append(targets, partition.Target(p))
-	}
 	// First, so that the state read below reaches at least as far as
 	// whatever transaction committed these offsets.
 	resume, err := c.resumeOffsets(ctx, cl, ps)
 	if err != nil {
 		return nil, fmt.Errorf("processor: restore: %w", err)
 	}
-	err = scanState(ctx, cl, c.base, c.cfg.StateTopic, targets, func(rec *kgo.Record) {
-		m := latest[rec.Partition]
-		key := string(rec.Key)
-		if rec.Value == nil {
-			delete(m, key)
-			delete(bad[rec.Partition], key)
-			return
-		}
-		var st schema.SymbolState
-		if err := c.stateCodec.Decode(rec.Value, &st); err != nil {
-			// It may hold more trades than any record before it: those
-			// older ones cannot stand in for it.
-			delete(m, key)
-			bad[rec.Partition][key] = &BadStateError{Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Symbol: key, Err: err}
-			return
-		}
-		if prev, ok := m[st.Symbol]; ok && prev.SourceOffset > st.SourceOffset {
-			c.stats.StaleStates.Add(1)
-			return
-		}
-		m[st.Symbol] = st
-		// A good record written after a bad one supersedes it.
-		delete(bad[rec.Partition], key)
-	})
+	latest, bad, err := c.readStates(ctx, cl, ps)
 	if err != nil {
 		return nil, fmt.Errorf("processor: restore: %w", err)
 	}
@@ -147,6 +116,45 @@ func (c *core) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*shar
 			"records", legacy, "values_rounded_to_scale", rounded)
 	}
 	return out, nil
+}
+
+// readStates reads the state records of ps's state partitions: per
+// symbol, the one that reflects the most trades, and the ones that cannot
+// be read.
+func (c *core) readStates(ctx context.Context, cl *kgo.Client, ps []int32) (map[int32]map[string]schema.SymbolState, map[int32]map[string]*BadStateError, error) {
+	latest := map[int32]map[string]schema.SymbolState{}
+	bad := map[int32]map[string]*BadStateError{}
+	targets := make([]int32, 0, len(ps))
+	for _, p := range ps {
+		latest[partition.Target(p)] = map[string]schema.SymbolState{}
+		bad[partition.Target(p)] = map[string]*BadStateError{}
+		targets = append(targets, partition.Target(p))
+	}
+	err := scanState(ctx, cl, c.base, c.cfg.StateTopic, targets, func(rec *kgo.Record) {
+		m := latest[rec.Partition]
+		key := string(rec.Key)
+		if rec.Value == nil {
+			delete(m, key)
+			delete(bad[rec.Partition], key)
+			return
+		}
+		var st schema.SymbolState
+		if err := c.stateCodec.Decode(rec.Value, &st); err != nil {
+			// It may hold more trades than any record before it: those
+			// older ones cannot stand in for it.
+			delete(m, key)
+			bad[rec.Partition][key] = &BadStateError{Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Symbol: key, Err: err}
+			return
+		}
+		if prev, ok := m[st.Symbol]; ok && prev.SourceOffset > st.SourceOffset {
+			c.stats.StaleStates.Add(1)
+			return
+		}
+		m[st.Symbol] = st
+		// A good record written after a bad one supersedes it.
+		delete(bad[rec.Partition], key)
+	})
+	return latest, bad, err
 }
 
 // resumeOffsets are the trades offsets the restored shards of ps take up

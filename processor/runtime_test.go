@@ -467,6 +467,75 @@ func testFetchPastResumeRewinds(t *testing.T, g processor.Guarantee) {
 	}
 }
 
+// TestCommitPastDeadlineAborts: a transaction that cannot commit well
+// inside the transaction timeout (the broker stalls its acknowledgements
+// past it) aborts rather than commit late: past the timeout the
+// coordinator may abort it on its own, and an offset commit the client
+// retried after that would be left pending on the group. The member goes
+// on and the candles come out exact.
+func TestCommitPastDeadlineAborts(t *testing.T) {
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
+	var stalls, late atomic.Int64
+	var armed atomic.Bool // once the trades are in: the member's produce requests
+	// The control functions run on the cluster's one goroutine: began
+	// needs no lock. It is when the open transaction's first record came.
+	var began time.Time
+	cluster.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		cluster.KeepControl()
+		if req.(*kmsg.ProduceRequest).TransactionID != nil && began.IsZero() {
+			began = time.Now()
+		}
+		if armed.Load() && stalls.Load() < 2 {
+			stalls.Add(1)
+			time.Sleep(2500 * time.Millisecond) // the whole broker stalls
+		}
+		return nil, nil, false
+	})
+	cluster.ControlKey(int16(kmsg.EndTxn), func(kmsg.Request) (kmsg.Response, error, bool) {
+		cluster.KeepControl()
+		began = time.Time{}
+		return nil, nil, false
+	})
+	// An offset commit that reaches the group past the transaction
+	// timeout could come after the coordinator aborted the transaction.
+	cluster.ControlKey(int16(kmsg.TxnOffsetCommit), func(kmsg.Request) (kmsg.Response, error, bool) {
+		cluster.KeepControl()
+		if !began.IsZero() && time.Since(began) > 2*time.Second {
+			late.Add(1)
+		}
+		return nil, nil, false
+	})
+	brokers := cluster.ListenAddrs()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	recs := oracle.Market(oracle.MarketSpec{Seed: 11, Symbols: 10, Trades: 3_000, Partitions: 1,
+		Start: time.Date(2024, 2, 29, 23, 40, 0, 0, time.UTC), StepMs: 400})
+	prod := producer(t, brokers)
+	if err := oracle.Produce(ctx, prod, "trades", recs); err != nil {
+		t.Fatal(err)
+	}
+	cfg := processor.DefaultConfig()
+	cfg.Brokers = brokers
+	armed.Store(true)
+	cfg.TransactionTimeout = 2 * time.Second // commits by 1.6 s after Begin
+	cfg.FlushInterval = 100 * time.Millisecond
+	stats, stop := runMember(t, ctx, cfg)
+	adm := kadm.NewClient(prod)
+	testkit.WaitFor(t, time.Minute, "offsets committed to the end", func() bool {
+		ok, err := oracle.Committed(ctx, adm, cfg.Group, cfg.TradesTopic)
+		return err == nil && ok
+	})
+	stop()
+	want, _ := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
+	if _, problem := oracle.Check(ctx, brokers, cfg.KlinesTopic, want); problem != "" {
+		t.Fatal(problem)
+	}
+	if stalls.Load() < 2 || stats.Aborts.Load() == 0 || late.Load() > 0 {
+		t.Fatalf("%d stalls, %d aborts, %d offset commits past the transaction timeout", stalls.Load(), stats.Aborts.Load(), late.Load())
+	}
+	t.Logf("%d stalls, %d aborts, %d commits", stalls.Load(), stats.Aborts.Load(), stats.Commits.Load())
+}
+
 // TestRunStopsOnCorruptState: a shard that cannot be restored must not fold
 // trades without its state (it would count them twice): Run stops with an
 // error that names the record.

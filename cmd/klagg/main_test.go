@@ -47,6 +47,8 @@ func TestCLIErrors(t *testing.T) {
 		{"bad env", []string{"run"}, map[string]string{"KLAGG_GRACE": "soon"}, 2, []string{`KLAGG_GRACE="soon"`}},
 		{"bad guarantee, timeout and policy", []string{"run", "--guarantee", "maybe", "--transaction-timeout", "1ms", "--bad-state", "ignore"}, nil, 2,
 			[]string{`guarantee "maybe": want exactly-once or at-least-once`, "transaction timeout 1ms", `bad-state policy "ignore": want stop or rebuild`}},
+		{"flush interval above half the transaction timeout", []string{"run", "--flush-interval", "6s"}, nil, 2,
+			[]string{"flush interval 6s: exactly-once wants at most half the transaction timeout (10s)"}},
 		{"bad guarantee from env", []string{"run"}, map[string]string{"KLAGG_GUARANTEE": "twice"}, 2, []string{`guarantee "twice"`}},
 		{"same topic twice", []string{"run", "--klines-topic", "trades"}, nil, 2, []string{`are both "trades"`}},
 		{"stray argument", []string{"run", "extra"}, nil, 2, []string{`unexpected arguments: ["extra"]`}},
