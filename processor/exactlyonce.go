@@ -150,13 +150,11 @@ type txnState struct {
 
 // commitDeadline is how long after Begin a transaction may still try to
 // commit: well inside the transaction timeout, after which the
-// coordinator aborts it on its own. An offset commit the client retries
-// past that abort (the coordinator came back from a restart meanwhile)
-// lands after the abort marker and is left pending on the group, for good:
-// the next commit of this producer on the group commits it (offsets
-// without the klines and state they belong to: a later owner would skip
-// those trades), and until then every OffsetFetch of the partition waits
-// for it. A transaction past the deadline aborts instead.
+// coordinator aborts it on its own. Between its offset commit and its end
+// marker the transaction's offsets are pending on the group, and members
+// taking up those partitions wait (RequireStable); End waits in that window
+// for a heartbeat, up to its context. A transaction past the deadline
+// aborts instead.
 func commitDeadline(timeout time.Duration) time.Duration { return timeout * 4 / 5 }
 
 // deadline is timeout from now, or the transaction's commit deadline if
