@@ -76,6 +76,26 @@ func runMember(t *testing.T, ctx context.Context, cfg processor.Config, opts ...
 	}
 }
 
+// waitCommitted waits until cfg's group has committed every trades offset.
+func waitCommitted(t *testing.T, ctx context.Context, adm *kadm.Client, cfg processor.Config) {
+	t.Helper()
+	testkit.WaitFor(t, time.Minute, "offsets committed to the end", func() bool {
+		ok, err := oracle.Committed(ctx, adm, cfg.Group, cfg.TradesTopic)
+		return err == nil && ok
+	})
+}
+
+// checkExact fails the test unless the final candles on cfg's klines
+// topic are the oracle's for recs, and returns those.
+func checkExact(t *testing.T, ctx context.Context, cfg processor.Config, recs []oracle.Record) map[oracle.Key]schema.Kline {
+	t.Helper()
+	want, _ := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
+	if _, problem := oracle.Check(ctx, cfg.Brokers, cfg.KlinesTopic, want); problem != "" {
+		t.Fatal(problem)
+	}
+	return want
+}
+
 func TestRunKfake(t *testing.T) {
 	for _, g := range []processor.Guarantee{processor.ExactlyOnce, processor.AtLeastOnce} {
 		t.Run(string(g), func(t *testing.T) { testRunKfake(t, g) })
@@ -118,10 +138,7 @@ func testRunKfake(t *testing.T, g processor.Guarantee) {
 		return handled(stats[0])+handled(stats[1]) >= int64(len(recs))
 	})
 	adm := kadm.NewClient(prod)
-	testkit.WaitFor(t, time.Minute, "offsets committed to the end", func() bool {
-		ok, err := oracle.Committed(ctx, adm, cfg.Group, cfg.TradesTopic)
-		return err == nil && ok
-	})
+	waitCommitted(t, ctx, adm, cfg)
 	for i := range members {
 		members[i]()
 		if err := <-errs; err != nil {
@@ -327,16 +344,9 @@ func testDeliveryFailureRestartsShard(t *testing.T, g processor.Guarantee) {
 	if err := oracle.Produce(ctx, prod, "trades", recs[len(recs)/2:]); err != nil {
 		t.Fatal(err)
 	}
-	testkit.WaitFor(t, time.Minute, "offsets committed to the end", func() bool {
-		ok, err := oracle.Committed(ctx, adm, cfg.Group, cfg.TradesTopic)
-		return err == nil && ok
-	})
+	waitCommitted(t, ctx, adm, cfg)
 	stop()
-	want, _ := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
-	_, problem := oracle.Check(ctx, brokers, cfg.KlinesTopic, want)
-	if problem != "" {
-		t.Fatal(problem)
-	}
+	want := checkExact(t, ctx, cfg, recs)
 	t.Logf("%d produce requests refused, %d restarts; %d final candles exact", refused.Load(), stats.Restarts.Load(), len(want))
 }
 
@@ -398,19 +408,12 @@ func TestPipelinedFinalsExactlyOnce(t *testing.T) {
 	testkit.WaitFor(t, time.Minute, "three aborted transactions", func() bool { return stats.Aborts.Load() >= 3 })
 	failing.Store(false)
 	adm := kadm.NewClient(prod)
-	testkit.WaitFor(t, time.Minute, "offsets committed to the end", func() bool {
-		ok, err := oracle.Committed(ctx, adm, cfg.Group, cfg.TradesTopic)
-		return err == nil && ok
-	})
+	waitCommitted(t, ctx, adm, cfg)
 	stop()
 	if stats.Backlogs.Load() == 0 {
 		t.Fatal("no shard was ever backlogged: no final candles went out in pieces")
 	}
-	want, _ := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
-	_, problem := oracle.Check(ctx, brokers, cfg.KlinesTopic, want)
-	if problem != "" {
-		t.Fatal(problem)
-	}
+	want := checkExact(t, ctx, cfg, recs)
 	t.Logf("%d backlogs, %d produce requests refused, %d aborts, %d rebuilds; %d final candles exact",
 		stats.Backlogs.Load(), refused.Load(), stats.Aborts.Load(), stats.Restarts.Load(), len(want))
 }
@@ -453,15 +456,9 @@ func testFetchPastResumeRewinds(t *testing.T, g processor.Guarantee) {
 	})
 	stats, stop := runMember(t, ctx, cfg, processor.WithMemberKgoOpts(skip))
 	adm := kadm.NewClient(prod)
-	testkit.WaitFor(t, time.Minute, "offsets committed to the end", func() bool {
-		ok, err := oracle.Committed(ctx, adm, cfg.Group, cfg.TradesTopic)
-		return err == nil && ok
-	})
+	waitCommitted(t, ctx, adm, cfg)
 	stop()
-	want, _ := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
-	if _, problem := oracle.Check(ctx, brokers, cfg.KlinesTopic, want); problem != "" {
-		t.Fatal(problem)
-	}
+	checkExact(t, ctx, cfg, recs)
 	if !skipped.Load() || stats.Rewinds.Load() == 0 {
 		t.Fatalf("skipped %v, %d rewinds: the scenario did not happen", skipped.Load(), stats.Rewinds.Load())
 	}
@@ -521,15 +518,9 @@ func TestCommitPastDeadlineAborts(t *testing.T) {
 	cfg.FlushInterval = 100 * time.Millisecond
 	stats, stop := runMember(t, ctx, cfg)
 	adm := kadm.NewClient(prod)
-	testkit.WaitFor(t, time.Minute, "offsets committed to the end", func() bool {
-		ok, err := oracle.Committed(ctx, adm, cfg.Group, cfg.TradesTopic)
-		return err == nil && ok
-	})
+	waitCommitted(t, ctx, adm, cfg)
 	stop()
-	want, _ := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
-	if _, problem := oracle.Check(ctx, brokers, cfg.KlinesTopic, want); problem != "" {
-		t.Fatal(problem)
-	}
+	checkExact(t, ctx, cfg, recs)
 	if stalls.Load() < 2 || stats.Aborts.Load() == 0 || late.Load() > 0 {
 		t.Fatalf("%d stalls, %d aborts, %d offset commits past the transaction timeout", stalls.Load(), stats.Aborts.Load(), late.Load())
 	}
@@ -615,10 +606,7 @@ func TestBadStateRebuild(t *testing.T) {
 	if n := stats.RebuiltStates.Load(); n != 1 {
 		t.Fatalf("%d symbols rebuilt, want 1", n)
 	}
-	want, _ := oracle.Expected(recs, cfg.Engine.Periods, cfg.Engine.Grace)
-	if _, problem := oracle.Check(ctx, brokers, cfg.KlinesTopic, want); problem != "" {
-		t.Fatal(problem)
-	}
+	want := checkExact(t, ctx, cfg, recs)
 	t.Logf("%s rebuilt from %d trades records; %d final candles exact", victim, half, len(want))
 }
 
