@@ -88,7 +88,7 @@ func (c *core) restore(ctx context.Context, cl *kgo.Client, ps []int32) ([]*shar
 			}
 		}
 		if b := bad[partition.Target(p)]; len(b) > 0 {
-			rebuilt, err := c.rebuildSymbols(ctx, cl, p, b, now)
+			rebuilt, err := c.rebuildSymbols(ctx, cl, p, b, now, resume[p])
 			if err != nil {
 				return nil, err
 			}
@@ -211,8 +211,8 @@ func (c *core) resumeOffsets(ctx context.Context, cl *kgo.Client, ps []int32) (m
 // trades partition p. Under BadStateRebuild each symbol's state is
 // recomputed from its trades that the trades topic still holds, up to the
 // group's committed offset (what the unreadable record reflected at most);
-// the consumer resumes from that offset as usual.
-func (c *core) rebuildSymbols(ctx context.Context, cl *kgo.Client, p int32, bad map[string]*BadStateError, nowMs int64) ([]schema.SymbolState, error) {
+// the consumer resumes from that offset (until) as usual.
+func (c *core) rebuildSymbols(ctx context.Context, cl *kgo.Client, p int32, bad map[string]*BadStateError, nowMs, until int64) ([]schema.SymbolState, error) {
 	if c.cfg.BadState != BadStateRebuild {
 		var first *BadStateError
 		for _, b := range bad {
@@ -224,14 +224,6 @@ func (c *core) rebuildSymbols(ctx context.Context, cl *kgo.Client, p int32, bad 
 			Fix: "to rebuild that symbol from the trades the trades topic still holds, set %s to rebuild"}
 	}
 	adm := kadm.NewClient(cl)
-	commits, err := adm.FetchOffsets(ctx, c.cfg.Group)
-	if err != nil {
-		return nil, fmt.Errorf("processor: rebuild partition %d: committed offsets of group %q: %w", p, c.cfg.Group, err)
-	}
-	until := int64(0)
-	if c, ok := commits.Lookup(c.cfg.TradesTopic, p); ok && c.Err == nil {
-		until = c.At
-	}
 	starts, err := adm.ListStartOffsets(ctx, c.cfg.TradesTopic)
 	if err != nil {
 		return nil, fmt.Errorf("processor: rebuild partition %d: start offsets of %q: %w", p, c.cfg.TradesTopic, err)
