@@ -110,9 +110,9 @@ page on /, and /metrics, /healthz, /readyz.`)
 	cfg.Data = strings.ReplaceAll(*data, "{klines-topic}", cfg.KlinesTopic)
 	conn, err := cf.resolve(os.Getenv)
 	log, lerr := logs.logger(stderr)
-	klog, kerr := logs.kafkaLogger(stderr)
+	klog, klerr := logs.kafkaLogger(stderr)
 	conn.kgo = append(conn.kgo, klog...)
-	if err := errors.Join(perr, err, lerr, kerr, rerr, cfg.Validate()); err != nil {
+	if err := errors.Join(perr, err, lerr, klerr, rerr, cfg.Validate()); err != nil {
 		fmt.Fprintf(stderr, "klagg serve: %s\n", userMessage(err))
 		return 2
 	}
