@@ -321,6 +321,9 @@ func (b *bed) saveLogs() string {
 		_ = os.WriteFile(filepath.Join(dir, fmt.Sprintf("%d-%s.log", i, l.name)), []byte(text), 0o644)
 		var key []string
 		for line := range strings.Lines(text) {
+			if strings.Contains(line, "unable to dial") || strings.Contains(line, "unable to open connection") {
+				continue // a broker down: many of them, and they say only that
+			}
 			if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") ||
 				strings.Contains(line, "rebuilt") || strings.Contains(line, "assigned") || strings.Contains(line, "revoked") ||
 				strings.Contains(line, "resetting") || strings.Contains(line, "aborted") {
