@@ -46,8 +46,21 @@ func replayFixture(b *testing.B) string {
 		b.Fatal(err)
 	}
 	defer cl.Close()
-	topic := fmt.Sprintf("bench-replay-%d", time.Now().UnixNano())
-	if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, nil, topic); err != nil {
+	// KLAGG_BENCH_REPLAY_TOPIC names a topic that later processes reuse, so
+	// that rounds can run in separate processes, interleaved, without each
+	// filling a topic of its own just before the bare consumer reads it.
+	topic := os.Getenv("KLAGG_BENCH_REPLAY_TOPIC")
+	if topic == "" {
+		topic = fmt.Sprintf("bench-replay-%d", time.Now().UnixNano())
+	}
+	adm := kadm.NewClient(cl)
+	if ends, err := adm.ListEndOffsets(ctx, topic); err == nil && ends.Error() == nil {
+		if o, ok := ends.Lookup(topic, 0); ok && o.Offset == replayTrades {
+			replayTopic = topic
+			return topic
+		}
+	}
+	if _, err := adm.CreateTopic(ctx, 1, 1, nil, topic); err != nil {
 		b.Fatal(err)
 	}
 	recs := oracle.Market(oracle.MarketSpec{Seed: 42, Symbols: replaySymbols, Trades: replayTrades, Partitions: 1,
