@@ -574,10 +574,11 @@ type overlap struct {
 // broker's acknowledgements. What it hands over is past the cut: the
 // transaction commits the offsets polled at its last drain (commitAt), not
 // those polled since. It stops early when the member stops or is past the
-// transaction's deadline (ctx, ectx), a shard is backlogged (a drain
-// would reuse memory still being delivered), or a revoke or loss is
-// queued; while the shards hold MaxQueued records it waits for them; it polls nothing once End is called, as
-// GroupTransactSession requires.
+// transaction's deadline (ctx, ectx), a shard is backlogged (it folds
+// nothing more until drained, and a drain now would belong to this
+// transaction), or a revoke or loss is queued; while the shards hold
+// MaxQueued records it waits for them to fold. Nothing is polled once End
+// is called, as GroupTransactSession requires.
 func (e *exactlyOnce) foldWhileDelivering(ctx, ectx context.Context, done <-chan struct{}, ov *overlap, behind *bool) {
 	var cut map[string]map[int32]kgo.EpochOffset
 	for {
@@ -646,7 +647,11 @@ func (e *exactlyOnce) foldWhileDelivering(ctx, ectx context.Context, done <-chan
 				*behind = true
 			}
 		})
-		ov.caughtUp = wasBehind && !*behind
+		if *behind {
+			ov.caughtUp = false
+		} else if wasBehind {
+			ov.caughtUp = true
+		}
 	}
 }
 
