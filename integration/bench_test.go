@@ -227,9 +227,6 @@ func replayKlagg(b *testing.B, topic string, g processor.Guarantee, group *strin
 		b.ReportMetric(float64(replayTrades)/took.Seconds(), "trades/s")
 		b.ReportMetric(took.Seconds()*1000, "replay-ms")
 		b.ReportMetric(float64(stats.Klines.Load())/float64(replayTrades), "klines/trade")
-		if g == processor.ExactlyOnce {
-			b.ReportMetric(float64(stats.Overlapped.Load())/float64(replayTrades), "overlapped/trade")
-		}
 	}
 }
 

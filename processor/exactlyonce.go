@@ -11,14 +11,13 @@ import (
 	"github.com/klagg/klagg/hint"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // Exactly-once: one goroutine polls, hands records to the shards, drains
 // them and ends each flush's transaction, so that what the transaction
-// commits (the offsets polled at its last drain, see commitAt) is exactly
-// what the drained klines and state reflect. Rebalance callbacks only
-// queue what happened; the poll goroutine applies it between polls.
+// commits (the offsets polled so far, see GroupTransactSession.End) is
+// exactly what the drained klines and state reflect. Rebalance callbacks
+// only queue what happened; the poll goroutine applies it between polls.
 
 // exactlyOnce is a member under the exactly-once guarantee. Its one
 // goroutine polls, applies rebalance events, dispatches, drains and ends
@@ -210,13 +209,8 @@ func (e *exactlyOnce) transactLoop(ctx context.Context) error {
 		}
 		if due && tx.open {
 			start := e.clock()
-			caughtUp := e.commitTxn(ctx, e.cfg.DeliveryTimeout, &tx, &behind)
+			e.commitTxn(ctx, e.cfg.DeliveryTimeout, &tx)
 			lastFlush = e.flushedAt(start, interval)
-			if caughtUp {
-				// What it folded while delivering was the last of a
-				// backlog: commit it now, not at the tick.
-				lastFlush = time.Time{}
-			}
 		}
 		e.sess.AllowRebalance()
 	}
@@ -279,7 +273,7 @@ func (e *exactlyOnce) finish(ctx context.Context, tx *txnState, loopErr error) {
 		return
 	}
 	if loopErr == nil {
-		e.commitTxn(ctx, min(e.cfg.DeliveryTimeout, shutdownBound), tx, new(bool))
+		e.commitTxn(ctx, min(e.cfg.DeliveryTimeout, shutdownBound), tx)
 		return
 	}
 	e.settleFinals(tx)
@@ -295,26 +289,10 @@ func (e *exactlyOnce) finish(ctx context.Context, tx *txnState, loopErr error) {
 // and every shard that folded records since the last commit is rebuilt
 // from the committed state, because the rewound records come again.
 func (e *exactlyOnce) applyEvents(ctx context.Context, tx *txnState) (aborted bool) {
-	evs, _ := e.takeEvents(false)
-	return e.apply(ctx, tx, evs)
-}
-
-// takeEvents takes the queued rebalance events; with assignedOnly, only if
-// there is no revoke or loss among them (which stay queued).
-func (e *exactlyOnce) takeEvents(assignedOnly bool) ([]groupEvent, bool) {
 	e.eventsMu.Lock()
-	defer e.eventsMu.Unlock()
-	if assignedOnly && slices.ContainsFunc(e.events, func(ev groupEvent) bool { return ev.kind != eventAssigned }) {
-		return nil, false
-	}
 	evs := e.events
 	e.events = nil
-	return evs, true
-}
-
-// apply applies rebalance events (see applyEvents); tx may be nil when evs
-// holds assignments only.
-func (e *exactlyOnce) apply(ctx context.Context, tx *txnState, evs []groupEvent) (aborted bool) {
+	e.eventsMu.Unlock()
 	if len(evs) == 0 {
 		return false
 	}
@@ -477,24 +455,21 @@ func (e *exactlyOnce) account(tx *txnState, results []drained, pick func(*draine
 
 // commitTxn drains every shard into the open transaction and ends it with
 // a commit, within timeout; when it aborts instead, the shards are rebuilt
-// (unless ctx, the member's, is done). The transaction commits the offsets
-// polled by its last drain, so every record handed to a shard must be
-// folded first: a shard still holding some answers with its final candles
-// only (partial) and is asked again once they are delivered, which makes
-// room for it to fold more. While the last drain is delivered, the next
-// transaction's records are polled and folded (foldWhileDelivering); it
-// reports whether they were the last of a backlog (commit them soon).
-func (e *exactlyOnce) commitTxn(ctx context.Context, timeout time.Duration, tx *txnState, behind *bool) (caughtUp bool) {
+// (unless ctx, the member's, is done). End commits the offsets as polled,
+// so every record handed to a shard must be folded first: a shard still
+// holding some answers with its final candles only (partial) and is asked
+// again once they are delivered, which makes room for it to fold more.
+func (e *exactlyOnce) commitTxn(ctx context.Context, timeout time.Duration, tx *txnState) {
 	start := e.clock()
 	e.settleFinals(tx)
 	ectx, cancel := context.WithDeadline(context.Background(), tx.deadline(timeout))
 	defer cancel()
 	dirty := 0
-	var ov overlap
 	targets := e.allShards()
 	for len(targets) > 0 && !tx.failed {
 		results := drainShards(targets, drainTxn)
-		dl := produce(ectx, e.cl, results, pickAll)
+		produceAll(ectx, e.cl, results, pickAll)
+		e.account(tx, results, pickAll)
 		targets = targets[:0]
 		for i := range results {
 			d := &results[i]
@@ -505,20 +480,8 @@ func (e *exactlyOnce) commitTxn(ctx context.Context, timeout time.Duration, tx *
 				e.obs.Lag(d.partition, d.lag)
 			}
 		}
-		if len(targets) == 0 {
-			// The last drain: everything polled is folded and in it.
-			e.foldWhileDelivering(ctx, ectx, dl.done, &ov, behind)
-		}
-		<-dl.done
-		e.account(tx, results, pickAll)
 	}
 	how := kgo.TryCommit
-	if ov.dropped {
-		how = kgo.TryAbort // the dropped records must come again
-	}
-	if ov.cut != nil {
-		ectx = kgo.PreTxnCommitFnContext(ectx, commitAt(ov.cut))
-	}
 	if tx.failed || ectx.Err() != nil {
 		// Aborting sends no offsets: it may take the whole timeout.
 		how = kgo.TryAbort
@@ -539,160 +502,12 @@ func (e *exactlyOnce) commitTxn(ctx context.Context, timeout time.Duration, tx *
 	committed := e.endTxn(ectx, how, tx)
 	if committed {
 		e.obs.Committed(e.clock().Sub(commitStart))
-		tx.folded = ov.handed // they belong to the next transaction
-		return ov.caughtUp
-	}
-	if (tx.folded || ov.handed) && ctx.Err() == nil {
+	} else if tx.folded && ctx.Err() == nil {
 		// The drains changed the shards (finals, versions, dirty sets) and
-		// the transaction that carried those changes is gone; the abort
-		// set the fetch positions back before what was folded meanwhile.
+		// the transaction that carried those changes is gone.
 		e.rebuild(ctx)
 	}
 	tx.folded = false
-	return false
-}
-
-// overlap is what foldWhileDelivering did.
-type overlap struct {
-	// cut is the offsets polled when the last drain was taken, which the
-	// transaction commits; nil when nothing was polled after it.
-	cut map[string]map[int32]kgo.EpochOffset
-	// handed: records were handed to the shards after the cut.
-	handed bool
-	// dropped: records were polled after the cut and not handed over (a
-	// revoke or loss came with them): the transaction must abort, which
-	// rewinds the fetch positions, so that they come again.
-	dropped bool
-	// caughtUp: the member was behind and the records handed over
-	// reached the end of what there was to read.
-	caughtUp bool
-}
-
-// foldWhileDelivering polls and hands records to the shards while the
-// transaction's last drain is delivered, until done closes, so that the
-// shards fold the next transaction's trades instead of waiting for the
-// broker's acknowledgements. What it hands over is past the cut: the
-// transaction commits the offsets polled at its last drain (commitAt), not
-// those polled since. It stops early when the member stops or is past the
-// transaction's deadline (ctx, ectx), a shard is backlogged (it folds
-// nothing more until drained, and a drain now would belong to this
-// transaction), or a revoke or loss is queued; while the shards hold
-// MaxQueued records it waits for them to fold. Nothing is polled once End
-// is called, as GroupTransactSession requires.
-func (e *exactlyOnce) foldWhileDelivering(ctx, ectx context.Context, done <-chan struct{}, ov *overlap, behind *bool) {
-	var cut map[string]map[int32]kgo.EpochOffset
-	for {
-		select {
-		case <-done:
-			return
-		default:
-		}
-		if ctx.Err() != nil || ectx.Err() != nil || e.fatal.Load() != nil {
-			return
-		}
-		evs, ok := e.takeEvents(true)
-		if !ok {
-			return // the loop applies it after End, which aborts
-		}
-		e.apply(ctx, nil, evs)
-		queued, backlogged := e.backlog()
-		if backlogged {
-			return
-		}
-		if queued >= int64(e.cfg.MaxQueued) {
-			select { // for the shards to fold
-			case <-e.progress:
-			case <-done:
-			case <-ectx.Done():
-			case <-ctx.Done():
-			}
-			continue
-		}
-		if cut == nil {
-			cut = e.cl.UncommittedOffsets()
-		}
-		fetches := e.pollUntil(ctx, ectx, done)
-		if fetches.IsClientClosed() {
-			return
-		}
-		if fetches.NumRecords() > 0 && ov.cut == nil {
-			ov.cut = cut
-			if ov.cut == nil { // nothing to commit at the cut: an empty map commits nothing
-				ov.cut = map[string]map[int32]kgo.EpochOffset{}
-			}
-		}
-		if err := e.fetchErrors(fetches); err != nil {
-			ov.dropped = ov.dropped || fetches.NumRecords() > 0
-			e.fail(err)
-			return
-		}
-		if fetches.NumRecords() == 0 {
-			continue // the poll ended with the delivery, or found nothing yet
-		}
-		// Assignments the poll waited for come before their records.
-		evs, ok = e.takeEvents(true)
-		if !ok {
-			ov.dropped = true
-			return
-		}
-		e.apply(ctx, nil, evs)
-		wasBehind := *behind
-		*behind = false
-		fetches.EachPartition(func(ftp kgo.FetchTopicPartition) {
-			if len(ftp.Records) > 0 && e.shard(ftp.Partition) != nil {
-				ov.handed = true
-				e.stats.Overlapped.Add(int64(len(ftp.Records)))
-			}
-			if e.dispatch(ftp) {
-				*behind = true
-			}
-		})
-		if *behind {
-			ov.caughtUp = false
-		} else if wasBehind {
-			ov.caughtUp = true
-		}
-	}
-}
-
-// pollUntil polls until records come, ctx or ectx ends, or done closes.
-func (e *exactlyOnce) pollUntil(ctx, ectx context.Context, done <-chan struct{}) kgo.Fetches {
-	pctx, cancel := context.WithCancel(ectx)
-	defer cancel()
-	defer context.AfterFunc(ctx, cancel)()
-	go func() {
-		select {
-		case <-done:
-			cancel()
-		case <-pctx.Done():
-		}
-	}()
-	return e.sess.PollRecords(pctx, 10_000)
-}
-
-// commitAt makes a TxnOffsetCommit carry the offsets of cut rather than
-// the offsets polled by the time End runs (GroupTransactSession.End
-// commits those): a partition polled past the cut commits the cut's
-// offset, and one the cut does not name (nothing was polled from it before
-// the cut) commits nothing.
-func commitAt(cut map[string]map[int32]kgo.EpochOffset) func(*kmsg.TxnOffsetCommitRequest) error {
-	return func(req *kmsg.TxnOffsetCommitRequest) error {
-		topics := req.Topics[:0]
-		for _, t := range req.Topics {
-			ps := t.Partitions[:0]
-			for _, p := range t.Partitions {
-				if o, ok := cut[t.Topic][p.Partition]; ok {
-					p.Offset, p.LeaderEpoch = o.Offset, o.Epoch
-					ps = append(ps, p)
-				}
-			}
-			if t.Partitions = ps; len(ps) > 0 {
-				topics = append(topics, t)
-			}
-		}
-		req.Topics = topics
-		return nil
-	}
 }
 
 // endTxn ends the open transaction and reports whether it committed. An

@@ -172,10 +172,6 @@ type Stats struct {
 	// shard expected (where it was restored, or after its last record):
 	// the member set the fetch position back rather than skip records.
 	Rewinds atomic.Int64
-	// Overlapped counts trades records handed to shards while the
-	// transaction before them was being delivered (exactly-once): work
-	// that no longer waits for the broker's acknowledgements.
-	Overlapped atomic.Int64
 }
 
 const numOutcomes = int(engine.OutOfRange) + 1

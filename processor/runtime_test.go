@@ -527,58 +527,6 @@ func TestCommitPastDeadlineAborts(t *testing.T) {
 	t.Logf("%d stalls, %d aborts, %d commits", stalls.Load(), stats.Aborts.Load(), stats.Commits.Load())
 }
 
-// TestFoldWhileDelivering: while a transaction's records wait for their
-// acknowledgements (the broker holds every transactional produce 40 ms),
-// the member polls and folds the trades that keep coming
-// (Stats.Overlapped), and each transaction commits the offsets its candles
-// reflect, not those polled since: a second member joining and the first
-// leaving, each a rebalance that drops what the first folded after its
-// last commit, leave the candles exact.
-func TestFoldWhileDelivering(t *testing.T) {
-	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(3, "trades"))
-	cluster.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
-		cluster.KeepControl()
-		if req.(*kmsg.ProduceRequest).TransactionID != nil {
-			// Yields: fetches and commits go on meanwhile.
-			cluster.SleepControl(func() { time.Sleep(40 * time.Millisecond) })
-		}
-		return nil, nil, false
-	})
-	brokers := cluster.ListenAddrs()
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-	recs := oracle.Market(oracle.MarketSpec{Seed: 5, Symbols: 40, Trades: 30_000, Partitions: 3,
-		Start: time.Date(2024, 2, 29, 22, 0, 0, 0, time.UTC), StepMs: 200})
-	prod := producer(t, brokers)
-	fed := make(chan error, 1)
-	go func() { // 500 trades every 25 ms: about 1.5 s of trades
-		for i := 0; i < len(recs); i += 500 {
-			if err := oracle.Produce(ctx, prod, "trades", recs[i:min(i+500, len(recs))]); err != nil {
-				fed <- err
-				return
-			}
-			time.Sleep(25 * time.Millisecond)
-		}
-		fed <- nil
-	}()
-	cfg := processor.DefaultConfig()
-	cfg.Brokers = brokers
-	cfg.FlushInterval = 20 * time.Millisecond
-	first, stopFirst := runMember(t, ctx, cfg)
-	testkit.WaitFor(t, time.Minute, "records folded while delivering", func() bool { return first.Overlapped.Load() > 0 })
-	second, stopSecond := runMember(t, ctx, cfg)
-	testkit.WaitFor(t, time.Minute, "the second member committing", func() bool { return second.Commits.Load() > 0 })
-	stopFirst()
-	if err := <-fed; err != nil {
-		t.Fatal(err)
-	}
-	waitCommitted(t, ctx, kadm.NewClient(prod), cfg)
-	stopSecond()
-	checkExact(t, ctx, cfg, recs)
-	t.Logf("overlapped %d + %d records, %d + %d commits, %d + %d aborts", first.Overlapped.Load(), second.Overlapped.Load(),
-		first.Commits.Load(), second.Commits.Load(), first.Aborts.Load(), second.Aborts.Load())
-}
-
 // TestRunStopsOnCorruptState: a shard that cannot be restored must not fold
 // trades without its state (it would count them twice): Run stops with an
 // error that names the record.
