@@ -48,14 +48,18 @@ func (c *core) checkDurability(ctx context.Context, adm *kadm.Client) {
 	var ds []durability
 	var err error
 	// A broker other than the one that created them may not list topics
-	// created a moment ago: look again, briefly.
-	for try := 0; try < 20 && (err != nil || len(ds) < len(topics)); try++ {
+	// created a moment ago, and a busy cluster may take a while: look
+	// again for up to durabilityPatience (nothing waits for this).
+	giveUp := time.Now().Add(durabilityPatience)
+	wait := 250 * time.Millisecond
+	for try := 0; try == 0 || ((err != nil || len(ds) < len(topics)) && time.Now().Before(giveUp)); try++ {
 		if try > 0 {
 			select {
 			case <-ctx.Done():
 				return // stopping: nothing to warn about
-			case <-time.After(250 * time.Millisecond):
+			case <-time.After(wait):
 			}
+			wait = min(2*wait, 2*time.Second)
 		}
 		ds, err = durabilities(ctx, adm, topics)
 	}
@@ -81,6 +85,11 @@ func (c *core) checkDurability(ctx context.Context, adm *kadm.Client) {
 	}
 	c.log.Info("output topics' replication checked", "topics", len(ds), "warnings", warned)
 }
+
+// durabilityPatience is how long checkDurability keeps trying before it
+// says it could not check (on a loaded three-broker test cluster, five
+// seconds were once not enough).
+const durabilityPatience = 30 * time.Second
 
 // durabilities describes topics' replication, min.insync.replicas and the
 // cluster's broker count.
