@@ -388,10 +388,11 @@ func TestClusterDurabilityWarning(t *testing.T) {
 		b.startWith("a", tc.flags...)
 		m := b.members["a"]
 		testkit.WaitFor(t, time.Minute, "the replication check", func() bool {
-			if l := m.log.String(); strings.Contains(l, "could not check the output topics' replication") {
+			l := m.log.String()
+			if strings.Contains(l, "could not check the output topics' replication") {
 				t.Fatalf("flags %v: the member could not check; log:\n%s", tc.flags, tail(l))
 			}
-			return strings.Contains(m.log.String(), "replication checked")
+			return strings.Contains(l, "replication checked")
 		})
 		logs := m.log.String()
 		b.stop("a")

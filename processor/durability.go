@@ -45,22 +45,19 @@ func (d durability) Problem() string {
 // cannot be made is logged and skipped.
 func (c *core) checkDurability(ctx context.Context, adm *kadm.Client) {
 	topics := []string{c.cfg.KlinesTopic, c.cfg.StateTopic, c.cfg.DLQTopic}
-	var ds []durability
-	var err error
 	// A broker other than the one that created them may not list topics
 	// created a moment ago, and a busy cluster may take a while: look
 	// again for up to durabilityPatience (nothing waits for this).
 	giveUp := time.Now().Add(durabilityPatience)
 	wait := 250 * time.Millisecond
-	for try := 0; try == 0 || ((err != nil || len(ds) < len(topics)) && time.Now().Before(giveUp)); try++ {
-		if try > 0 {
-			select {
-			case <-ctx.Done():
-				return // stopping: nothing to warn about
-			case <-time.After(wait):
-			}
-			wait = min(2*wait, 2*time.Second)
+	ds, err := durabilities(ctx, adm, topics)
+	for (err != nil || len(ds) < len(topics)) && time.Now().Before(giveUp) {
+		select {
+		case <-ctx.Done():
+			return // stopping: nothing to warn about
+		case <-time.After(wait):
 		}
+		wait = min(2*wait, 2*time.Second)
 		ds, err = durabilities(ctx, adm, topics)
 	}
 	if ctx.Err() != nil {
