@@ -455,7 +455,8 @@ func (e *exactlyOnce) account(tx *txnState, results []drained, pick func(*draine
 
 // commitTxn drains every shard into the open transaction and ends it with
 // a commit, within timeout; when it aborts instead, the shards are rebuilt
-// (unless ctx, the member's, is done). End commits the offsets as polled,
+// (unless ctx, the member's, is done); when it holds nothing, it stays
+// open (keepOpen). End commits the offsets as polled,
 // so every record handed to a shard must be folded first: a shard still
 // holding some answers with its final candles only (partial) and is asked
 // again once they are delivered, which makes room for it to fold more.
@@ -490,6 +491,10 @@ func (e *exactlyOnce) commitTxn(ctx context.Context, timeout time.Duration, tx *
 		defer cancel()
 	}
 	e.obs.Flushed(e.clock().Sub(start), dirty)
+	if how == kgo.TryCommit && tx.records == 0 && len(e.sess.Client().UncommittedOffsets()) == 0 {
+		tx.keepOpen(e.cfg.TransactionTimeout)
+		return
+	}
 	commitStart := e.clock()
 	// End waits for a heartbeat of the current group session. When that
 	// session has ended (a broker restart, an expulsion), the group can
@@ -508,6 +513,18 @@ func (e *exactlyOnce) commitTxn(ctx context.Context, timeout time.Duration, tx *
 		e.rebuild(ctx)
 	}
 	tx.folded = false
+}
+
+// keepOpen leaves open a transaction with nothing in it (no record
+// produced, no offset polled since the last commit) rather than ending it:
+// there is nothing to commit, and franz-go's End, after a commit that
+// carried no offsets, holds the session for 500 ms (its wait for brokers
+// older than KIP-447, which it assumes when no offset commit told it the
+// broker's version): an idle member would pay that at every flush and at
+// its stop. The broker learns of a transaction at its first record, so
+// the commit deadline starts again from now.
+func (tx *txnState) keepOpen(timeout time.Duration) {
+	tx.commitBy = time.Now().Add(commitDeadline(timeout))
 }
 
 // endTxn ends the open transaction and reports whether it committed. An

@@ -527,6 +527,44 @@ func TestCommitPastDeadlineAborts(t *testing.T) {
 	t.Logf("%d stalls, %d aborts, %d commits", stalls.Load(), stats.Aborts.Load(), stats.Commits.Load())
 }
 
+// TestIdleTransactionKeptOpen: an exactly-once member with nothing to
+// commit ends no transaction (franz-go's End holds the session 500 ms after
+// a commit without offsets), flushes on, and when trades come after an
+// idle stretch longer than the commit deadline, the transaction that was
+// left open commits them rather than aborting as if it were stale.
+func TestIdleTransactionKeptOpen(t *testing.T) {
+	cluster := testkit.Cluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "trades"))
+	brokers := cluster.ListenAddrs()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	cfg := processor.DefaultConfig()
+	cfg.Brokers = brokers
+	cfg.TransactionTimeout = time.Second // commit deadline 800 ms after Begin
+	cfg.FlushInterval = 50 * time.Millisecond
+	stats, stop := runMember(t, ctx, cfg)
+
+	testkit.WaitFor(t, time.Minute, "the partition assigned", func() bool { return stats.Assigned.Load() == 1 })
+	idleFrom := time.Now().UnixMilli()
+	testkit.WaitFor(t, time.Minute, "flushes through 1.5 s of idling", func() bool {
+		return stats.LastFlush.Load() >= idleFrom+1500
+	})
+	if n := stats.Commits.Load(); n != 0 {
+		t.Fatalf("an idle member committed %d transactions, want none", n)
+	}
+
+	recs := oracle.Market(oracle.MarketSpec{Seed: 5, Symbols: 5, Trades: 500, Partitions: 1,
+		Start: time.Date(2024, 2, 29, 23, 55, 0, 0, time.UTC), StepMs: 1000})
+	if err := oracle.Produce(ctx, producer(t, brokers), "trades", recs); err != nil {
+		t.Fatal(err)
+	}
+	waitCommitted(t, ctx, kadm.NewClient(mustClient(t, cluster)), cfg)
+	stop()
+	checkExact(t, ctx, cfg, recs)
+	if stats.Aborts.Load() != 0 || stats.Commits.Load() == 0 {
+		t.Fatalf("%d aborts, %d commits after the idle stretch: want none and some", stats.Aborts.Load(), stats.Commits.Load())
+	}
+}
+
 // TestRunStopsOnCorruptState: a shard that cannot be restored must not fold
 // trades without its state (it would count them twice): Run stops with an
 // error that names the record.
