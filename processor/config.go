@@ -67,8 +67,9 @@ type Config struct {
 	// Compression of the produced batches: none, gzip, snappy, lz4 or zstd.
 	Compression string
 
-	// Guarantee is ExactlyOnce (each flush one Kafka transaction) or
-	// AtLeastOnce (offsets committed after every record is acknowledged).
+	// Guarantee is ExactlyOnce (each flush with something to commit one
+	// Kafka transaction) or AtLeastOnce (offsets committed after every
+	// record is acknowledged).
 	Guarantee Guarantee
 	// InstanceID, when set, makes the member static (KIP-345): restarted
 	// with the same id it gets its partitions back without waiting for the

@@ -456,10 +456,10 @@ func (e *exactlyOnce) account(tx *txnState, results []drained, pick func(*draine
 // commitTxn drains every shard into the open transaction and ends it with
 // a commit, within timeout; when it aborts instead, the shards are rebuilt
 // (unless ctx, the member's, is done); when it holds nothing, it stays
-// open (keepOpen). End commits the offsets as polled,
-// so every record handed to a shard must be folded first: a shard still
-// holding some answers with its final candles only (partial) and is asked
-// again once they are delivered, which makes room for it to fold more.
+// open (keepOpen). End commits the offsets as polled, so every record
+// handed to a shard must be folded first: a shard still holding some
+// answers with its final candles only (partial) and is asked again once
+// they are delivered, which makes room for it to fold more.
 func (e *exactlyOnce) commitTxn(ctx context.Context, timeout time.Duration, tx *txnState) {
 	start := e.clock()
 	e.settleFinals(tx)
