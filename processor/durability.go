@@ -84,8 +84,9 @@ func (c *core) checkDurability(ctx context.Context, adm *kadm.Client) {
 }
 
 // durabilityPatience is how long checkDurability keeps trying before it
-// says it could not check (on a loaded three-broker test cluster, five
-// seconds were once not enough).
+// says it could not check: long enough for a busy cluster (the cluster
+// test once timed out waiting for the check while it tried for five
+// seconds; that the check gave up there was likely, not shown).
 const durabilityPatience = 30 * time.Second
 
 // durabilities describes topics' replication, min.insync.replicas and the
