@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -58,6 +59,11 @@ Run "klagg <command> -h" for a command's flags.
 
 // run is main without the process: testable, it returns the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	// klagg's logger and the Kafka client's are two handlers on stderr,
+	// each with its own lock: one lock for the writer keeps their lines
+	// whole whatever stderr is (a file writes each line at once; a
+	// caller's buffer need not).
+	stderr = &lockedWriter{w: stderr}
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return 2
@@ -171,7 +177,22 @@ func (l *logFlags) build(w io.Writer, level slog.Level) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: want auto, text or json", l.format)
 }
 
+// lockedWriter serializes the writes of the loggers that share it.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
 func isTerminal(w io.Writer) bool {
+	if l, ok := w.(*lockedWriter); ok {
+		w = l.w
+	}
 	f, ok := w.(*os.File)
 	if !ok {
 		return false

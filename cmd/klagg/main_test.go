@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -901,5 +903,37 @@ func TestHintsNameFlags(t *testing.T) {
 	fenced := &hint.Error{Err: errors.New("processor: fenced"), Setting: "InstanceID", Fix: "give each process its own %s"}
 	if got := userMessage(fenced); got != "processor: fenced (give each process its own --instance-id)" {
 		t.Errorf("userMessage: %q", got)
+	}
+}
+
+// TestLoggersShareOneWriterLock: run gives klagg's logger and the Kafka
+// client's (two handlers, each with its own lock) one lockedWriter, so
+// that a caller's plain buffer gets whole lines from both at once (the
+// race detector fails this test if the writes are not serialized).
+func TestLoggersShareOneWriterLock(t *testing.T) {
+	var buf bytes.Buffer
+	w := &lockedWriter{w: &buf}
+	lf := logFlags{format: "json"}
+	var wg sync.WaitGroup
+	for range 2 {
+		log, err := lf.build(w, slog.LevelInfo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			for i := range 500 {
+				log.Info("line", "i", i)
+			}
+		})
+	}
+	wg.Wait()
+	lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+	for _, l := range lines {
+		if !json.Valid([]byte(l)) {
+			t.Fatalf("a torn line: %q", l)
+		}
+	}
+	if len(lines) != 1000 {
+		t.Fatalf("%d lines, want 1000", len(lines))
 	}
 }
